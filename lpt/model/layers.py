@@ -1,0 +1,33 @@
+"""Linear maps of the layers: dense (matrix) and convolutional (k×k, same padding, NHWC / HWIO)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+LayerKind = Literal["dense", "conv"]
+
+
+def dense_apply(weight: jnp.ndarray, bias: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+    """K y + b for a batch: y (B, d_in), weight (d_out, d_in), bias (d_out,) → (B, d_out)."""
+    return y @ weight.T + bias
+
+
+def conv_apply(weight: jnp.ndarray, bias: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+    """K * y + b, a k×k convolution with same padding: y (B, H, W, C_in), weight (k, k, C_in, C_out) → (B, H, W, C_out)."""
+    out = jax.lax.conv_general_dilated(
+        y, weight, window_strides=(1, 1), padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    return out + bias
+
+
+def linear_apply(kind: LayerKind, weight: jnp.ndarray, bias: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+    """Apply the dense or convolutional linear map of a layer."""
+    return dense_apply(weight, bias, y) if kind == "dense" else conv_apply(weight, bias, y)
+
+
+def init_weight(key: jax.Array, shape: tuple[int, ...], fan_in: int, scale: float, dtype) -> jnp.ndarray:
+    """Normal weights with standard deviation scale/√fan_in."""
+    return (scale / jnp.sqrt(fan_in)) * jax.random.normal(key, shape, dtype)

@@ -1,0 +1,215 @@
+"""The ResNet as a forward-Euler time-stepping problem (DESIGN §1).
+
+    y_0     = opening(x; θ_open)
+    y_{n+1} = Φ_n(y_n) = y_n + h σ(K_n y_n + b_n),   n = 0..N−1,  h = T/N
+    output  = classifier(y_N; W_c, b_c)
+
+Parameters are a dict pytree ``{"opening": {...}, "layers": {"K": (N, ...), "b": (N, ...)},
+"classifier": {"W": ..., "b": ...}}``; the layer parameters are stacked along a leading layer axis so that
+solvers can scan or vectorise over it. The solver only ever sees :meth:`ResNet.step`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lpt.model.activations import get_activation
+from lpt.model.layers import LayerKind, init_weight, linear_apply
+from lpt.model.propagate import propagate
+
+Params = dict[str, Any]
+Opening = Literal["dense", "conv", "zero"]
+Task = Literal["classification", "regression"]
+
+
+class ModelError(ValueError):
+    """An invalid model setting; the message names the option, the value and what is valid."""
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ModelError(message)
+
+
+@dataclass(frozen=True)
+class ResNet:
+    """A residual network y_{n+1} = y_n + h σ(K_n y_n + b_n) with opening layer and linear head.
+
+    Attributes:
+        input_shape: shape of one sample, e.g. (2,) or (28, 28, 1) (NHWC without the batch axis).
+        num_outputs: number of classes (classification) or output dimension (regression).
+        depth: number of residual layers N.
+        width: state width (dense) or number of channels (conv).
+        T: final time; the step size is h = T/N.
+        activation: σ, one of tanh, relu, smoothrelu, identity.
+        layer: "dense" (K_n is width×width) or "conv" (K_n is a k×k convolution, channels→channels).
+        opening: "dense" / "conv" (σ(W x + b)) or "zero" (copy x and zero-expand to the width, no parameters).
+        task: "classification" (softmax cross-entropy) or "regression" (mean squared error).
+        kernel_size: k of the convolutions.
+        init_scale: layer weights are drawn N(0, init_scale²/fan_in).
+        gamma_tik: Tikhonov weight γ_tik of γ_tik/2 Σ_n ‖θ_n‖².
+        gamma_ddt: weight γ_ddt of γ_ddt/2 Σ_{n≥1} ‖(θ_n − θ_{n−1})/h‖² (smoothness in time).
+        gamma_class: weight γ_class of γ_class/2 ‖W_c‖².
+    """
+
+    input_shape: tuple[int, ...]
+    num_outputs: int
+    depth: int = 32
+    width: int = 8
+    T: float = 5.0
+    activation: str = "tanh"
+    layer: LayerKind = "dense"
+    opening: Opening = "dense"
+    task: Task = "classification"
+    kernel_size: int = 3
+    init_scale: float = 1.0
+    gamma_tik: float = 0.0
+    gamma_ddt: float = 0.0
+    gamma_class: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
+        _require(isinstance(self.depth, int) and self.depth >= 1,
+                 f"model.depth={self.depth!r} must be a positive integer (the number of residual layers N)")
+        _require(isinstance(self.width, int) and self.width >= 1,
+                 f"model.width={self.width!r} must be a positive integer (state width or channels)")
+        _require(isinstance(self.T, (int, float)) and math.isfinite(self.T) and self.T > 0,
+                 f"model.T={self.T!r} must be a positive finite number (final time; h = T/depth)")
+        get_activation(self.activation)
+        _require(self.layer in ("dense", "conv"), f"model.layer={self.layer!r} is not valid; choose dense or conv")
+        _require(self.opening in ("dense", "conv", "zero"),
+                 f"model.opening={self.opening!r} is not valid; choose dense, conv or zero")
+        _require(self.task in ("classification", "regression"),
+                 f"task={self.task!r} is not valid; choose classification or regression")
+        _require(isinstance(self.num_outputs, int) and self.num_outputs >= 1,
+                 f"num_outputs={self.num_outputs!r} must be a positive integer")
+        _require(isinstance(self.kernel_size, int) and self.kernel_size >= 1 and self.kernel_size % 2 == 1,
+                 f"model.kernel_size={self.kernel_size!r} must be a positive odd integer (same padding)")
+        _require(math.isfinite(self.init_scale) and self.init_scale >= 0,
+                 f"model.init_scale={self.init_scale!r} must be a non-negative finite number")
+        for name in ("gamma_tik", "gamma_ddt", "gamma_class"):
+            value = getattr(self, name)
+            _require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
+                     f"model.{name}={value!r} must be a non-negative finite number")
+        if self.layer == "conv":
+            _require(len(self.input_shape) == 3,
+                     f"model.layer=conv needs image inputs (H, W, C); this data set has samples of shape "
+                     f"{self.input_shape}; use model.layer=dense")
+            _require(self.opening in ("conv", "zero"),
+                     f"model.opening={self.opening!r} does not fit model.layer=conv; choose conv or zero")
+        else:
+            _require(self.opening in ("dense", "zero"),
+                     f"model.opening={self.opening!r} does not fit model.layer=dense; choose dense or zero")
+        if self.opening == "zero":
+            _require(self.in_features <= self.width,
+                     f"model.opening=zero copies the {self.in_features} input features into the state; "
+                     f"model.width={self.width} must be at least that")
+
+    # --- shapes -------------------------------------------------------------------------------------
+    @property
+    def h(self) -> float:
+        """Uniform step size T/N."""
+        return self.T / self.depth
+
+    @property
+    def in_features(self) -> int:
+        """Input channels (conv) or flattened input size (dense)."""
+        return self.input_shape[-1] if self.layer == "conv" else math.prod(self.input_shape)
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """Shape of one sample's state y_n."""
+        if self.layer == "conv":
+            return (*self.input_shape[:2], self.width)
+        return (self.width,)
+
+    def step_sizes(self, dtype=jnp.float32) -> jnp.ndarray:
+        """The step sizes h_n = T/N, shape (N,)."""
+        return jnp.full((self.depth,), self.h, dtype)
+
+    # --- parameters ---------------------------------------------------------------------------------
+    def _weight_shape(self, c_in: int, c_out: int) -> tuple[int, ...]:
+        k = self.kernel_size
+        return (k, k, c_in, c_out) if self.layer == "conv" else (c_out, c_in)
+
+    def _fan_in(self, c_in: int) -> int:
+        return c_in * self.kernel_size**2 if self.layer == "conv" else c_in
+
+    def init(self, key: jax.Array, dtype=jnp.float32) -> Params:
+        """Draw initial parameters: weights N(0, scale²/fan_in), biases zero."""
+        k_open, k_layers, k_class = jax.random.split(key, 3)
+        w = self.width
+        opening: dict[str, jnp.ndarray] = {}
+        if self.opening != "zero":
+            opening = {
+                "W": init_weight(k_open, self._weight_shape(self.in_features, w), self._fan_in(self.in_features), 1.0, dtype),
+                "b": jnp.zeros((w,), dtype),
+            }
+        layers = {
+            "K": init_weight(k_layers, (self.depth, *self._weight_shape(w, w)), self._fan_in(w), self.init_scale, dtype),
+            "b": jnp.zeros((self.depth, w), dtype),
+        }
+        n_features = math.prod(self.state_shape)
+        classifier = {
+            "W": init_weight(k_class, (self.num_outputs, n_features), n_features, 1.0, dtype),
+            "b": jnp.zeros((self.num_outputs,), dtype),
+        }
+        return {"opening": opening, "layers": layers, "classifier": classifier}
+
+    # --- the network --------------------------------------------------------------------------------
+    def open(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
+        """y_0 = σ(W x + b) (dense or conv), or x zero-expanded to the state width."""
+        if self.layer == "dense":
+            x = x.reshape(x.shape[0], -1)
+        if self.opening == "zero":
+            pad = [(0, 0)] * (x.ndim - 1) + [(0, self.width - x.shape[-1])]
+            return jnp.pad(x, pad)
+        sigma = get_activation(self.activation)
+        return sigma(linear_apply(self.layer, params["opening"]["W"], params["opening"]["b"], x))
+
+    def step(self, theta_n: dict[str, jnp.ndarray], y: jnp.ndarray, h: jnp.ndarray) -> jnp.ndarray:
+        """Φ_n(y) = y + h σ(K_n y + b_n) for one layer's parameters θ_n = {"K", "b"}."""
+        sigma = get_activation(self.activation)
+        return y + h * sigma(linear_apply(self.layer, theta_n["K"], theta_n["b"], y))
+
+    def head(self, params: Params, y_final: jnp.ndarray) -> jnp.ndarray:
+        """Linear classifier/regressor on the flattened final state: W_c y_N + b_c."""
+        c = params["classifier"]
+        return y_final.reshape(y_final.shape[0], -1) @ c["W"].T + c["b"]
+
+    def forward(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
+        """The network output by serial propagation (the reference)."""
+        y0 = self.open(params, x)
+        y_final = propagate(self.step, params["layers"], self.step_sizes(y0.dtype), y0)
+        return self.head(params, y_final)
+
+    # --- objective ----------------------------------------------------------------------------------
+    def data_loss(self, outputs: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
+        """Mean softmax cross-entropy (classification) or mean squared error (regression)."""
+        if self.task == "classification":
+            return optax.softmax_cross_entropy_with_integer_labels(outputs, targets).mean()
+        return jnp.mean((outputs - targets) ** 2)
+
+    def regularization(self, params: Params) -> jnp.ndarray:
+        """γ_tik/2 Σ_n ‖θ_n‖² + γ_ddt/2 Σ_{n≥1} ‖(θ_n − θ_{n−1})/h‖² + γ_class/2 ‖W_c‖²."""
+        leaves = jax.tree_util.tree_leaves(params["layers"])
+        tik = sum(jnp.sum(t**2) for t in leaves)
+        ddt = sum(jnp.sum(((t[1:] - t[:-1]) / self.h) ** 2) for t in leaves)
+        cls = jnp.sum(params["classifier"]["W"] ** 2)
+        return 0.5 * (self.gamma_tik * tik + self.gamma_ddt * ddt + self.gamma_class * cls)
+
+    def metrics(self, outputs: jnp.ndarray, targets: jnp.ndarray) -> dict[str, jnp.ndarray]:
+        """Accuracy (classification) or MSE and relative error ‖pred − y‖/‖y‖ (regression)."""
+        if self.task == "classification":
+            return {"acc": jnp.mean(jnp.argmax(outputs, axis=-1) == targets)}
+        err = outputs - targets
+        return {
+            "mse": jnp.mean(err**2),
+            "rel_err": jnp.linalg.norm(err) / jnp.maximum(jnp.linalg.norm(targets), jnp.finfo(err.dtype).tiny),
+        }
