@@ -1,0 +1,74 @@
+"""Atomic checkpoints of the training state (parameters, optimiser and solver state, step, seed)."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+CHECKPOINT_NAME = "checkpoint.npz"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary file in the same folder, fsync it, and rename it over ``path``.
+
+    A reader sees either the old file or the new one, never a partial write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, state: Any, meta: dict[str, Any]) -> list[np.ndarray]:
+    """Save the pytree ``state`` (its leaves) and scalar ``meta`` atomically as ``.npz``; return the leaves."""
+    leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(state)]
+    buf = io.BytesIO()
+    np.savez(buf, **{f"leaf_{i:05d}": leaf for i, leaf in enumerate(leaves)},
+             **{f"meta_{k}": np.asarray(v) for k, v in meta.items()})
+    atomic_write_bytes(path, buf.getvalue())
+    return leaves
+
+
+def find_checkpoint(path: str | os.PathLike) -> Path:
+    """The checkpoint file for ``resume=PATH``: the file itself or ``checkpoint.npz`` in a run directory."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / CHECKPOINT_NAME
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"resume={path}: no checkpoint found at {p}; pass a run directory that holds {CHECKPOINT_NAME} "
+            f"or the checkpoint file itself"
+        )
+    return p
+
+
+def load_checkpoint(path: str | os.PathLike, template: Any) -> tuple[Any, dict[str, Any]]:
+    """Load a checkpoint into the structure of ``template``; shapes and dtypes must match."""
+    p = find_checkpoint(path)
+    with np.load(p) as data:
+        leaves = [data[k] for k in sorted(k for k in data.files if k.startswith("leaf_"))]
+        meta = {k[5:]: data[k][()] for k in data.files if k.startswith("meta_")}
+    ref_leaves, treedef = jax.tree_util.tree_flatten(template)
+    if len(leaves) != len(ref_leaves):
+        raise ValueError(f"checkpoint {p} holds {len(leaves)} arrays but this configuration needs "
+                         f"{len(ref_leaves)}: was it written by a run with another model/optimizer/solver?")
+    for i, (a, b) in enumerate(zip(leaves, ref_leaves)):
+        if a.shape != np.shape(b) or a.dtype != np.asarray(b).dtype:
+            raise ValueError(f"checkpoint {p}: array {i} has shape {a.shape} {a.dtype}, this configuration needs "
+                             f"{np.shape(b)} {np.asarray(b).dtype}: resume with the configuration of the original run")
+    return jax.tree_util.tree_unflatten(treedef, leaves), meta

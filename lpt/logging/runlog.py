@@ -1,0 +1,133 @@
+"""The HDF5 run log (DESIGN §6): one file per run, appended and flushed at every logged step.
+
+Layout::
+
+    attrs:       config (resolved YAML), lpt_version, jax_version, git_revision, grid, devices, created
+    history/     1-D float64 datasets, one row per logged step: step, epoch, loss, objective, train_<metric>,
+                 val_<metric> (NaN when not evaluated), grad_norm, lr, time_s, ...
+    mgrit/       fwd_residual, bwd_residual (step × cycle, NaN-padded), fwd_factor, bwd_factor (1-D), fallback
+    checkpoint/  the latest checkpoint: leaves leaf_00000.. of the training state, attrs step, seed, treedef
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import h5py
+import numpy as np
+
+import lpt
+
+CHUNK_ROWS = 256
+
+
+def git_revision(start: str | os.PathLike | None = None) -> str:
+    """The git revision of the lpt source tree (or of ``start``), with "-dirty" if modified; "unknown" if none."""
+    where = Path(start) if start else Path(lpt.__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
+        if rev.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, timeout=10)
+        return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class RunLog:
+    """Writer of one run's HDF5 log.
+
+    Rows are appended with :meth:`append`; each call writes, resizes and flushes, so a killed run leaves a
+    readable file holding every row logged so far.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, config_yaml: str, grid: Sequence[int] = (1, 1),
+                 devices: str = "", resume: bool = False):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume and self.path.exists():
+            self.file = h5py.File(self.path, "a")
+            self.file.attrs["resumed"] = int(self.file.attrs.get("resumed", 0)) + 1
+        else:
+            import jax
+
+            self.file = h5py.File(self.path, "w")
+            attrs = self.file.attrs
+            attrs["config"] = config_yaml
+            attrs["lpt_version"] = lpt.__version__
+            attrs["jax_version"] = jax.__version__
+            attrs["git_revision"] = git_revision()
+            attrs["grid"] = np.asarray(grid, dtype=np.int64)
+            attrs["devices"] = devices
+            attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
+        self.file.require_group("history")
+        self.file.require_group("mgrit")
+        self.file.flush()
+
+    # --- rows ---------------------------------------------------------------------------------------
+    def _append_row(self, group: str, name: str, value: np.ndarray) -> None:
+        g = self.file[group]
+        value = np.asarray(value, dtype=np.float64)
+        if name not in g:
+            g.create_dataset(name, shape=(0, *value.shape), maxshape=(None, *value.shape), dtype=np.float64,
+                             chunks=(CHUNK_ROWS, *value.shape), fillvalue=np.nan)
+        ds = g[name]
+        if ds.shape[1:] != value.shape:
+            raise ValueError(f"{group}/{name}: row shape {value.shape} differs from the logged {ds.shape[1:]}")
+        n = ds.shape[0]
+        ds.resize(n + 1, axis=0)
+        ds[n] = value
+
+    def append(self, history: Mapping[str, float], mgrit: Mapping[str, Any] | None = None) -> None:
+        """Append one logged step (``history`` scalars, optional ``mgrit`` rows) and flush to disk."""
+        for name, value in history.items():
+            self._append_row("history", name, np.asarray(value))
+        for name, value in (mgrit or {}).items():
+            self._append_row("mgrit", name, np.asarray(value))
+        self.file.flush()
+
+    def truncate(self, last_step: int) -> None:
+        """Drop rows logged after ``last_step`` (used when a run resumes from an earlier checkpoint)."""
+        hist = self.file["history"]
+        if "step" not in hist:
+            return
+        keep = int(np.searchsorted(hist["step"][...], last_step, side="right"))
+        for group in ("history", "mgrit"):
+            for ds in self.file[group].values():
+                if ds.shape[0] > keep:
+                    ds.resize(keep, axis=0)
+        self.file.flush()
+
+    # --- checkpoint mirror --------------------------------------------------------------------------
+    def write_checkpoint(self, leaves: Sequence[np.ndarray], meta: Mapping[str, Any]) -> None:
+        """Mirror the latest checkpoint in group ``checkpoint/`` (replaced each time)."""
+        if "checkpoint" in self.file:
+            del self.file["checkpoint"]
+        g = self.file.create_group("checkpoint")
+        for i, leaf in enumerate(leaves):
+            g.create_dataset(f"leaf_{i:05d}", data=np.asarray(leaf))
+        for key, value in meta.items():
+            g.attrs[key] = value
+        self.file.flush()
+
+    def set_attr(self, key: str, value: Any) -> None:
+        """Set a root attribute (e.g. the final status) and flush."""
+        self.file.attrs[key] = value
+        self.file.flush()
+
+    def close(self) -> None:
+        """Flush and close; safe to call twice."""
+        if self.file.id.valid:
+            self.file.flush()
+            self.file.close()
+
+    def __enter__(self) -> "RunLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

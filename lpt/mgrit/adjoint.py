@@ -1,0 +1,132 @@
+"""Backpropagation as an MGRIT solve (DESIGN §3; Günther et al. 2020, §3.2) and the layer gradient.
+
+The adjoint system ȳ_N = ∂loss/∂y_N, ȳ_n = (∂Φ_n/∂y(y_n))ᵀ ȳ_{n+1} is, on the reversed index
+w_k = ȳ_{N−k}, a system of the same kind, w_{k+1} = Ψ_k(w_k), with the step "vector–Jacobian product of
+Φ_{N−1−k} at the primal state y_{N−1−k}" and per-step data (θ_n, y_n). It is solved by the very same
+:func:`lpt.mgrit.solve.solve_system`.
+
+Coarse adjoint steps are the VJPs of the forward coarse steps at the injected primal states, Ψ^c_j(w) =
+(∂Φ^c/∂y(y_{left}))ᵀ w with y_{left} the forward-left end of the interval: on the reversed index that is the
+*last* step of an interval, so the adjoint coarse operator is the transpose of a forward coarse propagator
+and converges like the forward solve (identical to the forward solve's when N is a multiple of the
+coarsening factors; on uneven depths the identity steps sit at the other end).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from lpt.mgrit.hierarchy import average, inject_last
+from lpt.mgrit.options import MGRITOptions
+from lpt.mgrit.relax import Step
+from lpt.mgrit.cycle import Hierarchy
+from lpt.mgrit.solve import MGRITStats, initial_guess, make_hierarchy, mgrit_solve, solve_system
+
+
+def _reverse(tree: Any) -> Any:
+    return jax.tree_util.tree_map(lambda a: a[::-1], tree)
+
+
+class AdjointStep:
+    """Ψ((θ_n, y_n), w, h_n) = (∂Φ_n/∂y (y_n))ᵀ w for Φ_n(y) = step(θ_n, y, h_n). Hashable by ``step``."""
+
+    def __init__(self, step: Step):
+        self.step = step
+
+    def __call__(self, data: tuple[Any, jnp.ndarray], w: jnp.ndarray, h: jnp.ndarray) -> jnp.ndarray:
+        theta_n, y_n = data
+        _, vjp = jax.vjp(lambda y: self.step(theta_n, y, h), y_n)
+        return vjp(w)[0]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AdjointStep) and other.step == self.step
+
+    def __hash__(self) -> int:
+        return hash((AdjointStep, self.step))
+
+
+def adjoint_restriction(options: MGRITOptions):
+    """Coarse adjoint data on the reversed index: weights as the forward restriction (injection takes the
+    last step of the reversed interval = the first forward one), primal states at the forward-left end."""
+    restrict_theta = average if options.restrict == "average" else inject_last
+
+    def restrict(blocks: tuple[Any, jnp.ndarray], hs: jnp.ndarray) -> tuple[Any, jnp.ndarray]:
+        theta, ys = blocks
+        return restrict_theta(theta, hs), inject_last(ys, hs)
+
+    return restrict
+
+
+def adjoint_hierarchy(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, options: MGRITOptions) -> Hierarchy:
+    """Levels of the adjoint system on the reversed index, per-step data (θ_{N−1−k}, y_{N−1−k})."""
+    data = _reverse((theta, ys[:-1]))
+    return make_hierarchy(AdjointStep(step), data, hs[::-1], options, adjoint_restriction(options))
+
+
+@partial(jax.jit, static_argnames=("step", "options"))
+def adjoint_solve(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, ybar_final: jnp.ndarray,
+                  options: MGRITOptions, w_init: jnp.ndarray | None = None) -> tuple[jnp.ndarray, MGRITStats]:
+    """Adjoint states ȳ_n = (∂Φ_n/∂y(y_n))ᵀ ȳ_{n+1}, ȳ_N = ``ybar_final``, by MGRIT on the reversed index.
+
+    Args:
+        step: the layer step (static).
+        theta: stacked layer parameters, leading axis N.
+        hs: step sizes (N,).
+        ys: primal states y_0..y_N (N+1, …).
+        ybar_final: ȳ_N = ∂loss/∂y_N.
+        options: solver settings of the backward solve (static).
+        w_init: initial iterate ȳ_0..ȳ_N (N+1, …); default: the cheap coarse-level guess.
+
+    Returns:
+        ȳ_0..ȳ_N (N+1, …) and the :class:`MGRITStats` of the solve.
+    """
+    hier = adjoint_hierarchy(step, theta, hs, ys, options)
+    w, stats = solve_system(hier, ybar_final, None if w_init is None else w_init[::-1])
+    return w[::-1], stats
+
+
+@partial(jax.jit, static_argnames=("step",))
+def layer_gradient(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, ybars: jnp.ndarray) -> Any:
+    """∇_{θ_n} = (∂Φ_n/∂θ_n (y_n))ᵀ ȳ_{n+1} for all layers at once (vmap over n of the θ-VJP)."""
+
+    def one(theta_n, y_n, h_n, ybar_next):
+        _, vjp = jax.vjp(lambda th: step(th, y_n, h_n), theta_n)
+        return vjp(ybar_next)[0]
+
+    return jax.vmap(one)(theta, ys[:-1], hs, ybars[1:])
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 4, 5))
+def mgrit_propagate(step: Step, theta: Any, hs: jnp.ndarray, y0: jnp.ndarray, fwd_options: MGRITOptions,
+                    bwd_options: MGRITOptions) -> jnp.ndarray:
+    """y_N by forward MGRIT; under ``jax.grad`` the cotangents come from the adjoint MGRIT solve.
+
+    Backward: ȳ by :func:`adjoint_solve` from ȳ_N, then θ̄ by :func:`layer_gradient` and ȳ_0 for y0; the
+    step sizes get zero cotangents. Drop-in for :func:`lpt.model.propagate`.
+    """
+    u, _ = mgrit_solve(step, theta, hs, y0, fwd_options)
+    return u[-1]
+
+
+def _propagate_fwd(step, theta, hs, y0, fwd_options, bwd_options):
+    u, _ = mgrit_solve(step, theta, hs, y0, fwd_options)
+    return u[-1], (theta, hs, u)
+
+
+def _propagate_bwd(step, fwd_options, bwd_options, residuals, ybar_final):
+    theta, hs, u = residuals
+    ybars, _ = adjoint_solve(step, theta, hs, u, ybar_final, bwd_options)
+    return layer_gradient(step, theta, hs, u, ybars), jnp.zeros_like(hs), ybars[0]
+
+
+mgrit_propagate.defvjp(_propagate_fwd, _propagate_bwd)
+
+
+def adjoint_initial_guess(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, ybar_final: jnp.ndarray,
+                          options: MGRITOptions) -> jnp.ndarray:
+    """The cheap adjoint iterate ȳ_0..ȳ_N: coarse adjoint sweep, interpolated to the fine grid."""
+    return initial_guess(adjoint_hierarchy(step, theta, hs, ys, options), ybar_final)[::-1]

@@ -1,0 +1,99 @@
+"""Settings of one MGRIT solve (forward or adjoint), validated at construction time."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+Cycle = Literal["V", "F", "FMG"]
+Restrict = Literal["inject", "average"]
+
+CYCLES: tuple[str, ...] = ("V", "F", "FMG")
+RESTRICTIONS: tuple[str, ...] = ("inject", "average")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class MGRITOptions:
+    """Options of the FAS-MGRIT solver (Falgout et al. 2014; Günther et al. 2020).
+
+    Frozen and hashable, so they can be static arguments of ``jax.jit``.
+
+    Attributes:
+        cfactor: coarsening factor m_ℓ: C-points of level ℓ are i = j·m_ℓ. One integer for all levels, or a
+            tuple with one value per level (the last value is repeated for further levels).
+        max_levels: number of levels at most; 1 makes the solver the serial sweep.
+        min_coarse: a level with at most this many steps is the coarsest (solved by a serial sweep).
+        nrelax: CF-sweeps after the first F-relaxation on the coarse levels (0 = F, 1 = FCF, ...).
+        nrelax_fine: the same on the finest level; None means ``nrelax``.
+        cycle: "V", "F" (F-cycle) or "FMG" (nested iteration from the coarsest level, then V-cycles).
+        max_iter: number of cycles at most (exactly this many when no tolerance is set).
+        abs_tol: stop when ‖r‖₂ ≤ abs_tol (0 = off).
+        rel_tol: stop when ‖r‖₂ ≤ rel_tol·‖r_0‖₂ (0 = off).
+        restrict: coarse-level weights, "inject" (θ^{ℓ+1}_j = θ^ℓ_{jm}) or "average" (step-size weighted mean
+            of θ^ℓ over the interval).
+    """
+
+    cfactor: int | tuple[int, ...] = 4
+    max_levels: int = 10
+    min_coarse: int = 2
+    nrelax: int = 1
+    nrelax_fine: int | None = None
+    cycle: Cycle = "V"
+    max_iter: int = 2
+    abs_tol: float = 0.0
+    rel_tol: float = 0.0
+    restrict: Restrict = "inject"
+
+    def __post_init__(self) -> None:
+        cf = tuple(self.cfactor) if isinstance(self.cfactor, (list, tuple)) else self.cfactor
+        object.__setattr__(self, "cfactor", cf)
+        factors = cf if isinstance(cf, tuple) else (cf,)
+        _require(len(factors) >= 1 and all(_is_int(m) and m >= 2 for m in factors),
+                 f"solver.cfactor={self.cfactor!r} must be an integer ≥ 2 (the coarsening factor: C-points are "
+                 f"every m-th layer) or a non-empty list of such integers, one per level")
+        _require(_is_int(self.max_levels) and self.max_levels >= 1,
+                 f"solver.max_levels={self.max_levels!r} must be an integer ≥ 1 (1 = serial propagation)")
+        _require(_is_int(self.min_coarse) and self.min_coarse >= 1,
+                 f"solver.min_coarse={self.min_coarse!r} must be an integer ≥ 1 (steps on the coarsest level)")
+        _require(_is_int(self.nrelax) and self.nrelax >= 0,
+                 f"solver.nrelax={self.nrelax!r} must be an integer ≥ 0 (0 = F-relaxation, 1 = FCF, ...)")
+        _require(self.nrelax_fine is None or (_is_int(self.nrelax_fine) and self.nrelax_fine >= 0),
+                 f"solver.nrelax_fine={self.nrelax_fine!r} must be null or an integer ≥ 0 (0 = F, 1 = FCF, ...)")
+        _require(self.cycle in CYCLES, f"solver.cycle={self.cycle!r} is not a known cycle; choose one of {CYCLES}")
+        _require(_is_int(self.max_iter) and self.max_iter >= 1,
+                 f"solver.max_iter={self.max_iter!r} must be an integer ≥ 1 (number of cycles; "
+                 f"solver.fwd_iters / solver.bwd_iters in the config)")
+        for name in ("abs_tol", "rel_tol"):
+            value = getattr(self, name)
+            _require(isinstance(value, (int, float)) and not isinstance(value, bool)
+                     and math.isfinite(value) and value >= 0,
+                     f"solver.{name}={value!r} must be a finite number ≥ 0 (0 switches it off)")
+        _require(self.restrict in RESTRICTIONS,
+                 f"solver.restrict={self.restrict!r} is not known; choose one of {RESTRICTIONS}")
+
+    def cfactor_at(self, level: int) -> int:
+        """The coarsening factor m_ℓ of level ``level`` (the last listed value repeats)."""
+        if isinstance(self.cfactor, tuple):
+            return self.cfactor[min(level, len(self.cfactor) - 1)]
+        return self.cfactor
+
+    def nrelax_at(self, level: int) -> int:
+        """CF-sweeps after the first F-relaxation on level ``level`` (``nrelax_fine`` on level 0)."""
+        if level == 0 and self.nrelax_fine is not None:
+            return self.nrelax_fine
+        return self.nrelax
+
+    @property
+    def has_tolerance(self) -> bool:
+        """Whether a stopping tolerance is set (then the cycles run in a ``lax.while_loop``)."""
+        return self.abs_tol > 0 or self.rel_tol > 0

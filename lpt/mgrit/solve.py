@@ -1,0 +1,145 @@
+"""The FAS-MGRIT solve of u_0 = g_0, u_{i+1} − Φ_i(u_i) = 0 (forward propagation, DESIGN §2).
+
+:func:`solve_system` is the one MGRIT implementation; :func:`mgrit_solve` applies it to the layers of a
+network and :func:`lpt.mgrit.adjoint.adjoint_solve` to the adjoint system (Günther et al. 2020, §3).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lpt.mgrit.cycle import Hierarchy, cycle, nested_iteration
+from lpt.mgrit.hierarchy import Grid, average, build_levels, inject_first, join, level_shapes, pad_states, split
+from lpt.mgrit.options import MGRITOptions
+from lpt.mgrit.relax import Step, f_sweep, residual_norm, serial_sweep
+
+
+class MGRITStats(NamedTuple):
+    """Convergence record of one solve (fixed shapes, so it can leave ``jit``).
+
+    Attributes:
+        residuals: (max_iter,) fine-level residual 2-norms after each cycle, NaN after the last one.
+        initial_residual: ‖r_0‖₂ of the F-relaxed initial iterate (NaN for a one-level, i.e. serial, solve).
+        iterations: number of cycles done (int32).
+    """
+
+    residuals: jnp.ndarray
+    initial_residual: jnp.ndarray
+    iterations: jnp.ndarray
+
+
+class _Loop(NamedTuple):
+    k: jnp.ndarray
+    grid: Grid
+    chat: jnp.ndarray
+    residuals: jnp.ndarray
+
+
+def make_hierarchy(step: Step, data: Any, hs: jnp.ndarray, options: MGRITOptions, restrict) -> Hierarchy:
+    """Level sizes from the static depth and the per-level data by ``restrict`` (see :mod:`hierarchy`)."""
+    shapes = level_shapes(hs.shape[0], options)
+    return Hierarchy(step, shapes, build_levels(data, hs, shapes, restrict), options)
+
+
+def forward_restriction(options: MGRITOptions):
+    """θ^{ℓ+1}_j = θ^ℓ_{jm} (inject) or the step-size weighted interval mean (average)."""
+    return average if options.restrict == "average" else inject_first
+
+
+def solve_system(hier: Hierarchy, g0: jnp.ndarray, u_init: jnp.ndarray | None) -> tuple[jnp.ndarray, MGRITStats]:
+    """MGRIT cycles on u_0 = g_0, u_{i+1} = Φ_i(u_i) until a tolerance or ``max_iter`` cycles.
+
+    Args:
+        hier: step, level sizes and data, options.
+        g0: initial state u_0.
+        u_init: initial iterate (n+1, …); None: nested iteration from the coarsest level (with V-cycles on
+            the coarse levels when ``cycle="FMG"``, the full-multigrid start).
+
+    Returns:
+        all states (n+1, …) and the :class:`MGRITStats`.
+    """
+    opts, shape = hier.options, hier.shapes[0]
+    nan = jnp.full((opts.max_iter,), jnp.nan, g0.dtype)
+    if shape.coarsest:  # one level: the serial sweep is exact
+        u = serial_sweep(hier.step, hier.levels[0], g0, None)
+        return u, MGRITStats(nan.at[0].set(0), jnp.asarray(jnp.nan, g0.dtype), jnp.asarray(1, jnp.int32))
+
+    if u_init is None:
+        grid, chat = nested_iteration(hier, g0, vcycles=opts.cycle == "FMG")
+    else:
+        c = split(pad_states(u_init, shape.padded + 1), shape.m).c
+        grid, chat = f_sweep(hier.step, hier.levels[0], jnp.concatenate([g0[None], c[1:]], axis=0), None)
+    r0 = residual_norm(chat, grid.c)
+    kind = "F" if opts.cycle == "F" else "V"
+
+    def body(state: _Loop) -> _Loop:
+        grid, chat = cycle(hier, 0, state.grid, None, state.chat, kind)
+        residuals = state.residuals.at[state.k].set(residual_norm(chat, grid.c))
+        return _Loop(state.k + 1, grid, chat, residuals)
+
+    state = _Loop(jnp.asarray(0, jnp.int32), grid, chat, nan)
+    if opts.has_tolerance:
+        tol = jnp.maximum(jnp.asarray(opts.abs_tol, g0.dtype), opts.rel_tol * r0)
+
+        def cond(state: _Loop) -> jnp.ndarray:
+            last = jnp.where(state.k > 0, state.residuals[jnp.maximum(state.k - 1, 0)], r0)
+            return (state.k < opts.max_iter) & (last > tol)
+
+        state = jax.lax.while_loop(cond, body, state)
+    else:
+        state = jax.lax.fori_loop(0, opts.max_iter, lambda _, s: body(s), state)
+    u = join(state.grid)[: shape.n + 1]
+    return u, MGRITStats(state.residuals, r0, state.k)
+
+
+@partial(jax.jit, static_argnames=("step", "options"))
+def mgrit_solve(step: Step, theta: Any, hs: jnp.ndarray, y0: jnp.ndarray, options: MGRITOptions,
+                u_init: jnp.ndarray | None = None) -> tuple[jnp.ndarray, MGRITStats]:
+    """Forward propagation y_{n+1} = Φ_n(y_n) = step(θ_n, y_n, h_n) by FAS-MGRIT (Falgout et al. 2014).
+
+    Args:
+        step: the layer step (static: hashable, e.g. ``model.step``).
+        theta: stacked layer parameters, leading axis N.
+        hs: step sizes (N,).
+        y0: initial state.
+        options: solver settings (static).
+        u_init: initial iterate (N+1, …); default: :func:`coarse_initial_guess` (or FMG's nested iteration).
+
+    Returns:
+        states y_0..y_N (N+1, …) and :class:`MGRITStats`. With ``max_levels=1`` this is
+        :func:`lpt.model.propagate_states`, bit for bit.
+    """
+    return solve_system(make_hierarchy(step, theta, hs, options, forward_restriction(options)), y0, u_init)
+
+
+def initial_guess(hier: Hierarchy, g0: jnp.ndarray) -> jnp.ndarray:
+    """Serial sweep on the coarsest level, injected and F-relaxed level by level to the finest (n+1, …)."""
+    if hier.shapes[0].coarsest:
+        return serial_sweep(hier.step, hier.levels[0], g0, None)
+    grid, _ = nested_iteration(hier, g0, vcycles=False)
+    return join(grid)[: hier.shapes[0].n + 1]
+
+
+@partial(jax.jit, static_argnames=("step", "options"))
+def coarse_initial_guess(step: Step, theta: Any, hs: jnp.ndarray, y0: jnp.ndarray, options: MGRITOptions) -> jnp.ndarray:
+    """The cheap initial iterate (N+1, …): coarsest-level serial sweep, interpolated (injection at the
+    C-points, F-relaxation) to the fine grid. Work ≈ N steps, all in parallel but the coarsest sweep."""
+    return initial_guess(make_hierarchy(step, theta, hs, options, forward_restriction(options)), y0)
+
+
+def convergence_factor(stats: MGRITStats, first: int = 1, last: int | None = None) -> jnp.ndarray:
+    """Mean ratio ‖r_k‖/‖r_{k−1}‖ over cycles k = first..last (k = 0 is the initial iterate); NaN if none.
+
+    Ratios with a zero, NaN or infinite denominator or numerator are left out.
+    """
+    seq = jnp.concatenate([stats.initial_residual[None], stats.residuals])
+    last = seq.shape[0] - 1 if last is None else min(last, seq.shape[0] - 1)
+    num, den = seq[first : last + 1], seq[first - 1 : last]
+    ok = jnp.isfinite(num) & jnp.isfinite(den) & (den > 0)
+    count = jnp.sum(ok)
+    total = jnp.sum(jnp.where(ok, num / jnp.where(ok, den, 1), 0))
+    return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
