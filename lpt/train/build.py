@@ -62,9 +62,19 @@ def build_dataset(cfg: Mapping[str, Any]) -> Dataset:
     return load_dataset(name, data_dir=cfg.get("data_dir"), seed=cfg.get("seed", 0), **ds)
 
 
-def build_model(model_cfg: Mapping[str, Any], data: Dataset) -> ResNet:
-    """Build the ResNet of config group ``model`` for the shapes of ``data``."""
-    unknown = sorted(set(model_cfg) - set(MODEL_KEYS) - {"name"})
+ARCHITECTURES = ("resnet", "parareal")
+
+
+def build_model(model_cfg: Mapping[str, Any], data: Dataset):
+    """Build the network of config group ``model`` (``arch``: resnet | parareal) for the shapes of ``data``."""
+    arch = model_cfg.get("arch", "resnet")
+    if arch == "parareal":
+        from lpt.model.parareal import ParaRealNet
+
+        return ParaRealNet.from_config(model_cfg, data)
+    if arch != "resnet":
+        raise ConfigError(f"model.arch={arch!r} is not a known architecture; choose one of {list(ARCHITECTURES)}")
+    unknown = sorted(set(model_cfg) - set(MODEL_KEYS) - {"arch"})
     if unknown:
         raise ConfigError(f"model: unknown option(s) {unknown}; valid options are {list(MODEL_KEYS)}")
     kwargs = {k: model_cfg[k] for k in MODEL_KEYS if k in model_cfg and model_cfg[k] is not None}
