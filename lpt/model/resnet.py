@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lpt.model.activations import get_activation
+from lpt.model.activations import ACTIVATIONS, get_activation
 from lpt.model.layers import LayerKind, init_weight, linear_apply
 from lpt.model.propagate import propagate
 
@@ -81,7 +81,8 @@ class ResNet:
                  f"model.width={self.width!r} must be a positive integer (state width or channels)")
         _require(isinstance(self.T, (int, float)) and math.isfinite(self.T) and self.T > 0,
                  f"model.T={self.T!r} must be a positive finite number (final time; h = T/depth)")
-        get_activation(self.activation)
+        _require(self.activation in ACTIVATIONS,
+                 f"model.activation={self.activation!r} is not a known activation; choose one of {sorted(ACTIVATIONS)}")
         _require(self.layer in ("dense", "conv"), f"model.layer={self.layer!r} is not valid; choose dense or conv")
         _require(self.opening in ("dense", "conv", "zero"),
                  f"model.opening={self.opening!r} is not valid; choose dense, conv or zero")

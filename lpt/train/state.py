@@ -47,7 +47,7 @@ def make_train_step(model: ResNet, solver: Solver, optimizer: optax.GradientTran
         metrics = {
             "objective": obj,
             "loss": aux["loss"],
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "lr": current_lr(opt_state, lr),
             **{f"train_{k}": v for k, v in model.metrics(aux["outputs"], y).items()},
         }

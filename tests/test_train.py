@@ -1,0 +1,107 @@
+"""Training loop, HDF5 log, checkpoints and resume, optimisers, compilation count."""
+
+from __future__ import annotations
+
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import yaml
+
+import lpt
+from lpt.cli.compose import compose_config
+from lpt.logging import RunLog, read_run
+from lpt.train import (SerialSolver, TrainState, build_dataset, build_model, make_optimizer, make_train_step, run)
+
+SMALL = ["dataset.n_train=500", "dataset.n_val=100", "model.depth=8"]
+
+
+def test_run_writes_the_documented_hdf5_layout(tmp_path):
+    cfg = compose_config([*SMALL, "train.steps=12", "train.eval_every=5", "train.checkpoint_every=5"])
+    result = run(cfg, tmp_path)
+    rec = read_run(tmp_path)
+    h = rec.history
+    assert set(h) >= {"step", "epoch", "loss", "objective", "train_acc", "val_acc", "grad_norm", "lr", "time_s"}
+    np.testing.assert_array_equal(h["step"], np.arange(1, 13))
+    np.testing.assert_array_equal(h["epoch"], np.arange(1, 13))  # full batch: one epoch per step
+    evaluated = ~np.isnan(h["val_acc"])
+    np.testing.assert_array_equal(np.flatnonzero(evaluated) + 1, [5, 10, 12])
+    assert np.all(np.diff(h["time_s"]) >= 0) and np.all(h["lr"] == pytest.approx(0.01))
+    assert np.all(h["objective"] >= h["loss"])
+    assert result.final["val_acc"] == h["val_acc"][-1]
+    assert yaml.safe_load(rec.attrs["config"])["model"]["depth"] == 8
+    assert rec.attrs["lpt_version"] == lpt.__version__ and rec.attrs["jax_version"] == jax.__version__
+    assert list(rec.attrs["grid"]) == [1, 1] and rec.attrs["status"] == "completed"
+    assert "git_revision" in rec.attrs
+    with h5py.File(result.log_path) as f:
+        assert f["checkpoint"].attrs["step"] == 12
+    assert (tmp_path / "checkpoint.npz").is_file()
+
+
+def test_loss_decreases_and_accuracy_is_reached(tmp_path):
+    """The main job's model on a reduced budget: peaks, width 8, N = 32, T = 5, Adam, full batch."""
+    result = run(compose_config(["train.steps=300", "train.eval_every=300"]), tmp_path)
+    h = read_run(tmp_path).history
+    assert h["loss"][-1] < 0.5 * h["loss"][0]
+    assert result.final["val_acc"] >= 0.85
+
+
+@pytest.mark.parametrize("overrides", [
+    ["optimizer=adam"],
+    ["optimizer=sgd", "train.batch_size=50", "optimizer.lr=0.05"],
+])
+def test_resume_reproduces_the_uninterrupted_history(tmp_path, overrides):
+    base = [*SMALL, *overrides, "train.eval_every=4", "train.checkpoint_every=100"]
+    full = run(compose_config([*base, "train.steps=16"]), tmp_path / "full")
+    first = run(compose_config([*base, "train.steps=8"]), tmp_path / "part")
+    # resume the stopped run with the longer budget: continues in the original run directory
+    resumed = run(compose_config([*base, "train.steps=16", f"resume={tmp_path / 'part'}"]), tmp_path / "elsewhere")
+    assert resumed.run_dir == first.run_dir
+    a, b = read_run(full.log_path).history, read_run(resumed.log_path).history
+    np.testing.assert_array_equal(b["step"], np.arange(1, 17))
+    for key in ("loss", "objective", "train_acc", "grad_norm", "val_acc"):
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert read_run(resumed.log_path).attrs["resumed"] == 1
+
+
+def test_runlog_truncate_drops_rows_after_the_checkpoint(tmp_path):
+    with RunLog(tmp_path / "run.h5", config_yaml="{}") as log:
+        for s in range(1, 8):
+            log.append({"step": s, "loss": 1.0 / s}, {"fwd_residual": np.array([s, np.nan])})
+        log.truncate(4)
+    rec = read_run(tmp_path / "run.h5")
+    np.testing.assert_array_equal(rec.history["step"], [1, 2, 3, 4])
+    assert rec.mgrit["fwd_residual"].shape == (4, 2)
+
+
+def test_log_is_readable_while_the_run_is_open(tmp_path):
+    log = RunLog(tmp_path / "run.h5", config_yaml="{}")
+    log.append({"step": 1, "loss": 0.5})
+    rec = read_run(tmp_path / "run.h5")  # flushed: a reader (or a killed run) sees the row
+    assert rec.history["loss"].tolist() == [0.5]
+    log.close()
+
+
+def test_lbfgs_full_batch_decreases_the_objective(tmp_path):
+    run(compose_config([*SMALL, "optimizer=lbfgs", "train.steps=15", "train.eval_every=15"]), tmp_path)
+    h = read_run(tmp_path).history
+    assert h["objective"][-1] < 0.7 * h["objective"][0]
+    assert np.all(np.isfinite(h["lr"]))
+
+
+def test_train_step_compiles_once(tmp_path):
+    cfg = compose_config([*SMALL, "optimizer=sgd"])
+    data = build_dataset(cfg)
+    model = build_model(cfg["model"], data)
+    opt = make_optimizer(cfg["optimizer"])
+    solver = SerialSolver()
+    step = make_train_step(model, solver, opt, lr=0.01, line_search=False)
+    params = model.init(jax.random.PRNGKey(0))
+    state = TrainState(params, opt.init(params), (), jnp.asarray(0, jnp.int32))
+    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    for i in range(5):
+        idx = jnp.arange(i * 50, (i + 1) * 50)
+        state, metrics, _ = step(state, x[idx], y[idx])
+    assert int(state.step) == 5
+    assert step._cache_size() == 1
