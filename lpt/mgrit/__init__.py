@@ -10,7 +10,8 @@ from lpt.mgrit.adjoint import adjoint_initial_guess, adjoint_solve, layer_gradie
 from lpt.mgrit.hierarchy import LevelShape, level_shapes
 from lpt.mgrit.options import MGRITOptions
 from lpt.mgrit.solve import MGRITStats, coarse_initial_guess, convergence_factor, mgrit_solve
+from lpt.mgrit.training import MGRITSolver, WarmStart
 
-__all__ = ["LevelShape", "MGRITOptions", "MGRITStats", "adjoint_initial_guess", "adjoint_solve",
-           "coarse_initial_guess", "convergence_factor", "layer_gradient", "level_shapes", "mgrit_propagate",
-           "mgrit_solve"]
+__all__ = ["LevelShape", "MGRITOptions", "MGRITSolver", "MGRITStats", "WarmStart", "adjoint_initial_guess",
+           "adjoint_solve", "coarse_initial_guess", "convergence_factor", "layer_gradient", "level_shapes",
+           "mgrit_propagate", "mgrit_solve"]

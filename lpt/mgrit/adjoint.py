@@ -1,9 +1,10 @@
 """Backpropagation as an MGRIT solve (DESIGN §3; Günther et al. 2020, §3.2) and the layer gradient.
 
 The adjoint system ȳ_N = ∂loss/∂y_N, ȳ_n = (∂Φ_n/∂y(y_n))ᵀ ȳ_{n+1} is, on the reversed index
-w_k = ȳ_{N−k}, a system of the same kind, w_{k+1} = Ψ_k(w_k), with the step "vector–Jacobian product of
-Φ_{N−1−k} at the primal state y_{N−1−k}" and per-step data (θ_n, y_n). It is solved by the very same
-:func:`lpt.mgrit.solve.solve_system`.
+w_k = ȳ_{N−k}, a system of the same kind, w_{k+1} = Ψ_k(w_k), whose step is the vector–Jacobian product of
+Φ_{N−1−k} at the primal state y_{N−1−k}. It is solved by the very same
+:func:`lpt.mgrit.solve.solve_system`; the per-step data (θ_n, y_n) are restricted like the forward weights
+and then every step of every level is linearised once, all at once (``jax.vjp`` vmapped over the steps).
 
 Coarse adjoint steps are the VJPs of the forward coarse steps at the injected primal states, Ψ^c_j(w) =
 (∂Φ^c/∂y(y_{left}))ᵀ w with y_{left} the forward-left end of the interval: on the reversed index that is the
@@ -15,38 +16,32 @@ coarsening factors; on uneven depths the identity steps sit at the other end).
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
-from lpt.mgrit.hierarchy import average, inject_last
-from lpt.mgrit.options import MGRITOptions
-from lpt.mgrit.relax import Step
 from lpt.mgrit.cycle import Hierarchy
+from lpt.mgrit.hierarchy import Level, average, inject_last
+from lpt.mgrit.options import MGRITOptions
 from lpt.mgrit.solve import MGRITStats, initial_guess, make_hierarchy, mgrit_solve, solve_system
+from lpt.model import Step
 
 
 def _reverse(tree: Any) -> Any:
     return jax.tree_util.tree_map(lambda a: a[::-1], tree)
 
 
-class AdjointStep:
-    """Ψ((θ_n, y_n), w, h_n) = (∂Φ_n/∂y (y_n))ᵀ w for Φ_n(y) = step(θ_n, y, h_n). Hashable by ``step``."""
+def linearize(step: Step, theta_n: Any, y_n: jnp.ndarray, h: jnp.ndarray) -> Callable[[jnp.ndarray], jnp.ndarray]:
+    """The VJP w ↦ (∂Φ_n/∂y (y_n))ᵀ w of Φ_n(y) = step(θ_n, y, h_n) at the primal state, as a pytree
+    (``jax.tree_util.Partial`` holding the linearisation), so it can be built for all steps at once."""
+    return jax.vjp(lambda y: step(theta_n, y, h), y_n)[1]
 
-    def __init__(self, step: Step):
-        self.step = step
 
-    def __call__(self, data: tuple[Any, jnp.ndarray], w: jnp.ndarray, h: jnp.ndarray) -> jnp.ndarray:
-        theta_n, y_n = data
-        _, vjp = jax.vjp(lambda y: self.step(theta_n, y, h), y_n)
-        return vjp(w)[0]
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, AdjointStep) and other.step == self.step
-
-    def __hash__(self) -> int:
-        return hash((AdjointStep, self.step))
+def apply_vjp(vjp: Callable[[jnp.ndarray], jnp.ndarray], w: jnp.ndarray, h: jnp.ndarray) -> jnp.ndarray:
+    """The adjoint step Ψ(w) = (∂Φ_n/∂y (y_n))ᵀ w, per-step data = the linearisation of Φ_n."""
+    del h  # already inside the linearisation
+    return vjp(w)[0]
 
 
 def adjoint_restriction(options: MGRITOptions):
@@ -62,9 +57,22 @@ def adjoint_restriction(options: MGRITOptions):
 
 
 def adjoint_hierarchy(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, options: MGRITOptions) -> Hierarchy:
-    """Levels of the adjoint system on the reversed index, per-step data (θ_{N−1−k}, y_{N−1−k})."""
+    """Levels of the adjoint system on the reversed index. Per-step data (θ_{N−1−k}, y_{N−1−k}) are
+    restricted, then every step of every level is linearised once (all at once), so that an adjoint step in
+    the cycles costs one transposed Jacobian product and no recomputation of Φ."""
     data = _reverse((theta, ys[:-1]))
-    return make_hierarchy(AdjointStep(step), data, hs[::-1], options, adjoint_restriction(options))
+    hier = make_hierarchy(apply_vjp, data, hs[::-1], options, adjoint_restriction(options))
+    return hier._replace(levels=tuple(_linearize_level(step, level) for level in hier.levels))
+
+
+def _linearize_level(step: Step, level: Level) -> Level:
+    """Replace the data (θ, y) of every step of a level by the step's linearisation (vmapped over the
+    step axes: (n,) on the coarsest level, (m, n_c) on a level with intervals)."""
+    fn = partial(linearize, step)
+    for _ in range(level.hs.ndim):
+        fn = jax.vmap(fn)
+    theta, ys = level.data
+    return level._replace(data=fn(theta, ys, level.hs))
 
 
 @partial(jax.jit, static_argnames=("step", "options"))

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 
 from lpt.mgrit.hierarchy import Grid, Level, LevelShape, join, pad_states, pad_zeros, split
 from lpt.mgrit.options import MGRITOptions
-from lpt.mgrit.relax import Step, f_sweep, fas_rhs, fas_rhs_serial, serial_sweep
+from lpt.mgrit.relax import f_sweep, fas_rhs, fas_rhs_serial, serial_sweep
+from lpt.model import Step
 
 CycleKind = Literal["V", "F"]
 
@@ -35,7 +36,8 @@ class Hierarchy(NamedTuple):
     options: MGRITOptions
 
 
-def relax(hier: Hierarchy, lvl: int, grid: Grid, g: Grid | None, chat: jnp.ndarray | None) -> tuple[Grid, jnp.ndarray]:
+def relax(hier: Hierarchy, lvl: int, grid: Grid, g: jnp.ndarray | None,
+          chat: jnp.ndarray | None) -> tuple[Grid, jnp.ndarray]:
     """F(CF)^ν relaxation on level ``lvl``; ``chat`` given means ``grid`` is already F-relaxed."""
     level = hier.levels[lvl]
     if chat is None:
@@ -46,7 +48,7 @@ def relax(hier: Hierarchy, lvl: int, grid: Grid, g: Grid | None, chat: jnp.ndarr
     return grid, chat
 
 
-def cycle(hier: Hierarchy, lvl: int, grid: Grid, g: Grid | None, chat: jnp.ndarray | None,
+def cycle(hier: Hierarchy, lvl: int, grid: Grid, g: jnp.ndarray | None, chat: jnp.ndarray | None,
           kind: CycleKind) -> tuple[Grid, jnp.ndarray]:
     """One V- or F-cycle on level ``lvl`` (not the coarsest); returns the F-relaxed iterate and ĉ."""
     grid, chat = relax(hier, lvl, grid, g, chat)
@@ -60,8 +62,7 @@ def coarse_solve(hier: Hierarchy, lvl: int, v: jnp.ndarray, r: jnp.ndarray, kind
     shape, level = hier.shapes[lvl], hier.levels[lvl]
     r = jnp.concatenate([jnp.zeros_like(v[:1]), r], axis=0)
     if shape.coarsest:
-        g = fas_rhs_serial(hier.step, level, v, r)
-        return serial_sweep(hier.step, level, g[0], g)
+        return serial_sweep(hier.step, level, v[0], fas_rhs_serial(hier.step, level, v, r))
     grid = split(pad_states(v, shape.padded + 1), shape.m)
     g = fas_rhs(hier.step, level, grid, split(pad_zeros(r, shape.padded + 1), shape.m))
     chat = None

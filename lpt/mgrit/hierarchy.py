@@ -1,6 +1,6 @@
 """The MGRIT level hierarchy: level sizes (static, Python), per-step data of every level, and grid layouts.
 
-Level ℓ has n_ℓ steps with per-step data d^ℓ_i (layer weights, and for the adjoint also primal states) and
+Level ℓ has n_ℓ steps with per-step data d^ℓ_i (layer weights; for the adjoint also primal states) and
 step sizes h^ℓ_i. With coarsening factor m_ℓ it is padded to p_ℓ = m_ℓ⌈n_ℓ/m_ℓ⌉ steps by *identity steps*
 of step size h = 0 (Φ(u) = u + 0·σ(…) = u exactly), so every level splits into n_{ℓ+1} = p_ℓ/m_ℓ whole
 intervals and all intervals are relaxed at once; uneven depths need no special case. The coarse level has
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from lpt.mgrit.options import MGRITOptions
 
 Restriction = Callable[[Any, jnp.ndarray], Any]
-"""restrict(data_blocks, hs_blocks): per-interval data (n_c, m, …) and step sizes (n_c, m) → coarse data (n_c, …)."""
+"""restrict(data_blocks, hs_blocks): interval data (n_c, m, …) and step sizes (n_c, m) → coarse data (n_c, …)."""
 
 
 class LevelShape(NamedTuple):
@@ -141,7 +141,8 @@ def average(blocks: Any, hs: jnp.ndarray) -> Any:
     return jax.tree_util.tree_map(mean, blocks)
 
 
-def build_levels(data: Any, hs: jnp.ndarray, shapes: tuple[LevelShape, ...], restrict: Restriction) -> tuple[Level, ...]:
+def build_levels(data: Any, hs: jnp.ndarray, shapes: tuple[LevelShape, ...],
+                 restrict: Restriction) -> tuple[Level, ...]:
     """Per-step data and step sizes of every level, in the layouts described in the module docstring.
 
     Args:

@@ -17,7 +17,8 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _require(cond: bool, message: str) -> None:
+def require(cond: bool, message: str) -> None:
+    """Raise a ValueError with ``message`` (naming the config option) unless ``cond``."""
     if not cond:
         raise ValueError(message)
 
@@ -58,28 +59,28 @@ class MGRITOptions:
         cf = tuple(self.cfactor) if isinstance(self.cfactor, (list, tuple)) else self.cfactor
         object.__setattr__(self, "cfactor", cf)
         factors = cf if isinstance(cf, tuple) else (cf,)
-        _require(len(factors) >= 1 and all(_is_int(m) and m >= 2 for m in factors),
-                 f"solver.cfactor={self.cfactor!r} must be an integer ≥ 2 (the coarsening factor: C-points are "
-                 f"every m-th layer) or a non-empty list of such integers, one per level")
-        _require(_is_int(self.max_levels) and self.max_levels >= 1,
-                 f"solver.max_levels={self.max_levels!r} must be an integer ≥ 1 (1 = serial propagation)")
-        _require(_is_int(self.min_coarse) and self.min_coarse >= 1,
-                 f"solver.min_coarse={self.min_coarse!r} must be an integer ≥ 1 (steps on the coarsest level)")
-        _require(_is_int(self.nrelax) and self.nrelax >= 0,
-                 f"solver.nrelax={self.nrelax!r} must be an integer ≥ 0 (0 = F-relaxation, 1 = FCF, ...)")
-        _require(self.nrelax_fine is None or (_is_int(self.nrelax_fine) and self.nrelax_fine >= 0),
-                 f"solver.nrelax_fine={self.nrelax_fine!r} must be null or an integer ≥ 0 (0 = F, 1 = FCF, ...)")
-        _require(self.cycle in CYCLES, f"solver.cycle={self.cycle!r} is not a known cycle; choose one of {CYCLES}")
-        _require(_is_int(self.max_iter) and self.max_iter >= 1,
-                 f"solver.max_iter={self.max_iter!r} must be an integer ≥ 1 (number of cycles; "
-                 f"solver.fwd_iters / solver.bwd_iters in the config)")
+        require(len(factors) >= 1 and all(_is_int(m) and m >= 2 for m in factors),
+                f"solver.cfactor={self.cfactor!r} must be an integer ≥ 2 (the coarsening factor: C-points are "
+                f"every m-th layer) or a non-empty list of such integers, one per level")
+        require(_is_int(self.max_levels) and self.max_levels >= 1,
+                f"solver.max_levels={self.max_levels!r} must be an integer ≥ 1 (1 = serial propagation)")
+        require(_is_int(self.min_coarse) and self.min_coarse >= 1,
+                f"solver.min_coarse={self.min_coarse!r} must be an integer ≥ 1 (steps on the coarsest level)")
+        require(_is_int(self.nrelax) and self.nrelax >= 0,
+                f"solver.nrelax={self.nrelax!r} must be an integer ≥ 0 (0 = F-relaxation, 1 = FCF, ...)")
+        require(self.nrelax_fine is None or (_is_int(self.nrelax_fine) and self.nrelax_fine >= 0),
+                f"solver.nrelax_fine={self.nrelax_fine!r} must be null or an integer ≥ 0 (0 = F, 1 = FCF, ...)")
+        require(self.cycle in CYCLES, f"solver.cycle={self.cycle!r} is not a known cycle; choose one of {CYCLES}")
+        require(_is_int(self.max_iter) and self.max_iter >= 1,
+                f"solver.max_iter={self.max_iter!r} must be an integer ≥ 1 (number of cycles; "
+                f"solver.fwd_iters / solver.bwd_iters in the config)")
         for name in ("abs_tol", "rel_tol"):
             value = getattr(self, name)
-            _require(isinstance(value, (int, float)) and not isinstance(value, bool)
-                     and math.isfinite(value) and value >= 0,
-                     f"solver.{name}={value!r} must be a finite number ≥ 0 (0 switches it off)")
-        _require(self.restrict in RESTRICTIONS,
-                 f"solver.restrict={self.restrict!r} is not known; choose one of {RESTRICTIONS}")
+            require(isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value) and value >= 0,
+                    f"solver.{name}={value!r} must be a finite number ≥ 0 (0 switches it off)")
+        require(self.restrict in RESTRICTIONS,
+                f"solver.restrict={self.restrict!r} is not known; choose one of {RESTRICTIONS}")
 
     def cfactor_at(self, level: int) -> int:
         """The coarsening factor m_ℓ of level ``level`` (the last listed value repeats)."""

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 from lpt.mgrit.cycle import Hierarchy, cycle, nested_iteration
 from lpt.mgrit.hierarchy import Grid, average, build_levels, inject_first, join, level_shapes, pad_states, split
 from lpt.mgrit.options import MGRITOptions
-from lpt.mgrit.relax import Step, f_sweep, residual_norm, serial_sweep
+from lpt.mgrit.relax import f_sweep, residual_norm, serial_sweep
+from lpt.model import Step
 
 
 class MGRITStats(NamedTuple):
@@ -33,9 +34,10 @@ class MGRITStats(NamedTuple):
 
 
 class _Loop(NamedTuple):
-    k: jnp.ndarray
+    k: jnp.ndarray  # cycles done
     grid: Grid
     chat: jnp.ndarray
+    residual: jnp.ndarray  # ‖r‖₂ of the current iterate
     residuals: jnp.ndarray
 
 
@@ -78,18 +80,13 @@ def solve_system(hier: Hierarchy, g0: jnp.ndarray, u_init: jnp.ndarray | None) -
 
     def body(state: _Loop) -> _Loop:
         grid, chat = cycle(hier, 0, state.grid, None, state.chat, kind)
-        residuals = state.residuals.at[state.k].set(residual_norm(chat, grid.c))
-        return _Loop(state.k + 1, grid, chat, residuals)
+        residual = residual_norm(chat, grid.c)
+        return _Loop(state.k + 1, grid, chat, residual, state.residuals.at[state.k].set(residual))
 
-    state = _Loop(jnp.asarray(0, jnp.int32), grid, chat, nan)
+    state = _Loop(jnp.asarray(0, jnp.int32), grid, chat, r0, nan)
     if opts.has_tolerance:
         tol = jnp.maximum(jnp.asarray(opts.abs_tol, g0.dtype), opts.rel_tol * r0)
-
-        def cond(state: _Loop) -> jnp.ndarray:
-            last = jnp.where(state.k > 0, state.residuals[jnp.maximum(state.k - 1, 0)], r0)
-            return (state.k < opts.max_iter) & (last > tol)
-
-        state = jax.lax.while_loop(cond, body, state)
+        state = jax.lax.while_loop(lambda s: (s.k < opts.max_iter) & (s.residual > tol), body, state)
     else:
         state = jax.lax.fori_loop(0, opts.max_iter, lambda _, s: body(s), state)
     u = join(state.grid)[: shape.n + 1]
@@ -125,7 +122,8 @@ def initial_guess(hier: Hierarchy, g0: jnp.ndarray) -> jnp.ndarray:
 
 
 @partial(jax.jit, static_argnames=("step", "options"))
-def coarse_initial_guess(step: Step, theta: Any, hs: jnp.ndarray, y0: jnp.ndarray, options: MGRITOptions) -> jnp.ndarray:
+def coarse_initial_guess(step: Step, theta: Any, hs: jnp.ndarray, y0: jnp.ndarray,
+                         options: MGRITOptions) -> jnp.ndarray:
     """The cheap initial iterate (N+1, …): coarsest-level serial sweep, interpolated (injection at the
     C-points, F-relaxation) to the fine grid. Work ≈ N steps, all in parallel but the coarsest sweep."""
     return initial_guess(make_hierarchy(step, theta, hs, options, forward_restriction(options)), y0)

@@ -1,0 +1,208 @@
+"""One-shot layer-parallel training strategy (Günther et al. 2020, §4; DESIGN §3).
+
+Per optimisation step: a few forward MGRIT cycles (default 2), the head and loss, a few adjoint MGRIT cycles
+(default 1), and the gradient assembled explicitly:
+
+    y_0 = open(x; θ_open),  y ≈ MGRIT(y_0; θ),  ȳ_N = ∂loss/∂y_N,  ȳ ≈ adjoint MGRIT(ȳ_N; θ, y),
+    ∇_{θ_n} = (∂Φ_n/∂θ_n(y_n))ᵀ ȳ_{n+1},  ∇_{θ_open} = (∂open/∂θ_open)ᵀ ȳ_0,
+    ∇_{W_c, b_c} by the chain rule of the head, plus the gradient of the regularisation.
+
+With ``warm_start`` (full-batch training) the states y and ȳ of the previous step are the next initial
+iterate; otherwise the cheap coarse-level guess is used every step. Divergence (non-finite states or
+residuals, or a residual that grows over two cycles) is reported in the stats and, with
+``on_divergence="serial"``, answered by a serial recomputation of the step inside the compiled function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lpt.mgrit.adjoint import adjoint_initial_guess, adjoint_solve, layer_gradient
+from lpt.mgrit.options import MGRITOptions, require
+from lpt.mgrit.solve import MGRITStats, coarse_initial_guess, convergence_factor, mgrit_solve
+from lpt.model import Params
+
+OnDivergence = Literal["error", "serial"]
+
+CONFIG_KEYS = ("cfactor", "max_levels", "min_coarse", "nrelax", "nrelax_fine", "cycle", "fwd_iters", "bwd_iters",
+               "abs_tol", "rel_tol", "bwd_levels", "bwd_tol", "restrict", "warm_start", "on_divergence")
+GROWTH_ULPS = 100.0
+"""A residual counts as growing only above GROWTH_ULPS·eps·‖y‖₂ (below that it is round-off)."""
+
+
+class WarmStart(NamedTuple):
+    """States kept between steps: primal ``ys`` and adjoint ``ybars`` (N+1, B, …); ``valid`` False means
+    "no previous step": use the cheap coarse-level guess."""
+
+    ys: jnp.ndarray
+    ybars: jnp.ndarray
+    valid: jnp.ndarray
+
+
+class _Forward(NamedTuple):
+    open_vjp: Callable
+    theta: Any
+    hs: jnp.ndarray
+    ys: jnp.ndarray
+    stats: MGRITStats
+
+
+def _grew(stats: MGRITStats, floor: jnp.ndarray) -> jnp.ndarray:
+    """Whether the residual grew over two cycles, ‖r_k‖ > ‖r_{k−2}‖ (r_0 the initial residual), or over the
+    only cycle of a one-cycle solve, ‖r_1‖ > ‖r_0‖ — above the round-off floor."""
+    seq = jnp.concatenate([stats.initial_residual[None], stats.residuals])
+    done = jnp.arange(2, seq.shape[0]) <= stats.iterations
+    over_two = jnp.any(done & (seq[2:] > seq[:-2]) & (seq[2:] > floor))
+    over_one = (stats.iterations == 1) & (seq[1] > seq[0]) & (seq[1] > floor)
+    return over_two | over_one
+
+
+def _finite(stats: MGRITStats) -> jnp.ndarray:
+    """Whether the residuals of all cycles done are finite."""
+    done = jnp.arange(stats.residuals.shape[0]) < stats.iterations
+    return jnp.all(jnp.isfinite(stats.residuals) | ~done)
+
+
+def _diverged(states: jnp.ndarray, stats: MGRITStats) -> jnp.ndarray:
+    floor = GROWTH_ULPS * jnp.finfo(states.dtype).eps * jnp.sqrt(jnp.sum(jnp.square(states)))
+    return ~jnp.all(jnp.isfinite(states)) | ~_finite(stats) | _grew(stats, floor)
+
+
+@dataclass(frozen=True)
+class MGRITSolver:
+    """Layer-parallel solver strategy: forward and adjoint FAS-MGRIT with few cycles per training step.
+
+    Attributes:
+        fwd: options of the forward solve; ``fwd.max_iter`` is the number of cycles per step (fwd_iters).
+        bwd: options of the adjoint solve; ``bwd.max_iter`` cycles per step (bwd_iters).
+        warm_start: start each step from the previous step's states (full-batch training).
+        on_divergence: "serial" recomputes a diverged step serially (stats["fallback"]); "error" only sets
+            stats["diverged"] for the trainer to raise.
+    """
+
+    fwd: MGRITOptions = field(default_factory=lambda: MGRITOptions(max_iter=2))
+    bwd: MGRITOptions = field(default_factory=lambda: MGRITOptions(max_iter=1))
+    warm_start: bool = True
+    on_divergence: OnDivergence = "serial"
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.warm_start, bool), f"solver.warm_start={self.warm_start!r} must be true or false")
+        require(self.on_divergence in ("error", "serial"),
+                f"solver.on_divergence={self.on_divergence!r} is not valid; choose error or serial")
+
+    # --- construction ------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], full_batch: bool = True) -> "MGRITSolver":
+        """Build from the ``solver`` config group (configs/solver/mgrit.yaml); the key ``name`` is ignored.
+
+        Args:
+            cfg: mapping with the keys of :data:`CONFIG_KEYS` (missing ones take the defaults).
+            full_batch: resolves ``warm_start: auto`` (warm start exactly for full-batch training).
+        """
+        unknown = sorted(set(cfg) - set(CONFIG_KEYS) - {"name"})
+        require(not unknown, f"unknown solver option(s) {unknown}; valid keys are {list(CONFIG_KEYS)}")
+        get = cfg.get
+        cfactor = get("cfactor", 4)
+        if not isinstance(cfactor, (int, str)) and hasattr(cfactor, "__iter__"):
+            cfactor = tuple(cfactor)
+        max_levels = get("max_levels", 10)
+        for name, default in (("fwd_iters", 2), ("bwd_iters", 1)):
+            value = get(name, default)
+            require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                    f"solver.{name}={value!r} must be an integer ≥ 1 (MGRIT cycles per training step)")
+        bwd_levels = get("bwd_levels")
+        require(bwd_levels is None or (isinstance(bwd_levels, int) and not isinstance(bwd_levels, bool)
+                                       and bwd_levels >= 1),
+                f"solver.bwd_levels={bwd_levels!r} must be null (= max_levels) or an integer ≥ 1")
+        bwd_tol = get("bwd_tol")
+        require(bwd_tol is None or (isinstance(bwd_tol, (int, float)) and not isinstance(bwd_tol, bool)
+                                    and bwd_tol >= 0),
+                f"solver.bwd_tol={bwd_tol!r} must be null (= abs_tol) or a number ≥ 0")
+        common = dict(cfactor=cfactor, min_coarse=get("min_coarse", 2), nrelax=get("nrelax", 1),
+                      nrelax_fine=get("nrelax_fine"), cycle=get("cycle", "V"), rel_tol=get("rel_tol", 0.0),
+                      restrict=get("restrict", "inject"))
+        abs_tol = get("abs_tol", 0.0)
+        fwd = MGRITOptions(**common, max_levels=max_levels, max_iter=get("fwd_iters", 2), abs_tol=abs_tol)
+        bwd = MGRITOptions(**common, max_levels=max_levels if bwd_levels is None else bwd_levels,
+                           max_iter=get("bwd_iters", 1), abs_tol=abs_tol if bwd_tol is None else bwd_tol)
+        warm = get("warm_start", "auto")
+        require(warm in ("auto", True, False), f"solver.warm_start={warm!r} must be auto, true or false")
+        return cls(fwd=fwd, bwd=bwd, warm_start=full_batch if warm == "auto" else bool(warm),
+                   on_divergence=get("on_divergence", "serial"))
+
+    # --- the Solver protocol -----------------------------------------------------------------------
+    def init_state(self, model, params: Params, x: jnp.ndarray) -> WarmStart | tuple:
+        """Empty warm-start states for a batch x (``valid`` False), or () without warm start."""
+        if not self.warm_start:
+            return ()
+        y0 = jax.eval_shape(model.open, params, x)
+        zeros = jnp.zeros((model.depth + 1, *y0.shape), y0.dtype)
+        return WarmStart(zeros, zeros, jnp.asarray(False))
+
+    def value_and_grad(self, model, params: Params, x: jnp.ndarray, y: jnp.ndarray, state):
+        """Objective, aux {"loss", "outputs"}, gradient, new warm-start state and stats of one step."""
+        fw = self._forward(model, params, x, state)
+        (loss, outputs), head_vjp = self._head_vjp(model, params, y, fw.ys[-1])
+        g_class, ybar_final = head_vjp(jnp.ones_like(loss))
+        w_init = self._guess(state, "ybars", lambda: adjoint_initial_guess(
+            model.step, fw.theta, fw.hs, fw.ys, ybar_final, self.bwd))
+        ybars, bstats = adjoint_solve(model.step, fw.theta, fw.hs, fw.ys, ybar_final, self.bwd, w_init)
+        reg, g_reg = jax.value_and_grad(model.regularization)(params)
+        grads = {"opening": fw.open_vjp(ybars[0])[0],
+                 "layers": layer_gradient(model.step, fw.theta, fw.hs, fw.ys, ybars), "classifier": g_class}
+        grads = jax.tree_util.tree_map(jnp.add, grads, g_reg)
+        result = (loss + reg, {"loss": loss, "outputs": outputs}, grads)
+
+        diverged = _diverged(fw.ys, fw.stats) | _diverged(ybars, bstats)
+        fallback = diverged if self.on_divergence == "serial" else jnp.asarray(False)
+        if self.on_divergence == "serial":
+            result = jax.lax.cond(diverged, lambda: _serial().value_and_grad(model, params, x, y, ())[:3],
+                                  lambda: result)
+        new_state = WarmStart(fw.ys, ybars, ~diverged) if self.warm_start else ()
+        stats = {"fwd_residual": fw.stats.residuals, "bwd_residual": bstats.residuals,
+                 "fwd_factor": convergence_factor(fw.stats), "bwd_factor": convergence_factor(bstats),
+                 "diverged": diverged, "fallback": fallback}
+        return (*result, new_state, stats)
+
+    def value(self, model, params: Params, x: jnp.ndarray, y: jnp.ndarray, state) -> jnp.ndarray:
+        """The objective data_loss + regularisation with the forward MGRIT solve only."""
+        fw = self._forward(model, params, x, state)
+        value = model.data_loss(model.head(params, fw.ys[-1]), y) + model.regularization(params)
+        if self.on_divergence == "serial":
+            value = jax.lax.cond(_diverged(fw.ys, fw.stats), lambda: _serial().value(model, params, x, y, ()),
+                                 lambda: value)
+        return value
+
+    # --- pieces ------------------------------------------------------------------------------------
+    def _guess(self, state, name: str, cheap: Callable[[], jnp.ndarray]) -> jnp.ndarray | None:
+        """Initial iterate: previous states when warm and valid, else the cheap guess (None: solver default)."""
+        if not self.warm_start:
+            return None
+        return jax.lax.cond(state.valid, lambda: getattr(state, name), cheap)
+
+    def _forward(self, model, params: Params, x: jnp.ndarray, state) -> _Forward:
+        y0, open_vjp = jax.vjp(lambda p_open: model.open({**params, "opening": p_open}, x), params["opening"])
+        theta, hs = params["layers"], model.step_sizes(y0.dtype)
+        u_init = self._guess(state, "ys", lambda: coarse_initial_guess(model.step, theta, hs, y0, self.fwd))
+        ys, stats = mgrit_solve(model.step, theta, hs, y0, self.fwd, u_init)
+        return _Forward(open_vjp, theta, hs, ys, stats)
+
+    @staticmethod
+    def _head_vjp(model, params: Params, y: jnp.ndarray, y_final: jnp.ndarray):
+        def head_loss(p_class, y_final):
+            outputs = model.head({**params, "classifier": p_class}, y_final)
+            return model.data_loss(outputs, y), outputs
+
+        loss, vjp, outputs = jax.vjp(head_loss, params["classifier"], y_final, has_aux=True)
+        return (loss, outputs), vjp
+
+
+def _serial():
+    """The reference strategy (``lax.scan`` + ``jax.grad``) that a diverged step falls back to."""
+    from lpt.train.solver import SerialSolver  # lpt.train builds the MGRIT strategy: import lazily
+
+    return SerialSolver()
