@@ -12,7 +12,8 @@ import yaml
 import lpt
 from lpt.cli.compose import compose_config
 from lpt.logging import RunLog, read_run
-from lpt.train import (SerialSolver, TrainState, build_dataset, build_model, make_optimizer, make_train_step, run)
+from lpt.train import (SerialSolver, TrainState, build_dataset, build_model, make_optimizer, make_solver,
+                       make_train_step, run)
 
 SMALL = ["dataset.n_train=500", "dataset.n_val=100", "model.depth=8"]
 
@@ -104,4 +105,43 @@ def test_train_step_compiles_once(tmp_path):
         idx = jnp.arange(i * 50, (i + 1) * 50)
         state, metrics, _ = step(state, x[idx], y[idx])
     assert int(state.step) == 5
+    assert step._cache_size() == 1
+
+
+@pytest.mark.slow
+def test_mgrit_training_matches_serial_accuracy(tmp_path):
+    """`+experiment=peaks solver=mgrit` (one-shot, 2 forward / 1 backward cycles, warm start) vs `solver=serial`,
+    same seed and steps: validation accuracies within 1 percentage point (1000 validation points).
+
+    The main job's full budget is used: over shorter budgets both trainings are still in their chaotic phase
+    and accuracies differ by ±2 points between any two nearby runs (serial included)."""
+    common = ["+experiment=peaks", "train.eval_every=500", "dataset.n_val=1000"]
+    serial = run(compose_config([*common, "solver=serial"]), tmp_path / "serial")
+    mgrit = run(compose_config([*common, "solver=mgrit"]), tmp_path / "mgrit")
+    assert serial.final["val_acc"] >= 0.97
+    assert abs(mgrit.final["val_acc"] - serial.final["val_acc"]) <= 0.01
+    rec = read_run(mgrit.log_path)
+    m = rec.mgrit
+    assert m["fwd_residual"].shape == (1000, 2) and m["bwd_residual"].shape == (1000, 1)
+    assert m["fwd_factor"].shape == (1000,) and m["bwd_factor"].shape == (1000,)
+    assert np.all(np.isfinite(m["fwd_residual"])) and not m["fallback"].any()
+    # warm start: later steps start closer to the solution than the cold first step
+    assert np.median(m["fwd_residual"][-100:, -1]) < m["fwd_residual"][0, -1]
+    print(f"val_acc serial {serial.final['val_acc']:.3f}, mgrit {mgrit.final['val_acc']:.3f}")
+    assert yaml.safe_load(rec.attrs["config"])["solver"]["fwd_iters"] == 2
+
+
+def test_mgrit_train_step_compiles_once():
+    cfg = compose_config([*SMALL, "solver=mgrit", "train.batch_size=50"])
+    data = build_dataset(cfg)
+    model = build_model(cfg["model"], data)
+    opt = make_optimizer(cfg["optimizer"])
+    solver = make_solver(cfg["solver"], full_batch=False)
+    step = make_train_step(model, solver, opt, lr=0.01, line_search=False)
+    params = model.init(jax.random.PRNGKey(0))
+    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    state = TrainState(params, opt.init(params), solver.init_state(model, params, x[:50]), jnp.asarray(0, jnp.int32))
+    for i in range(4):
+        state, _, stats = step(state, x[i * 50:(i + 1) * 50], y[i * 50:(i + 1) * 50])
+    assert int(state.step) == 4 and stats["fwd_residual"].shape == (2,)
     assert step._cache_size() == 1

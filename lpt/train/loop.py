@@ -84,6 +84,9 @@ def _setup(cfg: Mapping[str, Any]):
     model = build_model(cfg["model"], data)
     check_batch(loop, data, cfg["optimizer"].get("name"))
     optimizer = make_optimizer(cfg["optimizer"])
+    if cfg["model"].get("arch") == "parareal" and cfg["solver"].get("name") != "serial":
+        raise ConfigError(f"model.arch=parareal is trained end-to-end by ordinary backpropagation: use "
+                          f"solver=serial, not solver={cfg['solver'].get('name')}")
     full_batch = loop.batch_size in (None, data.x_train.shape[0])
     solver = make_solver(cfg["solver"], full_batch=full_batch)
     return dtype, grid, loop, seed, data, model, optimizer, full_batch, solver
