@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 
 from lpt.data.common import DATA_DIR_ENV, DataError, Dataset, resolve_data_dir
+from lpt.data.cifar10 import load_cifar10
 from lpt.data.indian_pines import load_indian_pines
 from lpt.data.mnist import load_mnist
 from lpt.data.peaks import load_peaks
@@ -36,6 +37,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "peaks": load_peaks,
     "indian_pines": load_indian_pines,
     "mnist": load_mnist,
+    "cifar10": load_cifar10,
     "regression_peaks": load_regression_peaks,
     "regression_pendulum": load_regression_pendulum,
 }
