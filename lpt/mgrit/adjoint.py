@@ -22,10 +22,12 @@ import jax
 import jax.numpy as jnp
 
 from lpt.mgrit.cycle import Hierarchy
-from lpt.mgrit.hierarchy import Level, average, inject_last
+from lpt.mgrit.hierarchy import Level, average, inject_last, pad_states
+from lpt.mgrit.layout import Layout, make_layout
 from lpt.mgrit.options import MGRITOptions
-from lpt.mgrit.solve import MGRITStats, initial_guess, make_hierarchy, mgrit_solve, solve_system
+from lpt.mgrit.solve import SINGLE, MGRITStats, chunk_hierarchy, initial_guess, map_levels, mgrit_solve, padded, solve_system
 from lpt.model import Step
+from lpt.parallel.comm import ReversedComm
 
 
 def _reverse(tree: Any) -> Any:
@@ -56,13 +58,26 @@ def adjoint_restriction(options: MGRITOptions):
     return restrict
 
 
-def adjoint_hierarchy(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, options: MGRITOptions) -> Hierarchy:
-    """Levels of the adjoint system on the reversed index. Per-step data (θ_{N−1−k}, y_{N−1−k}) are
-    restricted, then every step of every level is linearised once (all at once), so that an adjoint step in
-    the cycles costs one transposed Jacobian product and no recomputation of Φ."""
+def adjoint_hierarchy(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, options: MGRITOptions,
+                      layout: Layout, comm: Any = SINGLE) -> Hierarchy:
+    """Levels of the adjoint system on the reversed index, for one layer chunk (``theta``, ``hs`` its
+    n_local steps, ``ys`` its primal states with halo (n_local+1, …)); the chunks are taken in reverse
+    order. Per-step data (θ_{N−1−k}, y_{N−1−k}) are restricted, then every step of every level is
+    linearised once (all at once), so that an adjoint step in the cycles costs one transposed Jacobian
+    product and no recomputation of Φ."""
     data = _reverse((theta, ys[:-1]))
-    hier = make_hierarchy(apply_vjp, data, hs[::-1], options, adjoint_restriction(options))
-    return hier._replace(levels=tuple(_linearize_level(step, level) for level in hier.levels))
+    hier = chunk_hierarchy(apply_vjp, data, hs[::-1], options, adjoint_restriction(options), layout,
+                           ReversedComm(comm))
+    return map_levels(hier, partial(_linearize_level, step))
+
+
+def adjoint_chunk(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, ybar_final: jnp.ndarray,
+                  options: MGRITOptions, layout: Layout, comm: Any = SINGLE,
+                  w_init: jnp.ndarray | None = None) -> tuple[jnp.ndarray, MGRITStats]:
+    """This chunk's adjoint states ȳ (n_local+1, …, forward order, the right end a halo) by MGRIT."""
+    hier = adjoint_hierarchy(step, theta, hs, ys, options, layout, comm)
+    w, stats = solve_system(hier, ybar_final, None if w_init is None else w_init[::-1])
+    return w[::-1], stats
 
 
 def _linearize_level(step: Step, level: Level) -> Level:
@@ -92,9 +107,13 @@ def adjoint_solve(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, ybar
     Returns:
         ȳ_0..ȳ_N (N+1, …) and the :class:`MGRITStats` of the solve.
     """
-    hier = adjoint_hierarchy(step, theta, hs, ys, options)
-    w, stats = solve_system(hier, ybar_final, None if w_init is None else w_init[::-1])
-    return w[::-1], stats
+    n = hs.shape[0]
+    layout = make_layout(n, options)
+    theta, hs = padded(theta, hs, layout)
+    ys = pad_states(ys, layout.n_pad + 1)
+    w_init = None if w_init is None else pad_states(w_init, layout.n_pad + 1)
+    w, stats = adjoint_chunk(step, theta, hs, ys, ybar_final, options, layout, SINGLE, w_init)
+    return w[: n + 1], stats
 
 
 @partial(jax.jit, static_argnames=("step",))
@@ -137,4 +156,8 @@ mgrit_propagate.defvjp(_propagate_fwd, _propagate_bwd)
 def adjoint_initial_guess(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, ybar_final: jnp.ndarray,
                           options: MGRITOptions) -> jnp.ndarray:
     """The cheap adjoint iterate ȳ_0..ȳ_N: coarse adjoint sweep, interpolated to the fine grid."""
-    return initial_guess(adjoint_hierarchy(step, theta, hs, ys, options), ybar_final)[::-1]
+    n = hs.shape[0]
+    layout = make_layout(n, options)
+    theta, hs = padded(theta, hs, layout)
+    hier = adjoint_hierarchy(step, theta, hs, pad_states(ys, layout.n_pad + 1), options, layout)
+    return initial_guess(hier, ybar_final)[::-1][: n + 1]

@@ -11,29 +11,55 @@ One cycle on level ℓ (Falgout et al. 2014, Alg. 2; Günther et al. 2020, §3):
 
 Every cycle ends F-relaxed, with the C-point predictions ĉ at hand: they give the residual for the stopping
 test and make the first F-relaxation of the next cycle redundant, so a cycle that receives ĉ skips it.
+
+Chunks (DESIGN §4). The levels of a :class:`Hierarchy` hold one layer chunk's intervals; the C-point array
+c (n_c+1, …) of a chunk starts with a *halo*, the last C-point of the previous chunk, refreshed by
+``comm.shift`` after each C-relaxation — the only message of a relaxation. Below the chunked levels, the
+``top`` hierarchy (global, one chunk) is gathered and solved redundantly by every chunk. On one device the
+communication is the identity and this is plain MGRIT.
 """
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax.numpy as jnp
 
-from lpt.mgrit.hierarchy import Grid, Level, LevelShape, join, pad_states, pad_zeros, split
+from lpt.mgrit.hierarchy import Grid, Level, LevelShape, join, split
+from lpt.mgrit.layout import chunk_states
 from lpt.mgrit.options import MGRITOptions
-from lpt.mgrit.relax import f_sweep, fas_rhs, fas_rhs_serial, serial_sweep
-from lpt.model import Step
+from lpt.mgrit.relax import Step, f_sweep, fas_rhs, fas_rhs_serial, serial_sweep
+from lpt.parallel.comm import SingleComm
 
 CycleKind = Literal["V", "F"]
 
 
 class Hierarchy(NamedTuple):
-    """Everything a cycle needs: the step, static level sizes, per-level data and the options."""
+    """Everything a cycle needs: the step, static level sizes, per-level data and the options.
+
+    Attributes:
+        shapes, levels: the chunk's levels with intervals (local sizes), or — with ``top=None`` — all
+            levels of a problem held whole, the coarsest last.
+        comm: communication along the layer chunks.
+        top: the gathered remainder (a global ``Hierarchy`` with ``top=None``), or None.
+        g0: u_0, known to every chunk (the first point of every level).
+        offset: index of this hierarchy's first level in the whole hierarchy (for per-level options).
+    """
 
     step: Step
     shapes: tuple[LevelShape, ...]
     levels: tuple[Level, ...]
     options: MGRITOptions
+    comm: Any = SingleComm()
+    top: Any = None
+    g0: Any = None
+    offset: int = 0
+
+
+def halo(hier: Hierarchy, c: jnp.ndarray, new: jnp.ndarray) -> jnp.ndarray:
+    """C-points (n_c+1, …) with the owned points ``new`` (n_c, …) and the halo from the previous chunk."""
+    # message: one state (…) from each chunk to the next
+    return jnp.concatenate([hier.comm.shift(new[-1], c[0])[None], new], axis=0)
 
 
 def relax(hier: Hierarchy, lvl: int, grid: Grid, g: jnp.ndarray | None,
@@ -42,9 +68,8 @@ def relax(hier: Hierarchy, lvl: int, grid: Grid, g: jnp.ndarray | None,
     level = hier.levels[lvl]
     if chat is None:
         grid, chat = f_sweep(hier.step, level, grid.c, g)
-    for _ in range(hier.options.nrelax_at(lvl)):
-        c = jnp.concatenate([grid.c[:1], chat], axis=0)  # C-relaxation
-        grid, chat = f_sweep(hier.step, level, c, g)
+    for _ in range(hier.options.nrelax_at(lvl + hier.offset)):
+        grid, chat = f_sweep(hier.step, level, halo(hier, grid.c, chat), g)  # C-relaxation, F-relaxation
     return grid, chat
 
 
@@ -59,17 +84,48 @@ def cycle(hier: Hierarchy, lvl: int, grid: Grid, g: jnp.ndarray | None, chat: jn
 def coarse_solve(hier: Hierarchy, lvl: int, v: jnp.ndarray, r: jnp.ndarray, kind: CycleKind) -> jnp.ndarray:
     """Solve the FAS coarse equation on level ``lvl`` for the restricted iterate ``v`` (n+1, …) and
     residual ``r`` (n, …) (steps 3–4 of a cycle); returns v^new (n+1, …)."""
+    if hier.top is not None and lvl == len(hier.levels):
+        return gathered_solve(hier, v, r, kind)
     shape, level = hier.shapes[lvl], hier.levels[lvl]
     r = jnp.concatenate([jnp.zeros_like(v[:1]), r], axis=0)
     if shape.coarsest:
         return serial_sweep(hier.step, level, v[0], fas_rhs_serial(hier.step, level, v, r))
-    grid = split(pad_states(v, shape.padded + 1), shape.m)
-    g = fas_rhs(hier.step, level, grid, split(pad_zeros(r, shape.padded + 1), shape.m))
+    grid = split(v, shape.m)
+    g = fas_rhs(hier.step, level, grid, split(r, shape.m))
     chat = None
     if kind == "F":
         grid, chat = cycle(hier, lvl, grid, g, None, "F")
     grid, _ = cycle(hier, lvl, grid, g, chat, "V")
-    return join(grid)[: shape.n + 1]
+    return join(grid)
+
+
+def gather(hier: Hierarchy, owned: jnp.ndarray) -> jnp.ndarray:
+    """Global states (n+1, …) from every chunk's owned points (n_local, …) and u_0."""
+    return jnp.concatenate([hier.g0[None], hier.comm.layer_gather(owned)], axis=0)
+
+
+def scatter(hier: Hierarchy, u: jnp.ndarray) -> jnp.ndarray:
+    """This chunk's states with halo from global states (n+1, …)."""
+    n_local = (u.shape[0] - 1) // hier.comm.layers
+    return chunk_states(u, hier.comm.layer_rank(), n_local)
+
+
+def gathered_solve(hier: Hierarchy, v: jnp.ndarray, r: jnp.ndarray, kind: CycleKind) -> jnp.ndarray:
+    """The coarse solve on the gathered level: every chunk solves the whole level redundantly."""
+    # messages: all-gather of the level's C-point states and residuals (n_local, …) per chunk
+    v_all = gather(hier, v[1:])
+    r_all = hier.comm.layer_gather(r)
+    return scatter(hier, coarse_solve(hier.top, 0, v_all, r_all, kind))
+
+
+def top_states(top: Hierarchy, g0: jnp.ndarray, vcycles: bool) -> jnp.ndarray:
+    """Nested-iteration states of the finest level of a whole (``top=None``) hierarchy, V-cycled if asked."""
+    if len(top.shapes) == 1:
+        return serial_sweep(top.step, top.levels[0], g0, None)
+    grid, chat = nested_iteration(top, g0, vcycles)
+    if vcycles:
+        grid, _ = cycle(top, 0, grid, None, chat, "V")
+    return join(grid)
 
 
 def nested_iteration(hier: Hierarchy, g0: jnp.ndarray, vcycles: bool) -> tuple[Grid, jnp.ndarray]:
@@ -82,9 +138,12 @@ def nested_iteration(hier: Hierarchy, g0: jnp.ndarray, vcycles: bool) -> tuple[G
     Returns:
         the F-relaxed finest-level iterate and its C-point predictions ĉ.
     """
-    u = serial_sweep(hier.step, hier.levels[-1], g0, None)
-    for lvl in reversed(range(len(hier.shapes) - 1)):
-        grid, chat = f_sweep(hier.step, hier.levels[lvl], u[: hier.shapes[lvl].n_coarse + 1], None)
+    if hier.top is None:
+        u, below = serial_sweep(hier.step, hier.levels[-1], g0, None), len(hier.shapes) - 1
+    else:
+        u, below = scatter(hier, top_states(hier.top, g0, vcycles)), len(hier.levels)
+    for lvl in reversed(range(below)):
+        grid, chat = f_sweep(hier.step, hier.levels[lvl], u, None)
         if lvl == 0:
             return grid, chat
         if vcycles:

@@ -84,6 +84,8 @@ def serial_sweep(step: Step, level: Level, g0: jnp.ndarray, g: jnp.ndarray | Non
     return jnp.concatenate([g0[None], u], axis=0)
 
 
-def residual_norm(chat: jnp.ndarray, c: jnp.ndarray) -> jnp.ndarray:
-    """‖r‖₂ of an F-relaxed iterate: the residual lives at the C-points, r_j = ĉ_j − u_{jm}."""
-    return jnp.sqrt(jnp.sum(jnp.square(chat - c[1:])))
+def residual_norm(chat: jnp.ndarray, c: jnp.ndarray, real: jnp.ndarray, comm) -> jnp.ndarray:
+    """‖r‖₂ of an F-relaxed iterate: the residual lives at the C-points, r_j = ĉ_j − u_{jm}; summed over the
+    chunks, over the intervals that hold a real step (``real``: (n_c,) bool; identity padding is left out)."""
+    sq = jnp.square(chat - c[1:]).reshape(chat.shape[0], -1).sum(axis=1)
+    return jnp.sqrt(comm.layer_sum(jnp.sum(jnp.where(real, sq, 0))))

@@ -12,11 +12,15 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lpt.mgrit.cycle import Hierarchy, cycle, nested_iteration
-from lpt.mgrit.hierarchy import Grid, average, build_levels, inject_first, join, level_shapes, pad_states, split
+from lpt.mgrit.cycle import Hierarchy, cycle, halo, nested_iteration, scatter
+from lpt.mgrit.hierarchy import Grid, average, build_levels, inject_first, join, pad_states, pad_steps, split
+from lpt.mgrit.layout import Layout, make_layout
 from lpt.mgrit.options import MGRITOptions
 from lpt.mgrit.relax import f_sweep, residual_norm, serial_sweep
 from lpt.model import Step
+from lpt.parallel.comm import SingleComm
+
+SINGLE = SingleComm()
 
 
 class MGRITStats(NamedTuple):
@@ -41,10 +45,23 @@ class _Loop(NamedTuple):
     residuals: jnp.ndarray
 
 
-def make_hierarchy(step: Step, data: Any, hs: jnp.ndarray, options: MGRITOptions, restrict) -> Hierarchy:
-    """Level sizes from the static depth and the per-level data by ``restrict`` (see :mod:`hierarchy`)."""
-    shapes = level_shapes(hs.shape[0], options)
-    return Hierarchy(step, shapes, build_levels(data, hs, shapes, restrict), options)
+def chunk_hierarchy(step: Step, data: Any, hs: jnp.ndarray, options: MGRITOptions, restrict, layout: Layout,
+                    comm: Any = SINGLE) -> Hierarchy:
+    """The hierarchy of one layer chunk: its chunked levels (local data, from this chunk's ``layout.n_local``
+    fine steps ``data``, ``hs``) and, gathered from all chunks, the remaining coarse levels (``top``)."""
+    local = layout.local_shapes
+    levels = build_levels(data, hs, local, restrict)
+    gathered = jax.tree_util.tree_map(comm.layer_gather, levels[-1])  # message: the restricted coarse data
+    top_shapes = layout.shapes[layout.dist:]
+    top = Hierarchy(step, top_shapes, build_levels(gathered.data, gathered.hs, top_shapes, restrict), options,
+                    offset=layout.dist)
+    return Hierarchy(step, local[:-1], levels[:-1], options, comm, top)
+
+
+def map_levels(hier: Hierarchy, fn) -> Hierarchy:
+    """Apply ``fn`` to every :class:`Level` of a chunk hierarchy and of its gathered part."""
+    top = hier.top._replace(levels=tuple(map(fn, hier.top.levels)))
+    return hier._replace(levels=tuple(map(fn, hier.levels)), top=top)
 
 
 def forward_restriction(options: MGRITOptions):
@@ -64,23 +81,25 @@ def solve_system(hier: Hierarchy, g0: jnp.ndarray, u_init: jnp.ndarray | None) -
     Returns:
         all states (n+1, …) and the :class:`MGRITStats`.
     """
-    opts, shape = hier.options, hier.shapes[0]
+    opts, comm = hier.options, hier.comm
+    hier = hier._replace(g0=g0)
     nan = jnp.full((opts.max_iter,), jnp.nan, g0.dtype)
-    if shape.coarsest:  # one level: the serial sweep is exact
-        u = serial_sweep(hier.step, hier.levels[0], g0, None)
+    if not hier.levels:  # one level: the (gathered) serial sweep is exact
+        u = scatter(hier, serial_sweep(hier.step, hier.top.levels[0], g0, None))
         return u, MGRITStats(nan.at[0].set(0), jnp.asarray(jnp.nan, g0.dtype), jnp.asarray(1, jnp.int32))
 
+    fine, m = hier.levels[0], hier.shapes[0].m
+    real = fine.hs.sum(axis=0) > 0  # intervals holding a real (not identity-padding) step
     if u_init is None:
         grid, chat = nested_iteration(hier, g0, vcycles=opts.cycle == "FMG")
     else:
-        c = split(pad_states(u_init, shape.padded + 1), shape.m).c
-        grid, chat = f_sweep(hier.step, hier.levels[0], jnp.concatenate([g0[None], c[1:]], axis=0), None)
-    r0 = residual_norm(chat, grid.c)
+        grid, chat = f_sweep(hier.step, fine, halo(hier, jnp.asarray(g0)[None], split(u_init, m).c[1:]), None)
+    r0 = residual_norm(chat, grid.c, real, comm)
     kind = "F" if opts.cycle == "F" else "V"
 
     def body(state: _Loop) -> _Loop:
         grid, chat = cycle(hier, 0, state.grid, None, state.chat, kind)
-        residual = residual_norm(chat, grid.c)
+        residual = residual_norm(chat, grid.c, real, comm)
         return _Loop(state.k + 1, grid, chat, residual, state.residuals.at[state.k].set(residual))
 
     state = _Loop(jnp.asarray(0, jnp.int32), grid, chat, r0, nan)
@@ -89,8 +108,18 @@ def solve_system(hier: Hierarchy, g0: jnp.ndarray, u_init: jnp.ndarray | None) -
         state = jax.lax.while_loop(lambda s: (s.k < opts.max_iter) & (s.residual > tol), body, state)
     else:
         state = jax.lax.fori_loop(0, opts.max_iter, lambda _, s: body(s), state)
-    u = join(state.grid)[: shape.n + 1]
-    return u, MGRITStats(state.residuals, r0, state.k)
+    return join(state.grid), MGRITStats(state.residuals, r0, state.k)
+
+
+def forward_hierarchy(step: Step, theta: Any, hs: jnp.ndarray, options: MGRITOptions, layout: Layout,
+                      comm: Any = SINGLE) -> Hierarchy:
+    """The forward system's chunk hierarchy for this chunk's weights ``theta`` and step sizes ``hs``."""
+    return chunk_hierarchy(step, theta, hs, options, forward_restriction(options), layout, comm)
+
+
+def padded(theta: Any, hs: jnp.ndarray, layout: Layout) -> tuple[Any, jnp.ndarray]:
+    """Weights and step sizes with identity steps appended up to ``layout.n_pad``."""
+    return pad_steps(theta, hs, layout.n_pad)
 
 
 @partial(jax.jit, static_argnames=("step", "options"))
@@ -110,15 +139,21 @@ def mgrit_solve(step: Step, theta: Any, hs: jnp.ndarray, y0: jnp.ndarray, option
         states y_0..y_N (N+1, …) and :class:`MGRITStats`. With ``max_levels=1`` this is
         :func:`lpt.model.propagate_states`, bit for bit.
     """
-    return solve_system(make_hierarchy(step, theta, hs, options, forward_restriction(options)), y0, u_init)
+    n = hs.shape[0]
+    layout = make_layout(n, options)
+    hier = forward_hierarchy(step, *padded(theta, hs, layout), options, layout)
+    u, stats = solve_system(hier, y0, None if u_init is None else pad_states(u_init, layout.n_pad + 1))
+    return u[: n + 1], stats
 
 
 def initial_guess(hier: Hierarchy, g0: jnp.ndarray) -> jnp.ndarray:
-    """Serial sweep on the coarsest level, injected and F-relaxed level by level to the finest (n+1, …)."""
-    if hier.shapes[0].coarsest:
-        return serial_sweep(hier.step, hier.levels[0], g0, None)
+    """Serial sweep on the coarsest level, injected and F-relaxed level by level to the finest: this chunk's
+    states with halo (n_local+1, …)."""
+    hier = hier._replace(g0=g0)
+    if not hier.levels:
+        return scatter(hier, serial_sweep(hier.step, hier.top.levels[0], g0, None))
     grid, _ = nested_iteration(hier, g0, vcycles=False)
-    return join(grid)[: hier.shapes[0].n + 1]
+    return join(grid)
 
 
 @partial(jax.jit, static_argnames=("step", "options"))
@@ -126,7 +161,9 @@ def coarse_initial_guess(step: Step, theta: Any, hs: jnp.ndarray, y0: jnp.ndarra
                          options: MGRITOptions) -> jnp.ndarray:
     """The cheap initial iterate (N+1, …): coarsest-level serial sweep, interpolated (injection at the
     C-points, F-relaxation) to the fine grid. Work ≈ N steps, all in parallel but the coarsest sweep."""
-    return initial_guess(make_hierarchy(step, theta, hs, options, forward_restriction(options)), y0)
+    n = hs.shape[0]
+    layout = make_layout(n, options)
+    return initial_guess(forward_hierarchy(step, *padded(theta, hs, layout), options, layout), y0)[: n + 1]
 
 
 def convergence_factor(stats: MGRITStats, first: int = 1, last: int | None = None) -> jnp.ndarray:

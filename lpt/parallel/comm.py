@@ -166,3 +166,35 @@ class MPIComm:
         from mpi4py import MPI
 
         return jax.tree_util.tree_map(lambda a: mpi4jax.allreduce(a, op=MPI.SUM, comm=self.data_comm), x)
+
+
+@dataclass(frozen=True)
+class ReversedComm:
+    """The layer chunks in reverse order (the adjoint runs on the reversed layer index): chunk p of ``comm``
+    is chunk layers−1−p here, so shifts go the other way and gathers are in reversed chunk order."""
+
+    comm: Any
+
+    @property
+    def layers(self) -> int:
+        return self.comm.layers
+
+    @property
+    def data(self) -> int:
+        return self.comm.data
+
+    def layer_rank(self):
+        return self.comm.layers - 1 - self.comm.layer_rank()
+
+    def shift(self, x, boundary, reverse=False):
+        return self.comm.shift(x, boundary, reverse=not reverse)
+
+    def layer_sum(self, x):
+        return self.comm.layer_sum(x)
+
+    def layer_gather(self, x):
+        g = self.comm.layer_gather(x)
+        return g.reshape(self.layers, -1, *g.shape[1:])[::-1].reshape(g.shape)
+
+    def data_sum(self, x):
+        return self.comm.data_sum(x)
