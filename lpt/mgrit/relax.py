@@ -86,6 +86,7 @@ def serial_sweep(step: Step, level: Level, g0: jnp.ndarray, g: jnp.ndarray | Non
 
 def residual_norm(chat: jnp.ndarray, c: jnp.ndarray, real: jnp.ndarray, comm) -> jnp.ndarray:
     """‖r‖₂ of an F-relaxed iterate: the residual lives at the C-points, r_j = ĉ_j − u_{jm}; summed over the
-    chunks, over the intervals that hold a real step (``real``: (n_c,) bool; identity padding is left out)."""
+    chunks and the data-parallel ranks, over the intervals that hold a real step (``real``: (n_c,) bool;
+    identity padding is left out)."""
     sq = jnp.square(chat - c[1:]).reshape(chat.shape[0], -1).sum(axis=1)
-    return jnp.sqrt(comm.layer_sum(jnp.sum(jnp.where(real, sq, 0))))
+    return jnp.sqrt(comm.data_sum(comm.layer_sum(jnp.sum(jnp.where(real, sq, 0)))))

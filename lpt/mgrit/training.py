@@ -21,10 +21,12 @@ from typing import Any, Callable, Literal, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lpt.mgrit.adjoint import adjoint_initial_guess, adjoint_solve, layer_gradient
+from lpt.mgrit.adjoint import adjoint_hierarchy, layer_gradient
+from lpt.mgrit.layout import Layout, chunk, make_layout, pad_multiple
 from lpt.mgrit.options import MGRITOptions, require
-from lpt.mgrit.solve import MGRITStats, coarse_initial_guess, convergence_factor, mgrit_solve
+from lpt.mgrit.solve import MGRITStats, convergence_factor, forward_hierarchy, initial_guess, padded, solve_system
 from lpt.model import Params
+from lpt.parallel.comm import SingleComm
 
 OnDivergence = Literal["error", "serial"]
 
@@ -47,9 +49,10 @@ class WarmStart(NamedTuple):
 
 class _Forward(NamedTuple):
     open_vjp: Callable
-    theta: Any
-    hs: jnp.ndarray
-    ys: jnp.ndarray
+    theta: Any  # this chunk's weights (n_local, …)
+    hs: jnp.ndarray  # this chunk's step sizes (n_local,)
+    ys: jnp.ndarray  # this chunk's states with halo (n_local+1, …)
+    y_final: jnp.ndarray  # y_N, on every chunk
     stats: MGRITStats
 
 
@@ -91,12 +94,16 @@ class MGRITSolver:
         warm_start: start each step from the previous step's states (full-batch training).
         on_divergence: "serial" recomputes a diverged step serially (stats["fallback"]); "error" only sets
             stats["diverged"] for the trainer to raise.
+        comm: communication along the layer chunks (:mod:`lpt.parallel.comm`). Each chunk holds its
+            ``n_local`` layers' states (the warm-start state too); parameters, objective and gradient are
+            the same on every chunk (layer gradients are gathered), so the optimiser runs unchanged.
     """
 
     fwd: MGRITOptions = field(default_factory=lambda: MGRITOptions(max_iter=2))
     bwd: MGRITOptions = field(default_factory=lambda: MGRITOptions(max_iter=1))
     warm_start: bool = True
     on_divergence: OnDivergence = "serial"
+    comm: Any = SingleComm()
 
     def __post_init__(self) -> None:
         require(isinstance(self.warm_start, bool), f"solver.warm_start={self.warm_start!r} must be true or false")
@@ -144,29 +151,39 @@ class MGRITSolver:
                    on_divergence=get("on_divergence", "serial"))
 
     # --- the Solver protocol -----------------------------------------------------------------------
+    def layouts(self, depth: int) -> tuple[Layout, Layout]:
+        """Forward and adjoint layouts of a depth-N network on ``comm.layers`` chunks, with one padding."""
+        p = self.comm.layers
+        fwd = make_layout(depth, self.fwd, p, multiple=pad_multiple(depth, self.bwd, p))
+        return fwd, make_layout(depth, self.bwd, p, multiple=fwd.n_pad)
+
     def init_state(self, model, params: Params, x: jnp.ndarray) -> WarmStart | tuple:
-        """Empty warm-start states for a batch x (``valid`` False), or () without warm start."""
+        """Empty warm-start states of this chunk for a batch x (``valid`` False), or () without warm start."""
         if not self.warm_start:
             return ()
         y0 = jax.eval_shape(model.open, params, x)
-        zeros = jnp.zeros((model.depth + 1, *y0.shape), y0.dtype)
+        zeros = jnp.zeros((self.layouts(model.depth)[0].n_local + 1, *y0.shape), y0.dtype)
         return WarmStart(zeros, zeros, jnp.asarray(False))
 
     def value_and_grad(self, model, params: Params, x: jnp.ndarray, y: jnp.ndarray, state):
         """Objective, aux {"loss", "outputs"}, gradient, new warm-start state and stats of one step."""
+        comm = self.comm
         fw = self._forward(model, params, x, state)
-        (loss, outputs), head_vjp = self._head_vjp(model, params, y, fw.ys[-1])
+        (loss, outputs), head_vjp = self._head_vjp(model, params, y, fw.y_final)
         g_class, ybar_final = head_vjp(jnp.ones_like(loss))
-        w_init = self._guess(state, "ybars", lambda: adjoint_initial_guess(
-            model.step, fw.theta, fw.hs, fw.ys, ybar_final, self.bwd))
-        ybars, bstats = adjoint_solve(model.step, fw.theta, fw.hs, fw.ys, ybar_final, self.bwd, w_init)
+        hier = adjoint_hierarchy(model.step, fw.theta, fw.hs, fw.ys, self.bwd, self.layouts(model.depth)[1], comm)
+        w_init = self._guess(state, "ybars", lambda: initial_guess(hier, ybar_final)[::-1])
+        w, bstats = solve_system(hier, ybar_final, None if w_init is None else w_init[::-1])
+        ybars = w[::-1]
+        ybar_0 = _from_chunk(comm, 0, ybars[0])
+        layers = layer_gradient(model.step, fw.theta, fw.hs, fw.ys, ybars)
+        layers = jax.tree_util.tree_map(lambda g: comm.layer_gather(g)[: model.depth], layers)  # message: θ̄
         reg, g_reg = jax.value_and_grad(model.regularization)(params)
-        grads = {"opening": fw.open_vjp(ybars[0])[0],
-                 "layers": layer_gradient(model.step, fw.theta, fw.hs, fw.ys, ybars), "classifier": g_class}
+        grads = {"opening": fw.open_vjp(ybar_0)[0], "layers": layers, "classifier": g_class}
         grads = jax.tree_util.tree_map(jnp.add, grads, g_reg)
         result = (loss + reg, {"loss": loss, "outputs": outputs}, grads)
 
-        diverged = _diverged(fw.ys, fw.stats) | _diverged(ybars, bstats)
+        diverged = _anywhere(comm, _diverged(fw.ys, fw.stats) | _diverged(ybars, bstats))
         fallback = diverged if self.on_divergence == "serial" else jnp.asarray(False)
         if self.on_divergence == "serial":
             result = jax.lax.cond(diverged, lambda: _serial().value_and_grad(model, params, x, y, ())[:3],
@@ -180,10 +197,10 @@ class MGRITSolver:
     def value(self, model, params: Params, x: jnp.ndarray, y: jnp.ndarray, state) -> jnp.ndarray:
         """The objective data_loss + regularisation with the forward MGRIT solve only."""
         fw = self._forward(model, params, x, state)
-        value = model.data_loss(model.head(params, fw.ys[-1]), y) + model.regularization(params)
+        value = model.data_loss(model.head(params, fw.y_final), y) + model.regularization(params)
         if self.on_divergence == "serial":
-            value = jax.lax.cond(_diverged(fw.ys, fw.stats), lambda: _serial().value(model, params, x, y, ()),
-                                 lambda: value)
+            value = jax.lax.cond(_anywhere(self.comm, _diverged(fw.ys, fw.stats)),
+                                 lambda: _serial().value(model, params, x, y, ()), lambda: value)
         return value
 
     # --- pieces ------------------------------------------------------------------------------------
@@ -194,11 +211,16 @@ class MGRITSolver:
         return jax.lax.cond(state.valid, lambda: getattr(state, name), cheap)
 
     def _forward(self, model, params: Params, x: jnp.ndarray, state) -> _Forward:
+        comm = self.comm
         y0, open_vjp = jax.vjp(lambda p_open: model.open({**params, "opening": p_open}, x), params["opening"])
-        theta, hs = params["layers"], model.step_sizes(y0.dtype)
-        u_init = self._guess(state, "ys", lambda: coarse_initial_guess(model.step, theta, hs, y0, self.fwd))
-        ys, stats = mgrit_solve(model.step, theta, hs, y0, self.fwd, u_init)
-        return _Forward(open_vjp, theta, hs, ys, stats)
+        layout = self.layouts(model.depth)[0]
+        theta, hs = chunk(padded(params["layers"], model.step_sizes(y0.dtype), layout), comm.layer_rank(),
+                          layout.n_local)
+        hier = forward_hierarchy(model.step, theta, hs, self.fwd, layout, comm)
+        u_init = self._guess(state, "ys", lambda: initial_guess(hier, y0))
+        ys, stats = solve_system(hier, y0, u_init)
+        # identity padding carries y_N unchanged to the end of the last chunk
+        return _Forward(open_vjp, theta, hs, ys, _from_chunk(comm, comm.layers - 1, ys[-1]), stats)
 
     @staticmethod
     def _head_vjp(model, params: Params, y: jnp.ndarray, y_final: jnp.ndarray):
@@ -208,6 +230,17 @@ class MGRITSolver:
 
         loss, vjp, outputs = jax.vjp(head_loss, params["classifier"], y_final, has_aux=True)
         return (loss, outputs), vjp
+
+
+def _from_chunk(comm, owner: int, x: jnp.ndarray) -> jnp.ndarray:
+    """``x`` of chunk ``owner`` on every chunk (a masked sum over the chunks: exact)."""
+    # message: one state, reduced over the layer chunks
+    return comm.layer_sum(jnp.where(comm.layer_rank() == owner, x, jnp.zeros_like(x)))
+
+
+def _anywhere(comm, flag: jnp.ndarray) -> jnp.ndarray:
+    """True on every chunk if ``flag`` is set on any chunk (all chunks then take the same branch)."""
+    return comm.layer_sum(flag.astype(jnp.int32)) > 0
 
 
 def _serial():
