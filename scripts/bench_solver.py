@@ -8,22 +8,45 @@ N(3m−1)/(m−1) for FCF) times the measured cost of one layer step at the stac
 batch), with the ratio measured/predicted; and the peak memory. Times are medians over ``--repeats`` runs
 after a warm-up (compilation excluded), each ended by ``block_until_ready``.
 
+With ``--grid DxL`` the one-shot step is also timed on a D × L processor grid of devices (``parallel=mesh``;
+on a CPU the devices are emulated, ``--xla_force_host_platform_device_count`` is set for you), with the ratio
+to the one-device step.
+
 Example:
     python scripts/bench_solver.py --depth 1024 --width 8 --batch 64 --cfactor 4 --levels 5 --layer dense
+    python scripts/bench_solver.py --depth 1024 --grid 1x4
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
+import sys
 import time
 from dataclasses import replace
 from functools import partial
 from typing import Callable
 
-import jax
-import jax.numpy as jnp
+
+def _grid_from_argv(argv: list[str]) -> tuple[int, int] | None:
+    """--grid DxL, read before jax is imported (the emulated device count must be set first)."""
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--grid=") else (argv[i + 1] if arg == "--grid" and i + 1 < len(argv) else None)
+        if value is not None:
+            data, layers = (int(v) for v in value.lower().split("x"))
+            return data, layers
+    return None
+
+
+_GRID = _grid_from_argv(sys.argv[1:])
+if _GRID and "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={_GRID[0] * _GRID[1]}").strip()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs (median reported)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grid", default=None, help="also time the one-shot step on a DATAxLAYERS device grid, e.g. 1x4")
     return parser.parse_args(argv)
 
 
@@ -123,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     t_step = median_time(stacked, th_int, jnp.broadcast_to(y0, (n_int, *y0.shape)), hs[:n_int], repeats=r) / n_int
     work = work_per_cycle(args.depth, args.cfactor, args.nrelax)
     predicted = work * t_step
+    grid_rows = grid_timing(args, model, params, x, labels, solver, t_train) if args.grid else []
     mem, mem_kind = peak_memory_mb()
 
     print(f"device: {jax.devices()[0].device_kind} | N={args.depth} width={args.width} batch={args.batch} "
@@ -138,10 +163,33 @@ def main(argv: list[str] | None = None) -> None:
         (f"layer step at stacked batch {n_int}x{args.batch}", f"{1e6 * t_step:.3f} us"),
         ("work model per cycle", f"{work:.0f} layer steps -> {1e3 * predicted:.3f} ms predicted"),
         ("measured / predicted", f"{t_cycle / predicted:.2f}"),
+        *grid_rows,
         (f"peak memory ({mem_kind})", f"{mem:.1f} MiB"),
     ]
     for label, value in rows:
         print(f"{label:<44} {value}")
+
+def grid_timing(args, model, params, x, labels, solver, t_single: float) -> list[tuple[str, str]]:
+    """The same one-shot step on a data × layers device mesh (shard_map), and its ratio to one device."""
+    from lpt.parallel import ProcessorGrid
+    from lpt.parallel.sharded import REPLICATED, SAMPLES, on_mesh
+
+    data, layers = _GRID
+    grid = ProcessorGrid("mesh", data=data, layers=layers)
+    grid.check_resources()
+    dist = replace(solver, comm=grid.comm())
+
+    def local(p, xb, yb):
+        obj, _, grads, _, _ = dist.value_and_grad(model, p, xb, yb, ())
+        return jax.tree_util.tree_map(lambda a: dist.comm.data_sum(a) / data, (obj, grads))
+
+    fn = jax.jit(on_mesh(local, grid, (REPLICATED, SAMPLES, SAMPLES), REPLICATED))
+    t_grid = median_time(fn, params, x, labels, repeats=args.repeats)
+    layout = dist.layouts(model.depth)[0]
+    return [(f"one-shot step on grid {data}x{layers} (mesh)",
+             f"{1e3 * t_grid:.3f} ms (one device / grid = {t_single / t_grid:.2f}; {layout.n_local} layers "
+             f"per chunk, {layout.dist} chunked levels; {jax.devices()[0].platform} devices)")]
+
 
 if __name__ == "__main__":
     main()

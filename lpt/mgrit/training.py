@@ -208,7 +208,9 @@ class MGRITSolver:
         """Initial iterate: previous states when warm and valid, else the cheap guess (None: solver default)."""
         if not self.warm_start:
             return None
-        return jax.lax.cond(state.valid, lambda: getattr(state, name), cheap)
+        warm = getattr(state, name)
+        # line searches may evaluate trial parameters of a promoted dtype: keep the state's
+        return jax.lax.cond(state.valid, lambda: warm, lambda: cheap().astype(warm.dtype))
 
     def _forward(self, model, params: Params, x: jnp.ndarray, state) -> _Forward:
         comm = self.comm

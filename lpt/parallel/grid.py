@@ -55,10 +55,10 @@ class ProcessorGrid:
             import jax
 
             n = len(jax.devices())
-            if self.size != n:
+            if self.size > n:
                 raise GridError(
                     f"parallel=mesh: parallel.data × parallel.layers = {self.data} × {self.layers} = {self.size} "
-                    f"must equal the {n} visible devices (emulate more CPU devices with "
+                    f"needs {self.size} devices, only {n} are visible (emulate CPU devices with "
                     f"XLA_FLAGS=--xla_force_host_platform_device_count={self.size})")
         elif self.backend == "mpi":
             n = mpi_world_size()

@@ -1,0 +1,84 @@
+"""What the training loop needs to know about the back-end: one :class:`Runtime` per run.
+
+- ``single``: one device; the step is jitted as written.
+- ``mesh``: one process; the per-chunk step runs under ``shard_map`` (parameters and optimiser state
+  replicated, samples split along "data", MGRIT warm-start states split along "layers" and "data").
+- ``mpi``: one process per rank; every rank runs the per-chunk step on its slice of the batch, and only
+  rank 0 writes files and prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from lpt.parallel.comm import Comm
+from lpt.parallel.grid import ProcessorGrid
+from lpt.parallel.sharded import REPLICATED, SAMPLES, chunk_state_specs, on_mesh
+
+
+@dataclass(frozen=True, eq=False)
+class Runtime:
+    """The processor grid of a run and its communication."""
+
+    grid: ProcessorGrid
+    comm: Comm
+
+    @classmethod
+    def create(cls, grid: ProcessorGrid) -> "Runtime":
+        return cls(grid, grid.comm())
+
+    @property
+    def is_root(self) -> bool:
+        """Whether this process writes logs and checkpoints (all but MPI ranks > 0)."""
+        return self.grid.backend != "mpi" or getattr(self.comm, "rank", 0) == 0
+
+    def with_comm(self, solver: Any) -> Any:
+        """The solver working on this run's layer chunks (solvers without chunks are returned as they are)."""
+        if any(f.name == "comm" for f in dataclasses.fields(solver)):
+            return dataclasses.replace(solver, comm=self.comm)
+        return solver
+
+    def local_batch(self, x: jnp.ndarray, y: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """This process's samples of a batch: its data rank's slice on MPI, the whole batch otherwise
+        (the mesh splits it itself)."""
+        if self.grid.backend != "mpi" or self.grid.data == 1:
+            return x, y
+        size = x.shape[0] // self.grid.data
+        rank = self.comm.data_comm.Get_rank()
+        return x[rank * size:(rank + 1) * size], y[rank * size:(rank + 1) * size]
+
+    def init_solver_state(self, solver: Any, model: Any, params: Any, x: jnp.ndarray) -> Any:
+        """The solver's initial warm-start state for batch ``x`` (global arrays on the mesh)."""
+        if self.grid.backend != "mesh":
+            return solver.init_state(model, params, self.local_batch(x, x)[0])
+        specs = self._state_specs(solver, model, params, x)
+        fn = on_mesh(lambda p, xb: solver.init_state(model, p, xb), self.grid, (REPLICATED, SAMPLES), specs)
+        return jax.jit(fn)(params, x)
+
+    def _state_specs(self, solver: Any, model: Any, params: Any, x: jnp.ndarray) -> Any:
+        local = jax.ShapeDtypeStruct((x.shape[0] // self.grid.data, *x.shape[1:]), x.dtype)
+        return chunk_state_specs(jax.eval_shape(lambda p, xb: solver.init_state(model, p, xb), params, local))
+
+    def wrap_step(self, solver: Any, model: Any, params: Any, x: jnp.ndarray) -> Callable[[Callable], Callable]:
+        """How the per-chunk training step ``(state, x, y) -> (state, metrics, stats)`` is run on this grid."""
+        if self.grid.backend != "mesh":
+            return lambda fn: fn
+        solver_specs = self._state_specs(solver, model, params, x)
+
+        def wrap(fn: Callable) -> Callable:
+            def state_specs(state):
+                return type(state)(*[solver_specs if name == "solver_state" else REPLICATED
+                                     for name in state._fields])
+
+            def run(state, xb, yb):
+                specs = state_specs(state)
+                return on_mesh(fn, self.grid, (specs, SAMPLES, SAMPLES), (specs, REPLICATED, REPLICATED))(state, xb, yb)
+
+            return run
+
+        return wrap

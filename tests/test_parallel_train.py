@@ -1,0 +1,81 @@
+"""Training on the distributed back-ends: MPI iterates, `lpt-train` under mpirun and on a device mesh, grids."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lpt.cli.compose import compose_config
+from lpt.logging import read_run
+from lpt.train import ConfigError, run
+from test_configs import lpt_train
+from test_parallel_comm import mpirun
+
+HERE = Path(__file__).resolve().parent
+SHORT = ["solver=mgrit", "train.steps=12", "train.eval_every=6", "dataset.n_train=400", "dataset.n_val=100"]
+
+
+@pytest.mark.parametrize("ranks,data,depth,layer", [(2, 1, 64, "dense"), (2, 1, 100, "conv"), (4, 2, 100, "dense")])
+def test_mpi_iterates_equal_single(ranks, data, depth, layer):
+    """Each rank compares its chunk's forward/adjoint states, objective, gradient, residuals (float64, 1e-12)."""
+    proc = mpirun(ranks, HERE / "mpi" / "iterates_check.py", str(data), str(depth), layer, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("ok") == ranks
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory):
+    """The single-device reference, in-process (as the mesh runs)."""
+    path = tmp_path_factory.mktemp("single")
+    run(compose_config(SHORT), path)
+    return read_run(path)
+
+
+@pytest.fixture(scope="module")
+def single_cli_run(tmp_path_factory):
+    """The single-device reference as a separate `lpt-train` process (float32 throughout, as the MPI ranks)."""
+    path = tmp_path_factory.mktemp("single_cli")
+    proc = lpt_train([*SHORT, f"hydra.run.dir={path}"], path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return read_run(path)
+
+
+def test_lpt_train_under_mpi_writes_one_log_equal_to_single(tmp_path, single_cli_run):
+    exe = Path(sys.executable).with_name("lpt-train")
+    proc = mpirun(2, exe, *SHORT, "parallel=mpi", "parallel.layers=2", f"hydra.run.dir={tmp_path}", timeout=400)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert out.count("step 12/12") == 1, "only rank 0 prints"
+    logs = list(tmp_path.rglob("*.h5"))
+    assert logs == [tmp_path / "run.h5"], "one rank writes the one log"
+    rec = read_run(tmp_path)
+    assert list(rec.attrs["grid"]) == [1, 2] and rec.attrs["devices"].startswith("mpi")
+    np.testing.assert_allclose(rec.history["loss"], single_cli_run.history["loss"], rtol=1e-6)
+    np.testing.assert_allclose(rec.mgrit["fwd_residual"], single_cli_run.mgrit["fwd_residual"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("data,layers", [(1, 4), (2, 2)])
+def test_mesh_training_equals_single(tmp_path, single_run, data, layers):
+    result = run(compose_config([*SHORT, "parallel=mesh", f"parallel.data={data}", f"parallel.layers={layers}"]),
+                 tmp_path)
+    rec = read_run(result.log_path)
+    np.testing.assert_allclose(rec.history["loss"], single_run.history["loss"], rtol=1e-6)
+    np.testing.assert_allclose(rec.history["val_acc"], single_run.history["val_acc"])
+    assert list(rec.attrs["grid"]) == [data, layers]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["parallel=mesh", "parallel.layers=4", "solver=serial"], "needs the layer-parallel solver: set solver=mgrit"),
+    (["parallel=mesh", "parallel.layers=8", "model.depth=16"], "parallel.layers=8 is more than the finest MGRIT"),
+    (["parallel=mesh", "parallel.data=3", "parallel.layers=1"], "must divide evenly among parallel.data=3"),
+    (["parallel=mesh", "parallel.data=4", "parallel.layers=4"], "needs 16 devices, only 8 are visible"),
+    (["parallel=mesh", "parallel.data=2", "optimizer=lbfgs"], "optimizer=lbfgs is not available with data-parallel"),
+    (["parallel=mpi", "parallel.layers=2"], "must equal the 1 MPI ranks"),
+])
+def test_invalid_grids_are_refused_before_work(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        run(compose_config(["solver=mgrit", "train.steps=1", "dataset.n_train=400", *overrides]), tmp_path)
+    assert not (tmp_path / "run.h5").exists()
