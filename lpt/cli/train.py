@@ -1,4 +1,9 @@
-"""``lpt-train``: the Hydra application that trains a network (serial or layer-parallel)."""
+"""``lpt-train``: the Hydra application that trains a network (serial or layer-parallel).
+
+Exit status: 0 trained; 2 invalid input (one line on stderr); 3 numerical failure (non-finite steps stopped the
+run, checkpoint of the last good state written); 128 + signal number when SIGINT (130), SIGUSR1 (138) or
+SIGTERM (143) interrupted the run after a checkpoint; 1 an unexpected error (traceback).
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,18 @@ from omegaconf import DictConfig, OmegaConf
 from lpt.data import DataError
 from lpt.model import ModelError
 from lpt.train import ConfigError, run
+from lpt.train.signals import Interrupted
 
 log = logging.getLogger("lpt")
 
 USER_ERRORS = (ConfigError, DataError, ModelError, FileNotFoundError)
 """Errors caused by the input: reported in one line, exit status 2, no traceback."""
+
+EXIT_USER_ERROR = 2
+EXIT_NUMERICAL = 3
+"""Exit status when non-finite steps stop the run (train.on_nonfinite) or MGRIT diverges with
+solver.on_divergence=error; a checkpoint of the last good state is in the run directory."""
+# Interrupted by SIGINT / SIGUSR1 / SIGTERM after a checkpoint: 128 + signal number = 130 / 138 / 143.
 
 
 @hydra.main(version_base="1.3", config_path="pkg://lpt.configs", config_name="train")
@@ -26,12 +38,23 @@ def main(cfg: DictConfig) -> float | None:
     logging.getLogger("jax").setLevel(logging.WARNING)  # no backend-probing chatter in run logs
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    if (resolved.get("parallel") or {}).get("name") == "mpi":
+        from lpt.parallel.faults import install_abort_on_error
+
+        install_abort_on_error()  # an exception on one rank ends all ranks, with the error shown
     try:
         result = run(resolved, HydraConfig.get().runtime.output_dir)
     except USER_ERRORS as exc:
         log.error("%s", exc)
         print(f"lpt-train: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_USER_ERROR)
+    except FloatingPointError as exc:  # NonFiniteError, MGRIT divergence
+        log.error("%s", exc)
+        print(f"lpt-train: numerical failure: {exc}", file=sys.stderr)
+        sys.exit(EXIT_NUMERICAL)
+    except Interrupted as exc:
+        print(f"lpt-train: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     log.info("log written to %s", result.log_path)
     for key in ("val_acc", "val_mse"):
         if key in result.final:

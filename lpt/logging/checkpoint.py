@@ -6,7 +6,7 @@ import io
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import numpy as np
@@ -55,6 +55,25 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
             f"or the checkpoint file itself"
         )
     return p
+
+
+def resolve_resume(resume: str | os.PathLike | None, run_dir: str | os.PathLike,
+                   environ: Mapping[str, str] = os.environ) -> Path | None:
+    """The checkpoint a run continues from, or None for a fresh start.
+
+    ``resume=PATH``: that run directory's (or file's) checkpoint, which must exist. ``resume=auto``: the
+    checkpoint in the run's own directory ``run_dir`` if there is one. A SLURM job that was requeued
+    (``SLURM_RESTART_COUNT`` > 0) resumes as with ``auto`` without being told, provided its run directory is
+    the same in every attempt (e.g. ``hydra.run.dir=runs/slurm/$SLURM_JOB_ID``, as scripts/slurm/array_job.sh
+    sets for array tasks).
+    """
+    if resume is not None and str(resume) != "auto":
+        return find_checkpoint(resume)
+    requeued = environ.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0")
+    if resume is None and not requeued:
+        return None
+    own = Path(run_dir) / CHECKPOINT_NAME
+    return own if own.is_file() else None
 
 
 def load_checkpoint(path: str | os.PathLike, template: Any) -> tuple[Any, dict[str, Any]]:

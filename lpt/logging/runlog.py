@@ -12,6 +12,7 @@ Layout::
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import os
 import subprocess
 from pathlib import Path
@@ -23,6 +24,8 @@ import numpy as np
 import lpt
 
 CHUNK_ROWS = 256
+
+log = logging.getLogger("lpt")
 
 
 def git_revision(start: str | os.PathLike | None = None) -> str:
@@ -50,24 +53,40 @@ class RunLog:
                  devices: str = "", resume: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = None
         if resume and self.path.exists():
+            try:
+                self.file = h5py.File(self.path, "a")
+                self.file.attrs["resumed"] = int(self.file.attrs.get("resumed", 0)) + 1
+            except OSError as exc:  # not a readable HDF5 file: keep it aside, start a new log
+                aside = self.path.with_name(f"{self.path.name}.unreadable")
+                os.replace(self.path, aside)
+                log.warning("run log %s cannot be opened (%s): moved to %s, starting a new log", self.path, exc, aside)
+        if self.file is None:
+            self._create(config_yaml, grid, devices)
             self.file = h5py.File(self.path, "a")
-            self.file.attrs["resumed"] = int(self.file.attrs.get("resumed", 0)) + 1
-        else:
-            import jax
-
-            self.file = h5py.File(self.path, "w")
-            attrs = self.file.attrs
-            attrs["config"] = config_yaml
-            attrs["lpt_version"] = lpt.__version__
-            attrs["jax_version"] = jax.__version__
-            attrs["git_revision"] = git_revision()
-            attrs["grid"] = np.asarray(grid, dtype=np.int64)
-            attrs["devices"] = devices
-            attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
         self.file.require_group("history")
         self.file.require_group("mgrit")
         self.file.flush()
+
+    def _create(self, config_yaml: str, grid: Sequence[int], devices: str) -> None:
+        """Write the new file's attributes under a temporary name and rename it into place (atomic: a kill
+        during creation leaves no half-written ``run.h5``)."""
+        import jax
+
+        attrs = {"config": config_yaml, "lpt_version": lpt.__version__, "jax_version": jax.__version__,
+                 "git_revision": git_revision(), "grid": np.asarray(grid, dtype=np.int64), "devices": devices,
+                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat()}
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            with h5py.File(tmp, "w") as f:
+                f.attrs.update(attrs)
+                f.create_group("history")
+                f.create_group("mgrit")
+            os.replace(tmp, self.path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
 
     # --- rows ---------------------------------------------------------------------------------------
     def _append_row(self, group: str, name: str, value: np.ndarray) -> None:
@@ -122,7 +141,7 @@ class RunLog:
 
     def close(self) -> None:
         """Flush and close; safe to call twice."""
-        if self.file.id.valid:
+        if self.file is not None and self.file.id.valid:
             self.file.flush()
             self.file.close()
 

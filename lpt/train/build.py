@@ -1,15 +1,18 @@
 """Turn a composed run configuration into objects: data set, model, solver, optimiser, loop settings.
 
-All range and type checks on the configuration happen here, before anything is compiled; an error names the
-option, the value and what would be valid.
+The range and type checks of the loop settings and of the data-dependent sizes live here; an error names the
+option, the value and what would be valid. :func:`lpt.train.validate.validate_config` runs every check of the
+configuration before anything is loaded or compiled.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
-from lpt.data import Dataset, load_dataset
+import numpy as np
+
+from lpt.data import DataError, Dataset, load_dataset
 from lpt.model import ResNet
 
 MODEL_KEYS = ("depth", "width", "T", "activation", "layer", "opening", "kernel_size", "init_scale",
@@ -20,14 +23,22 @@ class ConfigError(ValueError):
     """An invalid configuration value; the message names the option, the value and what is valid."""
 
 
-def _int(cfg: Mapping[str, Any], key: str, prefix: str, *, minimum: int, allow_none: bool = False) -> int | None:
-    value = cfg.get(key)
+def _int(cfg: Mapping[str, Any], key: str, prefix: str, *, minimum: int, allow_none: bool = False,
+         default: int | None = None) -> int | None:
+    value = cfg.get(key, default)
     if value is None and allow_none:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         extra = " or null" if allow_none else ""
         raise ConfigError(f"{prefix}.{key}={value!r} must be an integer ≥ {minimum}{extra}")
     return value
+
+
+NonFinitePolicy = Literal["reduce_lr", "serial", "stop"]
+NONFINITE_POLICIES = ("reduce_lr", "serial", "stop")
+"""What the loop does after a step with a non-finite objective, gradient, parameters or solver state (the
+update is rejected first): multiply the step size by ``train.lr_factor`` / recompute the step with the serial
+solver / stop with a checkpoint of the last good state."""
 
 
 @dataclass(frozen=True)
@@ -41,9 +52,23 @@ class LoopSettings:
     checkpoint_every: int
     eval_chunk: int
     progress: bool
+    on_nonfinite: NonFinitePolicy = "reduce_lr"
+    lr_factor: float = 0.5
+    max_rejections: int = 10
+    inject_nan_at_step: int | None = None  # testing only: this step's inputs are NaN for the configured solver
 
     @classmethod
     def from_config(cls, train: Mapping[str, Any], logging: Mapping[str, Any]) -> "LoopSettings":
+        progress = logging.get("progress", True)
+        if not isinstance(progress, bool):
+            raise ConfigError(f"logging.progress={progress!r} must be true or false")
+        policy = train.get("on_nonfinite", "reduce_lr")
+        if policy not in NONFINITE_POLICIES:
+            raise ConfigError(f"train.on_nonfinite={policy!r} is not valid; choose one of {list(NONFINITE_POLICIES)}")
+        factor = train.get("lr_factor", 0.5)
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < 1:
+            raise ConfigError(f"train.lr_factor={factor!r} must be a number in (0, 1) (the step size is multiplied "
+                              f"by it after each rejected step)")
         return cls(
             steps=_int(train, "steps", "train", minimum=0),
             batch_size=_int(train, "batch_size", "train", minimum=1, allow_none=True),
@@ -51,15 +76,40 @@ class LoopSettings:
             log_every=_int(logging, "log_every", "logging", minimum=1),
             checkpoint_every=_int(train, "checkpoint_every", "train", minimum=1),
             eval_chunk=_int(train, "eval_chunk", "train", minimum=1),
-            progress=bool(logging.get("progress", True)),
+            progress=progress,
+            on_nonfinite=policy,
+            lr_factor=float(factor),
+            max_rejections=_int(train, "max_rejections", "train", minimum=1, default=10),
+            inject_nan_at_step=_int(train, "inject_nan_at_step", "train", minimum=1, allow_none=True),
         )
 
 
 def build_dataset(cfg: Mapping[str, Any]) -> Dataset:
-    """Load the data set of config group ``dataset`` (all keys but ``name`` are loader options)."""
+    """Load the data set of config group ``dataset`` (all keys but ``name`` are loader options).
+
+    Every loader's result passes :func:`check_finite`, so NaN or inf in any file stops the run here.
+    """
     ds = dict(cfg["dataset"])
     name = ds.pop("name", None)
-    return load_dataset(name, data_dir=cfg.get("data_dir"), seed=cfg.get("seed", 0), **ds)
+    return check_finite(load_dataset(name, data_dir=cfg.get("data_dir"), seed=cfg.get("seed", 0), **ds))
+
+
+def check_finite(data: Dataset) -> Dataset:
+    """Raise :class:`DataError` if a feature or target of ``data`` is NaN or ±inf; else return ``data``.
+
+    The message names the data set, the array, how many values are bad and the first bad sample.
+    """
+    for split, array in (("training features", data.x_train), ("training targets", data.y_train),
+                         ("validation features", data.x_val), ("validation targets", data.y_val)):
+        if not np.issubdtype(array.dtype, np.floating):
+            continue
+        bad = ~np.isfinite(array)
+        if bad.any():
+            first = int(np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))[0])
+            raise DataError(f"{data.name}: the {split} hold {int(bad.sum())} non-finite values (NaN or inf), the "
+                            f"first in sample {first} (counting from 0): the data files are corrupt or have missing "
+                            f"values; repair or replace them (see the data set's source)")
+    return data
 
 
 ARCHITECTURES = ("resnet", "parareal")

@@ -15,12 +15,20 @@ import numpy as np
 import yaml
 
 from lpt.data import DataError
-from lpt.logging import CHECKPOINT_NAME, LOG_NAME, RunLog, find_checkpoint, load_checkpoint, save_checkpoint
+from lpt.logging import (CHECKPOINT_NAME, LOG_NAME, RunDirBusy, RunDirLock, RunLog, load_checkpoint, resolve_resume,
+                         save_checkpoint)
+from lpt.logging.null import NullLog
 from lpt.model import ModelError
+from lpt.parallel import GridError, ProcessorGrid
+from lpt.parallel.faults import agree_max
+from lpt.parallel.runtime import Runtime
 from lpt.train.build import ConfigError, LoopSettings, build_dataset, build_model, check_batch, check_dtype
+from lpt.train.nonfinite import NonFiniteGuard, inject_nan
 from lpt.train.optim import make_optimizer, needs_value_fn
-from lpt.train.solver import make_solver
+from lpt.train.signals import Interrupted, StopRequest
+from lpt.train.solver import SerialSolver, make_solver
 from lpt.train.state import TrainState, make_evaluate, make_train_step
+from lpt.train.validate import validate_config
 
 log = logging.getLogger("lpt")
 
@@ -44,14 +52,24 @@ def _batch_indices(seed: int, step: int, n: int, batch: int, cache: dict) -> np.
     return cache["perm"][i * batch:(i + 1) * batch]
 
 
-def _check_parallel(parallel: Mapping[str, Any]) -> tuple[int, int]:
-    name = parallel.get("name")
-    grid = (parallel.get("data", 1), parallel.get("layers", 1))
-    if name != "single":
-        raise ConfigError(f"parallel={name!r} is not available in this build; choose single")
-    if grid != (1, 1):
-        raise ConfigError(f"parallel=single runs on one device: parallel.data × parallel.layers must be 1 × 1, "
-                          f"got {grid[0]} × {grid[1]}")
+def _check_parallel(cfg: Mapping[str, Any], loop: LoopSettings, n_train: int) -> ProcessorGrid:
+    """The processor grid (config group ``parallel``) and its fit with solver, optimiser and batch size."""
+    try:
+        grid = ProcessorGrid.from_config(cfg["parallel"])
+        grid.check_resources()
+    except GridError as exc:
+        raise ConfigError(str(exc)) from exc
+    solver, optimizer = cfg["solver"].get("name"), cfg["optimizer"].get("name")
+    if grid.layers > 1 and solver != "mgrit":
+        raise ConfigError(f"parallel.layers={grid.layers} splits the layers into chunks, which needs the "
+                          f"layer-parallel solver: set solver=mgrit (solver={solver} propagates serially)")
+    if grid.data > 1 and optimizer == "lbfgs":
+        raise ConfigError(f"optimizer=lbfgs is not available with data-parallel ranks (parallel.data="
+                          f"{grid.data}): its line search needs the objective of the whole batch on every rank")
+    batch = loop.batch_size or n_train
+    if batch % grid.data:
+        raise ConfigError(f"the batch of {batch} samples (train.batch_size) must divide evenly among "
+                          f"parallel.data={grid.data} data-parallel ranks")
     return grid
 
 
@@ -60,6 +78,12 @@ def run(cfg: Mapping[str, Any], run_dir: str | Path) -> RunResult:
 
     With ``resume=PATH`` (a run directory or its checkpoint file) the run continues from the checkpoint in
     that directory, and its log there is continued: rows after the checkpoint's step are dropped first.
+    ``resume=auto`` (and a requeued SLURM job) continues from ``run_dir``'s own checkpoint if it has one.
+
+    Raises:
+        ConfigError, DataError, ModelError, FileNotFoundError: invalid input, before anything is compiled.
+        Interrupted: SIGTERM/SIGINT/SIGUSR1 arrived; a checkpoint was written after the current step.
+        NonFiniteError: non-finite steps ended the run (``train.on_nonfinite``); the last good state is saved.
     """
     try:
         setup = _setup(cfg)
@@ -72,10 +96,10 @@ def run(cfg: Mapping[str, Any], run_dir: str | Path) -> RunResult:
 
 def _setup(cfg: Mapping[str, Any]):
     """Check the configuration and build data, model, loop settings, optimiser and solver (no compilation)."""
+    validate_config(cfg)
     dtype = check_dtype(cfg.get("dtype", "float32"))
     if dtype == "float64":
         jax.config.update("jax_enable_x64", True)
-    grid = _check_parallel(cfg["parallel"])
     loop = LoopSettings.from_config(cfg["train"], cfg["logging"])
     seed = cfg.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
@@ -88,18 +112,26 @@ def _setup(cfg: Mapping[str, Any]):
         raise ConfigError(f"model.arch=parareal is trained end-to-end by ordinary backpropagation: use "
                           f"solver=serial, not solver={cfg['solver'].get('name')}")
     full_batch = loop.batch_size in (None, data.x_train.shape[0])
-    solver = make_solver(cfg["solver"], full_batch=full_batch)
-    return dtype, grid, loop, seed, data, model, optimizer, full_batch, solver
+    runtime = Runtime.create(_check_parallel(cfg, loop, data.x_train.shape[0]))
+    solver = runtime.with_comm(make_solver(cfg["solver"], full_batch=full_batch))
+    if hasattr(solver, "layouts"):
+        solver.layouts(model.depth)  # too many layer ranks for this depth: refused before any work
+    return dtype, runtime, loop, seed, data, model, optimizer, full_batch, solver
 
 
-def _train(cfg, run_dir, dtype, grid, loop, seed, data, model, optimizer, full_batch, solver) -> RunResult:
+def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, full_batch, solver) -> RunResult:
 
     run_dir = Path(run_dir)
-    resume = cfg.get("resume")
-    ckpt_path = find_checkpoint(resume) if resume else None
+    resume = resolve_resume(cfg.get("resume"), run_dir)
+    ckpt_path = resume
     if ckpt_path is not None:
         run_dir = ckpt_path.parent
     ckpt_path = run_dir / CHECKPOINT_NAME
+    try:
+        # held until the run ends by the process that writes files: two runs never write the same files
+        lock = RunDirLock(run_dir) if runtime.is_root else NullLog()
+    except RunDirBusy as exc:
+        raise ConfigError(str(exc)) from exc
 
     x_train = jnp.asarray(data.x_train, dtype)
     y_train = jnp.asarray(data.y_train, dtype if data.task == "regression" else jnp.int32)
@@ -109,49 +141,84 @@ def _train(cfg, run_dir, dtype, grid, loop, seed, data, model, optimizer, full_b
     batch = n if full_batch else loop.batch_size
 
     params = model.init(jax.random.PRNGKey(seed), jnp.dtype(dtype))
-    state = TrainState(params, optimizer.init(params), solver.init_state(model, params, x_train[:batch]),
-                       jnp.asarray(0, jnp.int32))
+    state = TrainState(params, optimizer.init(params),
+                       runtime.init_solver_state(solver, model, params, x_train[:batch]), jnp.asarray(0, jnp.int32),
+                       jnp.asarray(1.0, jnp.float32))
     elapsed = 0.0
     if resume:
-        state, meta = load_checkpoint(ckpt_path, state)
+        try:
+            state, meta = load_checkpoint(ckpt_path, state)
+        except ValueError as exc:  # another model/optimizer/solver than the checkpoint's
+            lock.release()
+            raise ConfigError(str(exc)) from exc
         elapsed = float(meta.get("time_s", 0.0))
+        if runtime.grid.backend == "mpi" and runtime.grid.size > 1:
+            # the checkpoint holds rank 0's chunk of the warm-start states only: start them afresh
+            state = state._replace(solver_state=runtime.init_solver_state(solver, model, params, x_train[:batch]))
         log.info("resuming %s from step %d", run_dir, int(state.step))
 
     config_yaml = yaml.safe_dump(dict(cfg), sort_keys=False)
-    runlog = RunLog(run_dir / LOG_NAME, config_yaml=config_yaml, grid=grid,
-                    devices=", ".join(str(d) for d in jax.devices()[:1]), resume=bool(resume))
+    if not runtime.is_root:  # MPI ranks > 0: no files, no console output
+        log.setLevel(logging.WARNING)
+    grid = runtime.grid
+    runlog = (RunLog(run_dir / LOG_NAME, config_yaml=config_yaml, grid=(grid.data, grid.layers),
+                     devices=f"{grid.backend}: " + ", ".join(str(d) for d in jax.devices()[: grid.size]),
+                     resume=bool(resume)) if runtime.is_root else NullLog())
     start = int(state.step)
     if resume:
         runlog.truncate(start)
-    train_step = make_train_step(model, solver, optimizer, lr=float(cfg["optimizer"]["lr"]),
-                                 line_search=needs_value_fn(cfg["optimizer"]))
+    step_options = dict(lr=float(cfg["optimizer"]["lr"]), line_search=needs_value_fn(cfg["optimizer"]),
+                        comm=runtime.comm, wrap=runtime.wrap_step(solver, model, params, x_train[:batch]))
+    train_step = make_train_step(model, solver, optimizer, **step_options)
     evaluate = make_evaluate(model, loop.eval_chunk)
     metric = "acc" if data.task == "classification" else "mse"
+    # every validation column gets a row per logged step (NaN where not evaluated), so columns stay aligned
+    not_evaluated = {f"val_{k}": math.nan for k in (("acc", "loss") if metric == "acc" else ("mse", "rel_err"))}
     raise_on_divergence = getattr(solver, "on_divergence", "serial") == "error"
 
     def checkpoint(st: TrainState, time_s: float) -> None:
+        if not runtime.is_root:
+            return
         meta = {"step": int(st.step), "seed": seed, "time_s": time_s}
         leaves = save_checkpoint(ckpt_path, st, meta)
         runlog.write_checkpoint(leaves, meta)
 
+    def save_last_good(st: TrainState) -> Path:
+        checkpoint(st, time.perf_counter() - t0)
+        return ckpt_path
+
+    guard = NonFiniteGuard(loop, lambda: make_train_step(model, SerialSolver(), optimizer, **step_options),
+                           save_last_good)
+
     log.info("%s: N=%d width=%d %s/%s, solver=%s, optimizer=%s, %d training samples, batch %d, steps %d",
              data.name, model.depth, model.width, model.layer, model.activation, cfg["solver"]["name"],
              cfg["optimizer"]["name"], n, batch, loop.steps)
-    progress = _progress(loop, start)
+    progress = _progress(loop, start, runtime.is_root)
     perm_cache: dict = {}
     t0 = time.perf_counter() - elapsed
     final: dict[str, float] = {}
+    # SIGTERM, SIGINT, SIGUSR1: finish the step, checkpoint, exit 128 + signal (on MPI: all ranks at one step)
+    stop = StopRequest(agree=agree_max() if runtime.grid.backend == "mpi" else None)
     try:
         for step in range(start, loop.steps):
+            if stop.should_stop():
+                checkpoint(state, time.perf_counter() - t0)
+                runlog.set_attr("status", f"interrupted: {stop.name}")
+                log.warning("interrupted by %s after step %d: checkpoint written to %s", stop.name, step, ckpt_path)
+                raise Interrupted(stop.signum, step, ckpt_path)
             if full_batch:
                 xb, yb = x_train, y_train
             else:
                 idx = jnp.asarray(_batch_indices(seed, step, n, batch, perm_cache))
                 xb, yb = x_train[idx], y_train[idx]
-            state, metrics, stats = train_step(state, xb, yb)
+            xb, yb = runtime.local_batch(xb, yb)
+            prev = state
+            x_in = inject_nan(xb) if step + 1 == loop.inject_nan_at_step else xb  # test hook, normally xb
+            state, metrics, stats = train_step(state, x_in, yb)
+            state, metrics, nonfinite = guard.check(prev, state, metrics, xb, yb, step + 1)
             done = step + 1
             evaluate_now = done % loop.eval_every == 0 or done == loop.steps
-            if not (evaluate_now or done % loop.log_every == 0):
+            if not (evaluate_now or done % loop.log_every == 0 or nonfinite):
                 progress.update(1)
                 continue
             metrics, stats = jax.device_get((metrics, stats))
@@ -159,7 +226,7 @@ def _train(cfg, run_dir, dtype, grid, loop, seed, data, model, optimizer, full_b
                 raise FloatingPointError(f"MGRIT diverged at step {done} (residuals {stats.get('fwd_residual')}); "
                                          f"set solver.on_divergence=serial to fall back to serial propagation")
             row = {"step": done, "epoch": done * batch / n, **{k: float(v) for k, v in metrics.items()},
-                   f"val_{metric}": math.nan}
+                   "nonfinite": float(nonfinite), **not_evaluated}
             if evaluate_now:
                 val = evaluate(state.params, x_val, y_val)
                 row.update({f"val_{k}": v for k, v in val.items()})
@@ -168,23 +235,29 @@ def _train(cfg, run_dir, dtype, grid, loop, seed, data, model, optimizer, full_b
                          metric, row[f"train_{metric}"], metric, row[f"val_{metric}"])
             row["time_s"] = time.perf_counter() - t0
             runlog.append(row, {k: np.asarray(v, np.float64) for k, v in stats.items()})
+            if guard.failure is not None:  # on_nonfinite=stop or too many rejections: last good state saved
+                raise guard.failure
             progress.update(1)
             progress.set_postfix(loss=f"{row['loss']:.3g}", refresh=False)
             if done % loop.checkpoint_every == 0 or done == loop.steps:
                 checkpoint(state, row["time_s"])
         runlog.set_attr("status", "completed")
+    except Interrupted:
+        raise
     except BaseException as exc:
         runlog.set_attr("status", f"failed: {type(exc).__name__}")
         raise
     finally:
+        stop.restore()
         progress.close()
         runlog.close()
+        lock.release()
     return RunResult(run_dir=run_dir, log_path=run_dir / LOG_NAME, final=final)
 
 
-def _progress(loop: LoopSettings, start: int):
+def _progress(loop: LoopSettings, start: int, show: bool = True):
     """A tqdm bar on interactive terminals; silent in batch logs (tqdm's ``disable=None``)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=loop.steps, initial=start, disable=None if loop.progress else True, unit="step",
+    return tqdm(total=loop.steps, initial=start, disable=None if loop.progress and show else True, unit="step",
                 dynamic_ncols=True, leave=False)

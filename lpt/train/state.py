@@ -13,12 +13,22 @@ from lpt.train.solver import Solver
 
 
 class TrainState(NamedTuple):
-    """Everything a checkpoint holds besides metadata: θ, optimiser state, solver warm-start state, step."""
+    """Everything a checkpoint holds besides metadata: θ, optimiser state, solver warm-start state, step, and
+    the step-size scale s of θ ← θ + s·Δθ (1 until a rejected step multiplies it by ``train.lr_factor``;
+    None: s = 1 fixed)."""
 
     params: Params
     opt_state: Any
     solver_state: Any
-    step: jnp.ndarray  # int32 scalar: number of completed optimisation steps
+    step: jnp.ndarray  # int32 scalar: number of completed (accepted or rejected) optimisation steps
+    lr_scale: Any = None  # float32 scalar s, or None
+
+
+def all_finite(tree: Any) -> jnp.ndarray:
+    """True (a bool scalar) iff every floating-point entry of the pytree ``tree`` is finite."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+              if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 def current_lr(opt_state: Any, default: float) -> jnp.ndarray:
@@ -28,32 +38,62 @@ def current_lr(opt_state: Any, default: float) -> jnp.ndarray:
 
 
 def make_train_step(model: ResNet, solver: Solver, optimizer: optax.GradientTransformationExtraArgs,
-                    *, lr: float, line_search: bool) -> Callable:
-    """Build the jitted step ``(state, x, y) -> (state, metrics)``.
+                    *, lr: float, line_search: bool, comm: Any = None,
+                    wrap: Callable[[Callable], Callable] | None = None) -> Callable:
+    """Build the jitted step ``(state, x, y) -> (state, metrics, stats)``.
 
-    The step computes (objective, gradient) with the solver, applies the optimiser update θ ← θ + Δθ and
-    returns scalar metrics evaluated at the parameters before the update. Shapes never change between calls,
-    so it compiles once.
+    The step computes (objective, gradient) with the solver, applies the optimiser update θ ← θ + s·Δθ and
+    returns scalar metrics evaluated at the parameters before the update. A step whose objective, gradient,
+    new parameters or new solver state hold NaN or inf is rejected inside the compiled function: the returned
+    state is the input state with only ``step`` advanced, and ``metrics["rejected"]`` is True (no exception is
+    raised under ``jit``; the loop applies the ``train.on_nonfinite`` policy). Shapes never change between
+    calls, so it compiles once.
+
+    With data-parallel ranks (``comm.data`` > 1) each rank holds its own samples: objective, gradient and
+    metrics are averaged over the ranks before the update, so parameters stay identical everywhere. ``wrap``
+    adapts the per-chunk step to the back-end (``shard_map`` on a device mesh).
     """
+    data_mean = _data_mean(comm)
 
     def train_step(state: TrainState, x: jnp.ndarray, y: jnp.ndarray):
         obj, aux, grads, solver_state, stats = solver.value_and_grad(model, state.params, x, y, state.solver_state)
+        obj, grads, aux = data_mean(obj), data_mean(grads), {**aux, "loss": data_mean(aux["loss"])}
         extra = {}
         if line_search:
             extra = dict(value=obj, grad=grads,
                          value_fn=lambda p: solver.value(model, p, x, y, solver_state))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params, **extra)
+        scale = jnp.asarray(1.0 if state.lr_scale is None else state.lr_scale, jnp.float32)
+        updates = jax.tree_util.tree_map(lambda u: u * scale.astype(u.dtype), updates)
         params = optax.apply_updates(state.params, updates)
+        ok = _everywhere(comm, all_finite((obj, grads, params, solver_state)))  # the same decision on all ranks
+        new = TrainState(params, opt_state, solver_state, state.step + 1, state.lr_scale)
+        kept = TrainState(state.params, state.opt_state, state.solver_state, state.step + 1, state.lr_scale)
         metrics = {
             "objective": obj,
             "loss": aux["loss"],
             "grad_norm": optax.tree.norm(grads),
-            "lr": current_lr(opt_state, lr),
-            **{f"train_{k}": v for k, v in model.metrics(aux["outputs"], y).items()},
+            "lr": current_lr(opt_state, lr) * scale,
+            **{f"train_{k}": data_mean(v) for k, v in model.metrics(aux["outputs"], y).items()},
+            "rejected": ~ok,
         }
-        return TrainState(params, opt_state, solver_state, state.step + 1), metrics, stats
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, kept), metrics, stats
 
-    return jax.jit(train_step)
+    return jax.jit(wrap(train_step) if wrap else train_step)
+
+
+def _everywhere(comm: Any, flag: jnp.ndarray) -> jnp.ndarray:
+    """True iff ``flag`` holds on every rank of the grid."""
+    if comm is None or comm.data * comm.layers == 1:
+        return flag
+    return comm.data_sum(comm.layer_sum((~flag).astype(jnp.int32))) == 0
+
+
+def _data_mean(comm: Any) -> Callable[[Any], Any]:
+    """Average a pytree over the data-parallel ranks (identity without them)."""
+    if comm is None or comm.data == 1:
+        return lambda tree: tree
+    return lambda tree: jax.tree_util.tree_map(lambda a: comm.data_sum(a) / comm.data, tree)
 
 
 def make_evaluate(model: ResNet, chunk: int) -> Callable:

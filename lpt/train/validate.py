@@ -1,0 +1,216 @@
+"""One check of a whole run configuration, before any data is loaded or anything is compiled.
+
+:func:`validate_config` checks every option of every config group for type and range and raises a
+:class:`~lpt.train.build.ConfigError` (or the :class:`~lpt.model.ModelError` of the model's own checks) whose
+message names the option, the value and what would be valid. It reuses the checks of the objects the run will
+build (``LoopSettings``, ``ResNet``/``ParaRealNet``, ``MGRITOptions``, the optimisers, ``ProcessorGrid``) by
+constructing them from the configuration alone, and adds what those cannot know without each other: bounds
+of the solver options by the depth, and a lower bound of the memory the model needs. Checks that need the
+data (batch size against the training set, convolutions against image inputs, data-set specific sizes) run
+when the data is loaded, still before compilation.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+from lpt.data import Dataset
+from lpt.train.build import ConfigError, LoopSettings, build_model, check_dtype
+from lpt.train.optim import make_optimizer
+from lpt.train.solver import make_solver
+
+SEED_LIMIT = 2**32
+"""Seeds are 0 ≤ seed < 2³²: the JAX PRNG key holds 32 bits of the seed (larger seeds would collide)."""
+
+MODEL_NUMBERS = ("depth", "width", "T", "kernel_size", "init_scale", "gamma_tik", "gamma_ddt", "gamma_class")
+"""Model options that must hold a value (null is not a default for them)."""
+
+MEMORY_CHECK_FROM = 2**30
+"""Memory lower bounds above this many bytes are compared with the machine's memory."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _wrap(exc: ValueError, group: str) -> ConfigError:
+    """A ConfigError with the message of a constructor's ValueError (prefixed by the group if it lacks it)."""
+    message = str(exc)
+    return ConfigError(message if group in message else f"{group}: {message}")
+
+
+def validate_config(cfg: Mapping[str, Any]) -> None:
+    """Check every option of the resolved run configuration ``cfg``; return None or raise.
+
+    Raises:
+        ConfigError: an option has the wrong type or is out of range; the message names the option (as
+            ``group.key=value``), the value and what is valid.
+        ModelError: a model option is invalid (the model's own check, same kind of message).
+    """
+    for group in ("dataset", "model", "solver", "optimizer", "parallel", "train", "logging"):
+        if not isinstance(cfg.get(group), Mapping):
+            raise ConfigError(f"{group}={cfg.get(group)!r}: the config group {group} is missing or not a mapping")
+    _check_top_level(cfg)
+    _check_parallel_grid(cfg["parallel"])
+    loop = LoopSettings.from_config(cfg["train"], cfg["logging"])
+    model = _check_model(cfg["model"])
+    _check_solver(cfg["solver"], model.depth)
+    _check_optimizer(cfg["optimizer"])
+    _check_dataset_sizes(cfg["dataset"])
+    _check_memory(cfg, loop, model)
+
+
+def _check_top_level(cfg: Mapping[str, Any]) -> None:
+    check_dtype(cfg.get("dtype", "float32"))
+    seed = cfg.get("seed", 0)
+    if not _is_int(seed) or not 0 <= seed < SEED_LIMIT:
+        raise ConfigError(f"seed={seed!r} must be an integer with 0 ≤ seed < 2**32 (the JAX random key holds "
+                          f"32 bits)")
+    for key in ("resume", "data_dir"):
+        value = cfg.get(key)
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise ConfigError(f"{key}={value!r} must be a path (or null)"
+                              + ("; resume=auto continues from the run directory's own checkpoint"
+                                 if key == "resume" else ""))
+
+
+def _check_parallel_grid(parallel: Mapping[str, Any]) -> None:
+    """Type and range of ``parallel.data`` / ``parallel.layers`` (ProcessorGrid's own check)."""
+    from lpt.parallel.grid import ProcessorGrid
+
+    try:
+        ProcessorGrid.from_config(parallel)
+    except ValueError as exc:
+        raise _wrap(exc, "parallel") from exc
+
+
+def _probe_dataset(model_cfg: Mapping[str, Any]) -> Dataset:
+    """A one-sample data set that fits any model (image inputs for convolutional layers): for the data-free
+    checks."""
+    shape = (1,) if model_cfg.get("layer", "dense") == "dense" else (1, 1, 1)
+    x = np.zeros((1, *shape), np.float32)
+    y = np.zeros((1,), np.int32)
+    return Dataset(x, y, x, y, "classification", 1, "probe")
+
+
+def _check_model(model_cfg: Mapping[str, Any]):
+    """The model's own checks (ResNet / ParaRealNet), on a probe input; null is not a value of a number."""
+    for key in MODEL_NUMBERS:
+        if key in model_cfg and model_cfg[key] is None:
+            raise ConfigError(f"model.{key}=None: this option needs a value (see configs/model/)")
+    for key in ("depth", "width", "kernel_size", "num_parallel", "coarse_units"):
+        if isinstance(model_cfg.get(key), bool):
+            raise ConfigError(f"model.{key}={model_cfg[key]!r} must be a positive integer, not a boolean")
+    return build_model(model_cfg, _probe_dataset(model_cfg))
+
+
+def _check_solver(solver_cfg: Mapping[str, Any], depth: int) -> None:
+    """The solver's own checks, then the bounds that depend on the depth N.
+
+    MGRIT with F- or FCF-relaxation is exact after at most N cycles, and after N relaxation sweeps
+    relaxation alone is exact; a coarsening factor above N only pads the level with identity steps. Larger
+    values cannot help, so they are refused (they would also unroll or loop for ever).
+    """
+    try:
+        solver = make_solver(solver_cfg, full_batch=True)
+    except ValueError as exc:
+        raise _wrap(exc, "solver") from exc
+    fwd, bwd = getattr(solver, "fwd", None), getattr(solver, "bwd", None)
+    if fwd is None:
+        return
+    factors = fwd.cfactor if isinstance(fwd.cfactor, tuple) else (fwd.cfactor,)
+    if max(factors) > max(depth, 2):
+        raise ConfigError(f"solver.cfactor={solver_cfg.get('cfactor')!r} exceeds model.depth={depth}: a coarsening "
+                          f"factor above the number of layers only pads the level with identity steps; choose "
+                          f"2 ≤ cfactor ≤ {max(depth, 2)}")
+    bounds = {"fwd_iters": fwd.max_iter, "bwd_iters": bwd.max_iter, "nrelax": fwd.nrelax,
+              "nrelax_fine": fwd.nrelax_fine or 0}
+    for key, value in bounds.items():
+        if value > depth:
+            raise ConfigError(f"solver.{key}={value} exceeds model.depth={depth}: MGRIT is exact after at most "
+                              f"N = {depth} cycles (or relaxation sweeps); choose at most {depth}")
+
+
+def _check_optimizer(opt_cfg: Mapping[str, Any]) -> None:
+    """Types the optimiser factory converts without checking, then the factory's own checks."""
+    for key in ("eps", "clip_norm", "weight_decay"):
+        value = opt_cfg.get(key, 0.0)
+        if value is not None and not (_is_number(value) and math.isfinite(value) and value >= 0):
+            raise ConfigError(f"optimizer.{key}={value!r} must be a finite number ≥ 0"
+                              + (" (0 = off)" if key != "eps" else ""))
+    if "nesterov" in opt_cfg and not isinstance(opt_cfg["nesterov"], bool):
+        raise ConfigError(f"optimizer.nesterov={opt_cfg['nesterov']!r} must be true or false")
+    memory = opt_cfg.get("memory_size", 10)
+    if opt_cfg.get("name") == "lbfgs" and not (_is_int(memory) and memory >= 1):
+        raise ConfigError(f"optimizer.memory_size={memory!r} must be an integer ≥ 1 (L-BFGS history length)")
+    try:
+        make_optimizer(opt_cfg)
+    except ValueError as exc:
+        raise _wrap(exc, "optimizer") from exc
+
+
+def _check_dataset_sizes(ds_cfg: Mapping[str, Any]) -> None:
+    """``dataset.name`` is a string; sizes that cannot fit in memory (at 4 bytes a sample) are refused here.
+
+    Types and ranges of the sizes are the loaders' checks (they run next, before compilation).
+    """
+    if not isinstance(ds_cfg.get("name"), str):
+        raise ConfigError(f"dataset.name={ds_cfg.get('name')!r} must name a data set (e.g. peaks, mnist)")
+    for key in ("n_train", "n_val"):
+        value = ds_cfg.get(key)
+        if _is_int(value) and value * 4 > MEMORY_CHECK_FROM and value * 4 > _memory_bytes():
+            raise ConfigError(f"dataset.{key}={value} samples need at least {_gib(value * 4)} of memory, more than "
+                              f"the {_gib(_memory_bytes())} of this machine; choose fewer samples")
+
+
+def _check_memory(cfg: Mapping[str, Any], loop: LoopSettings, model) -> None:
+    """A lower bound of the memory of the layer weights and the stored layer states against the machine's.
+
+    Bound: N·width²·k² weights (k = kernel size for convolutions, 1 for dense), (N_p − 1)·N_c·width²·k² more
+    for parareal coarse networks, times the L-BFGS memory where it applies; plus (N + 1)·batch·width states,
+    each of the itemsize of ``dtype`` (a batch of one sample where the batch size is not known before loading).
+    """
+    net = getattr(model, "resnet", model)  # ParaRealNet wraps the ResNet it cuts
+    depth, width = net.depth, net.width
+    k2 = 1 if net.layer == "dense" else net.kernel_size**2
+    units = depth
+    if net is not model:
+        units += (model.num_parallel - 1) * model.coarse_units
+    weights = units * width * width * k2
+    if cfg["optimizer"].get("name") == "lbfgs":
+        weights *= 1 + 2 * cfg["optimizer"].get("memory_size", 10)
+    n_train = cfg["dataset"].get("n_train")
+    batch = loop.batch_size or (n_train if _is_int(n_train) else 1)
+    states = (depth + 1) * batch * width
+    itemsize = 8 if cfg.get("dtype") == "float64" else 4
+    need = itemsize * (weights + states)
+    if need > MEMORY_CHECK_FROM and need > _memory_bytes():
+        raise ConfigError(
+            f"model.depth={depth}, model.width={width} (batch {batch}) need at least {_gib(need)} for layer "
+            f"weights and states, more than the {_gib(_memory_bytes())} of this machine; choose a smaller "
+            f"model.depth, model.width or train.batch_size")
+
+
+def _memory_bytes() -> int:
+    """Memory of the accelerator if JAX reports it, else the host's physical memory."""
+    try:
+        import jax
+
+        stats = jax.devices()[0].memory_stats() or {}
+        if stats.get("bytes_limit"):
+            return int(stats["bytes_limit"])
+    except Exception:  # noqa: BLE001 - no device statistics: fall back to host memory
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.3g} GiB"
