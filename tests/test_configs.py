@@ -28,6 +28,8 @@ TINY = {
     "mnist": ["dataset.n_train=200", "dataset.n_val=100"],
     "regression_peaks": ["dataset.n_train=100", "dataset.n_val=50"],
     "regression_pendulum": ["dataset.n_train=100", "dataset.n_val=50"],
+    # per preset, replacing the data set's budget and the batch of 32: 4096 layers of 28×28 images
+    "mnist_4096": ["dataset.n_train=8", "dataset.n_val=8", "train.batch_size=2"],
 }
 
 
@@ -59,8 +61,8 @@ def test_every_experiment_preset_runs(name, tmp_path, shared_data):
     dataset = cfg["dataset"]["name"]
     if dataset not in TINY:
         pytest.skip(f"preset {name} uses data set {dataset}, tested in its own module")
-    batch = [] if cfg["train"]["batch_size"] is None else ["train.batch_size=32"]
-    cfg = compose_config([f"+experiment={name}", *TINY[dataset], *batch, "train.steps=3", "train.eval_every=2",
+    batch = [] if cfg["train"]["batch_size"] is None or name in TINY else ["train.batch_size=32"]
+    cfg = compose_config([f"+experiment={name}", *TINY.get(name, TINY[dataset]), *batch, "train.steps=3", "train.eval_every=2",
                           f"data_dir={shared_data}"])
     result = run(cfg, tmp_path)
     h = read_run(result.log_path).history

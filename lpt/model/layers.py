@@ -1,4 +1,8 @@
-"""Linear maps of the layers: dense (matrix) and convolutional (k×k, same padding, NHWC / HWIO)."""
+"""Linear maps of the layers: dense (matrix) and convolutional (k×k, same padding, NHWC / HWIO).
+
+Layer kinds of the residual step: ``dense`` and ``conv`` (one linear map K_n per step) and ``conv2`` (two k×k
+convolutions per step, TorchBraid's MNIST step).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,10 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-LayerKind = Literal["dense", "conv"]
+LayerKind = Literal["dense", "conv", "conv2"]
+LAYER_KINDS: tuple[str, ...] = ("dense", "conv", "conv2")
+CONV_KINDS: tuple[str, ...] = ("conv", "conv2")
+"""Layer kinds whose state is an image (H, W, C) and whose linear maps are convolutions."""
 
 
 def dense_apply(weight: jnp.ndarray, bias: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
@@ -24,7 +31,7 @@ def conv_apply(weight: jnp.ndarray, bias: jnp.ndarray, y: jnp.ndarray) -> jnp.nd
 
 
 def linear_apply(kind: LayerKind, weight: jnp.ndarray, bias: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
-    """Apply the dense or convolutional linear map of a layer."""
+    """Apply the dense or convolutional linear map of a layer (``conv2``: one of its convolutions)."""
     return dense_apply(weight, bias, y) if kind == "dense" else conv_apply(weight, bias, y)
 
 

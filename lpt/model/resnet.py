@@ -4,7 +4,12 @@
     y_{n+1} = Φ_n(y_n) = y_n + h σ(K_n y_n + b_n),   n = 0..N−1,  h = T/N
     output  = classifier(y_N; W_c, b_c)
 
-Parameters are a dict pytree ``{"opening": {...}, "layers": {"K": (N, ...), "b": (N, ...)},
+With ``layer="conv2"`` the step has two k×k convolutions (TorchBraid's MNIST step, ``StepLayer`` of
+``examples/mnist`` in Multilevel-NN/torchbraid):
+
+    Φ_n(y) = y + h σ(K2_n σ(K_n y + b_n) + b2_n).
+
+Parameters are a dict pytree ``{"opening": {...}, "layers": {"K": (N, ...), "b": (N, ...)[, "K2", "b2"]},
 "classifier": {"W": ..., "b": ...}}``; the layer parameters are stacked along a leading layer axis so that
 solvers can scan or vectorise over it. The solver only ever sees :meth:`ResNet.step`.
 """
@@ -20,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from lpt.model.activations import ACTIVATIONS, get_activation
-from lpt.model.layers import LayerKind, init_weight, linear_apply
+from lpt.model.layers import CONV_KINDS, LAYER_KINDS, LayerKind, init_weight, linear_apply
 from lpt.model.propagate import propagate
 
 Params = dict[str, Any]
@@ -48,7 +53,8 @@ class ResNet:
         width: state width (dense) or number of channels (conv).
         T: final time; the step size is h = T/N.
         activation: σ, one of tanh, relu, smoothrelu, identity.
-        layer: "dense" (K_n is width×width) or "conv" (K_n is a k×k convolution, channels→channels).
+        layer: "dense" (K_n is width×width), "conv" (K_n is a k×k convolution, channels→channels) or
+            "conv2" (two k×k convolutions per step: Φ_n(y) = y + h σ(K2_n σ(K_n y + b_n) + b2_n)).
         opening: "dense" / "conv" (σ(W x + b)) or "zero" (copy x and zero-expand to the width, no parameters).
         task: "classification" (softmax cross-entropy) or "regression" (mean squared error).
         kernel_size: k of the convolutions.
@@ -83,7 +89,8 @@ class ResNet:
                  f"model.T={self.T!r} must be a positive finite number (final time; h = T/depth)")
         _require(self.activation in ACTIVATIONS,
                  f"model.activation={self.activation!r} is not a known activation; choose one of {sorted(ACTIVATIONS)}")
-        _require(self.layer in ("dense", "conv"), f"model.layer={self.layer!r} is not valid; choose dense or conv")
+        _require(self.layer in LAYER_KINDS,
+                 f"model.layer={self.layer!r} is not valid; choose one of {', '.join(LAYER_KINDS)}")
         _require(self.opening in ("dense", "conv", "zero"),
                  f"model.opening={self.opening!r} is not valid; choose dense, conv or zero")
         _require(self.task in ("classification", "regression"),
@@ -98,12 +105,12 @@ class ResNet:
             value = getattr(self, name)
             _require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
                      f"model.{name}={value!r} must be a non-negative finite number")
-        if self.layer == "conv":
+        if self.is_conv:
             _require(len(self.input_shape) == 3,
-                     f"model.layer=conv needs image inputs (H, W, C); this data set has samples of shape "
+                     f"model.layer={self.layer} needs image inputs (H, W, C); this data set has samples of shape "
                      f"{self.input_shape}; use model.layer=dense")
             _require(self.opening in ("conv", "zero"),
-                     f"model.opening={self.opening!r} does not fit model.layer=conv; choose conv or zero")
+                     f"model.opening={self.opening!r} does not fit model.layer={self.layer}; choose conv or zero")
         else:
             _require(self.opening in ("dense", "zero"),
                      f"model.opening={self.opening!r} does not fit model.layer=dense; choose dense or zero")
@@ -119,14 +126,24 @@ class ResNet:
         return self.T / self.depth
 
     @property
+    def is_conv(self) -> bool:
+        """Whether the states are images and the linear maps convolutions (layer conv or conv2)."""
+        return self.layer in CONV_KINDS
+
+    @property
+    def linear_kind(self) -> LayerKind:
+        """Kind of each linear map (opening and layer maps): "conv" for conv and conv2, else "dense"."""
+        return "conv" if self.is_conv else "dense"
+
+    @property
     def in_features(self) -> int:
         """Input channels (conv) or flattened input size (dense)."""
-        return self.input_shape[-1] if self.layer == "conv" else math.prod(self.input_shape)
+        return self.input_shape[-1] if self.is_conv else math.prod(self.input_shape)
 
     @property
     def state_shape(self) -> tuple[int, ...]:
         """Shape of one sample's state y_n."""
-        if self.layer == "conv":
+        if self.is_conv:
             return (*self.input_shape[:2], self.width)
         return (self.width,)
 
@@ -137,14 +154,15 @@ class ResNet:
     # --- parameters ---------------------------------------------------------------------------------
     def _weight_shape(self, c_in: int, c_out: int) -> tuple[int, ...]:
         k = self.kernel_size
-        return (k, k, c_in, c_out) if self.layer == "conv" else (c_out, c_in)
+        return (k, k, c_in, c_out) if self.is_conv else (c_out, c_in)
 
     def _fan_in(self, c_in: int) -> int:
-        return c_in * self.kernel_size**2 if self.layer == "conv" else c_in
+        return c_in * self.kernel_size**2 if self.is_conv else c_in
 
     def init(self, key: jax.Array, dtype=jnp.float32) -> Params:
         """Draw initial parameters: weights N(0, scale²/fan_in), biases zero."""
         k_open, k_layers, k_class = jax.random.split(key, 3)
+        k_layers2 = jax.random.fold_in(k_layers, 2)  # conv2's second convolution (other kinds draw as before)
         w = self.width
         opening: dict[str, jnp.ndarray] = {}
         if self.opening != "zero":
@@ -156,6 +174,10 @@ class ResNet:
             "K": init_weight(k_layers, (self.depth, *self._weight_shape(w, w)), self._fan_in(w), self.init_scale, dtype),
             "b": jnp.zeros((self.depth, w), dtype),
         }
+        if self.layer == "conv2":
+            layers["K2"] = init_weight(k_layers2, (self.depth, *self._weight_shape(w, w)), self._fan_in(w),
+                                       self.init_scale, dtype)
+            layers["b2"] = jnp.zeros((self.depth, w), dtype)
         n_features = math.prod(self.state_shape)
         classifier = {
             "W": init_weight(k_class, (self.num_outputs, n_features), n_features, 1.0, dtype),
@@ -166,18 +188,22 @@ class ResNet:
     # --- the network --------------------------------------------------------------------------------
     def open(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
         """y_0 = σ(W x + b) (dense or conv), or x zero-expanded to the state width."""
-        if self.layer == "dense":
+        if not self.is_conv:
             x = x.reshape(x.shape[0], -1)
         if self.opening == "zero":
             pad = [(0, 0)] * (x.ndim - 1) + [(0, self.width - x.shape[-1])]
             return jnp.pad(x, pad)
         sigma = get_activation(self.activation)
-        return sigma(linear_apply(self.layer, params["opening"]["W"], params["opening"]["b"], x))
+        return sigma(linear_apply(self.linear_kind, params["opening"]["W"], params["opening"]["b"], x))
 
     def step(self, theta_n: dict[str, jnp.ndarray], y: jnp.ndarray, h: jnp.ndarray) -> jnp.ndarray:
-        """Φ_n(y) = y + h σ(K_n y + b_n) for one layer's parameters θ_n = {"K", "b"}."""
+        """Φ_n(y) = y + h σ(K_n y + b_n) for one layer's parameters θ_n = {"K", "b"}; for ``conv2``
+        Φ_n(y) = y + h σ(K2_n σ(K_n y + b_n) + b2_n) with θ_n = {"K", "b", "K2", "b2"}."""
         sigma = get_activation(self.activation)
-        return y + h * sigma(linear_apply(self.layer, theta_n["K"], theta_n["b"], y))
+        z = linear_apply(self.linear_kind, theta_n["K"], theta_n["b"], y)
+        if self.layer == "conv2":
+            z = linear_apply(self.linear_kind, theta_n["K2"], theta_n["b2"], sigma(z))
+        return y + h * sigma(z)
 
     def head(self, params: Params, y_final: jnp.ndarray) -> jnp.ndarray:
         """Linear classifier/regressor on the flattened final state: W_c y_N + b_c."""
