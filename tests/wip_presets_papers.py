@@ -1,3 +1,4 @@
+# Work in progress for issue 5 (not collected by pytest until its README section and figures exist).
 """The paper presets: their settings are those of their sources, each is documented in the README, the heavy ones
 run a few steps on reduced data, and peaks_lpl reaches ≥ 95 % validation accuracy serially and layer-parallel
 within its default budget (slow)."""
@@ -72,10 +73,11 @@ def lpt_train(args, cwd, timeout=1200):
 
 
 REDUCED = {
-    # a handful of steps on reduced data: the architecture and solver of the preset are kept
-    "peaks_1024": ["dataset.n_train=64", "dataset.n_val=32"],
-    "regression_2048": ["dataset.n_train=32", "dataset.n_val=16"],
-    "mnist_4096": ["dataset.n_train=8", "dataset.n_val=8", "train.batch_size=2"],
+    # a handful of steps on reduced data in a fresh process (float32 without the test session's x64): the
+    # architecture, solver and optimiser of the preset are kept. The other heavy presets (mnist_4096,
+    # regression_2048) run in tests/test_configs.py::test_every_experiment_preset_runs.
+    "peaks_1024": ["dataset.n_train=60", "dataset.n_val=30"],
+    "indian_pines_512": ["dataset.n_train=64", "dataset.n_val=32"],
 }
 
 
