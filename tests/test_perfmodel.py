@@ -13,7 +13,7 @@ import pytest
 
 from lpt.mgrit import MGRITOptions
 from lpt.perfmodel import (Calibration, CalibrationError, CommCosts, CostCurve, Grid, PerfModel, Profile,
-                           cycle_ops, gradient_ops, layout_for, solve_ops, textbook_level_work,
+                           cycle_ops, layout_for, solve_ops, textbook_level_work,
                            textbook_work_per_cycle)
 from lpt.perfmodel.comm import fit_alpha_beta
 

@@ -24,15 +24,39 @@ def main(argv=None) -> int:
     p.add_argument("--file", default="results/perfmodel/calibration.json", help="calibration file")
     p.add_argument("--value-evals", type=float, default=0.0, help="objective evaluations per step (L-BFGS)")
     args = p.parse_args(argv)
+    from lpt.perfmodel import Calibration
 
+    from lpt.perfmodel import CalibrationError
+
+    try:
+        cal = Calibration.load(args.file)
+        rows = _rows(args, cal)
+    except CalibrationError as exc:
+        print(f"compare.py: error: {exc}", file=sys.stderr)
+        return 2
+    if not rows:
+        print(f"compare.py: no run logs below {args.folder}", file=sys.stderr)
+        return 2
+    rows.sort(key=lambda r: (r["ranks"], r["depth"]))
+    print("| P_layers | N | batch | measured [s/step] | predicted [s/step] | predicted/measured |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['ranks']} | {r['depth']} | {r['batch']} | {r['measured_s']:.4g} | {r['predicted_s']:.4g} | "
+              f"{r['ratio']:.2f} |")
+    out = Path(args.folder) / "compare.json"
+    out.write_text(json.dumps(rows, indent=1))
+    print(f"written {out}")
+    return 0
+
+
+def _rows(args, cal) -> list[dict]:
     import yaml
 
     from lpt.logging import LOG_NAME, read_run
-    from lpt.perfmodel import Calibration, Grid, PerfModel
+    from lpt.perfmodel import Grid, PerfModel
     from lpt.perfmodel.config import network_from_config, profile_key_for, solver_options
     from lpt.report import summarize
 
-    cal = Calibration.load(args.file)
     rows = []
     for log in sorted(Path(args.folder).rglob(LOG_NAME)):
         cfg = yaml.safe_load(read_run(log).attrs["config"])
@@ -54,19 +78,7 @@ def main(argv=None) -> int:
         rows.append({"run": str(log.parent), "ranks": par.get("layers", 1), "data": par.get("data", 1),
                      "depth": model.depth, "batch": batch, "measured_s": measured, "predicted_s": predicted,
                      "ratio": predicted / measured, "serial_s": perf.serial_step(model.depth)})
-    if not rows:
-        print(f"compare.py: no run logs below {args.folder}", file=sys.stderr)
-        return 2
-    rows.sort(key=lambda r: (r["ranks"], r["depth"]))
-    print("| P_layers | N | batch | measured [s/step] | predicted [s/step] | predicted/measured |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
-    for r in rows:
-        print(f"| {r['ranks']} | {r['depth']} | {r['batch']} | {r['measured_s']:.4g} | {r['predicted_s']:.4g} | "
-              f"{r['ratio']:.2f} |")
-    out = Path(args.folder) / "compare.json"
-    out.write_text(json.dumps(rows, indent=1))
-    print(f"written {out}")
-    return 0
+    return rows
 
 
 if __name__ == "__main__":
