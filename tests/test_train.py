@@ -12,7 +12,7 @@ import yaml
 import lpt
 from lpt.cli.compose import compose_config
 from lpt.logging import RunLog, read_run
-from lpt.train import (SerialSolver, TrainState, build_dataset, build_model, make_optimizer, make_solver,
+from lpt.train import (SerialSolver, TrainState, build_dataset, init_state, build_model, make_optimizer, make_solver,
                        make_train_step, run)
 
 SMALL = ["dataset.n_train=500", "dataset.n_val=100", "model.depth=8"]
@@ -91,18 +91,21 @@ def test_lbfgs_full_batch_decreases_the_objective(tmp_path):
     assert np.all(np.isfinite(h["lr"]))
 
 
-def test_train_step_compiles_once(tmp_path):
-    cfg = compose_config([*SMALL, "optimizer=sgd"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "lbfgs"])
+def test_train_step_compiles_once(optimizer, tmp_path):
+    """One compilation for every step (optax's L-BFGS starts with weakly typed scalars: init_state fixes them)."""
+    cfg = compose_config([*SMALL, f"optimizer={optimizer}"])
     data = build_dataset(cfg)
     model = build_model(cfg["model"], data)
     opt = make_optimizer(cfg["optimizer"])
     solver = SerialSolver()
-    step = make_train_step(model, solver, opt, lr=0.01, line_search=False)
+    step = make_train_step(model, solver, opt, lr=0.01, line_search=optimizer == "lbfgs")
     params = model.init(jax.random.PRNGKey(0))
-    state = TrainState(params, opt.init(params), (), jnp.asarray(0, jnp.int32))
+    state = init_state(params, opt)
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    batch = data.x_train.shape[0] if optimizer == "lbfgs" else 50
     for i in range(5):
-        idx = jnp.arange(i * 50, (i + 1) * 50)
+        idx = jnp.arange(i * batch, (i + 1) * batch) % data.x_train.shape[0]
         state, metrics, _ = step(state, x[idx], y[idx])
     assert int(state.step) == 5
     assert step._cache_size() == 1

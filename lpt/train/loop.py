@@ -27,7 +27,7 @@ from lpt.train.nonfinite import NonFiniteGuard, inject_nan
 from lpt.train.optim import make_optimizer, needs_value_fn
 from lpt.train.signals import Interrupted, StopRequest
 from lpt.train.solver import SerialSolver, make_solver
-from lpt.train.state import TrainState, make_evaluate, make_train_step
+from lpt.train.state import TrainState, init_state, make_evaluate, make_train_step
 from lpt.train.validate import validate_config
 
 log = logging.getLogger("lpt")
@@ -141,8 +141,7 @@ def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, ful
     batch = n if full_batch else loop.batch_size
 
     params = model.init(jax.random.PRNGKey(seed), jnp.dtype(dtype))
-    state = TrainState(params, optimizer.init(params),
-                       runtime.init_solver_state(solver, model, params, x_train[:batch]), jnp.asarray(0, jnp.int32),
+    state = init_state(params, optimizer, runtime.init_solver_state(solver, model, params, x_train[:batch]),
                        jnp.asarray(1.0, jnp.float32))
     elapsed = 0.0
     if resume:

@@ -24,6 +24,19 @@ class TrainState(NamedTuple):
     lr_scale: Any = None  # float32 scalar s, or None
 
 
+def strong_types(tree: Any) -> Any:
+    """Every array leaf without JAX's weak type (optax initialises some scalars as weakly typed Python numbers,
+    the updated state holds strongly typed ones: without this the training step compiles again at step 2)."""
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=jnp.result_type(x)), tree)
+
+
+def init_state(params: Params, optimizer: optax.GradientTransformation, solver_state: Any = (),
+               lr_scale: Any = None) -> TrainState:
+    """The training state at step 0 (types fixed, so the jitted step compiles once)."""
+    return TrainState(params, strong_types(optimizer.init(params)), strong_types(solver_state),
+                      jnp.asarray(0, jnp.int32), lr_scale)
+
+
 def all_finite(tree: Any) -> jnp.ndarray:
     """True (a bool scalar) iff every floating-point entry of the pytree ``tree`` is finite."""
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
