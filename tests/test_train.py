@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import h5py
 import jax
 import jax.numpy as jnp
@@ -77,11 +80,18 @@ def test_runlog_truncate_drops_rows_after_the_checkpoint(tmp_path):
 
 
 def test_log_is_readable_while_the_run_is_open(tmp_path):
+    """A run's log is held open for writing; another process (a user watching the run) reads its rows."""
     log = RunLog(tmp_path / "run.h5", config_yaml="{}")
-    log.append({"step": 1, "loss": 0.5})
-    rec = read_run(tmp_path / "run.h5")  # flushed: a reader (or a killed run) sees the row
-    assert rec.history["loss"].tolist() == [0.5]
+    log.append({"step": 1, "loss": 0.5}, {"fwd_residual": np.array([1.0, 0.1])})
+    log.append({"step": 2, "loss": 0.25}, {"fwd_residual": np.array([0.1, 0.01])})
+    rec = read_run(tmp_path / "run.h5")  # flushed: a reader (or a killed run) sees the rows
+    assert rec.history["loss"].tolist() == [0.5, 0.25]
+    code = ("import sys; from lpt.logging import read_run; r = read_run(sys.argv[1]); "
+            "print(r.history['loss'].tolist(), r.mgrit['fwd_residual'].shape)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
     log.close()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[0.5, 0.25] (2, 2)"
 
 
 def test_lbfgs_full_batch_decreases_the_objective(tmp_path):

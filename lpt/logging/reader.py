@@ -31,6 +31,13 @@ def find_log(path: str | os.PathLike) -> Path:
     return p
 
 
+def _open(p: Path) -> h5py.File:
+    try:
+        return h5py.File(p, "r", locking=False)
+    except OSError:  # open in this process with HDF5's lock: the flags must match
+        return h5py.File(p, "r")
+
+
 def read_run(path: str | os.PathLike) -> RunRecord:
     """Read a run log (file or run directory) into arrays.
 
@@ -38,8 +45,13 @@ def read_run(path: str | os.PathLike) -> RunRecord:
         RunRecord with ``history["loss"]``, ``history["val_acc"]``, …, ``mgrit["fwd_residual"]`` (steps × cycles), …
     """
     p = find_log(path)
-    with h5py.File(p, "r") as f:
+    # without HDF5's file lock: the log of a running job (held open for writing by lpt-train) can be read
+    # from another process; rows are flushed whole, and a row being written is cut off (below)
+    with _open(p) as f:
         history = {k: v[...] for k, v in f.get("history", {}).items()}
         mgrit = {k: v[...] for k, v in f.get("mgrit", {}).items()}
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    rows = min((len(v) for v in (*history.values(), *mgrit.values())), default=0)
+    history = {k: v[:rows] for k, v in history.items()}
+    mgrit = {k: v[:rows] for k, v in mgrit.items()}
     return RunRecord(history=history, mgrit=mgrit, attrs=attrs, path=p)
