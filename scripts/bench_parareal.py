@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from typing import Callable, Sequence
 
 import jax
@@ -66,13 +65,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def median_ms(fn: Callable, *args, repeats: int) -> float:
     """Median wall time of ``fn(*args)`` in milliseconds, after one warm-up call (compilation)."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    from lpt.perfmodel.calibrate import wall_times
+
+    return 1e3 * statistics.median(wall_times(fn, *args, repeats=repeats))
 
 
 def fwd_bwd(f: Callable) -> Callable:

@@ -24,7 +24,6 @@ import os
 import resource
 import statistics
 import sys
-import time
 from dataclasses import replace
 from functools import partial
 from typing import Callable
@@ -73,13 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def median_time(fn: Callable, *args, repeats: int) -> float:
     """Median wall time of fn(*args) in seconds, after one warm-up call (which compiles)."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    from lpt.perfmodel.calibrate import wall_times
+
+    return statistics.median(wall_times(fn, *args, repeats=repeats))
 
 
 def peak_memory_mb() -> tuple[float, str]:

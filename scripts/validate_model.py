@@ -116,7 +116,7 @@ def main(argv=None) -> int:
             state = jax.jit(lambda p, s: solver.value_and_grad(net, p, x, y, s)[3])(params, state)
         t_mgrit = _timed(grad, params, state, repeats=args.repeats, world=world)
         p_mgrit = perf.gradient(depth, solver.fwd, solver.bwd, grid, warm=args.warm)
-        row = {"backend": backend, "ranks": ranks, "depth": depth, "batch": batch,
+        row = {"backend": args.backend, "ranks": ranks, "depth": depth, "batch": batch,
                "mgrit_measured_s": t_mgrit, "mgrit_predicted_s": p_mgrit, "mgrit_ratio": p_mgrit / t_mgrit}
         if rank == 0 and ranks == 1:
             serial = jax.jit(jax.value_and_grad(lambda p: objective(net, p, x, y)[0]))

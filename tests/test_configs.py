@@ -30,6 +30,9 @@ TINY = {
     "regression_pendulum": ["dataset.n_train=100", "dataset.n_val=50"],
     # per preset, replacing the data set's budget and the batch of 32: 4096 layers of 28×28 images
     "mnist_4096": ["dataset.n_train=8", "dataset.n_val=8", "train.batch_size=2"],
+    # full-batch L-BFGS through 512 layers of width 200 / 1024 layers: a handful of samples
+    "indian_pines_512": ["dataset.n_train=32", "dataset.n_val=16"],
+    "peaks_1024": ["dataset.n_train=30", "dataset.n_val=15"],
 }
 
 

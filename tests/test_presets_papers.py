@@ -1,6 +1,5 @@
-# Work in progress for issue 5 (not collected by pytest until its README section and figures exist).
 """The paper presets: their settings are those of their sources, each is documented in the README, the heavy ones
-run a few steps on reduced data, and peaks_lpl reaches ≥ 95 % validation accuracy serially and layer-parallel
+run a few steps on reduced data (tests/test_configs.py), and peaks_lpl reaches ≥ 95 % validation accuracy serially and layer-parallel
 within its default budget (slow)."""
 
 from __future__ import annotations
@@ -72,27 +71,6 @@ def lpt_train(args, cwd, timeout=1200):
     return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-REDUCED = {
-    # a handful of steps on reduced data in a fresh process (float32 without the test session's x64): the
-    # architecture, solver and optimiser of the preset are kept. The other heavy presets (mnist_4096,
-    # regression_2048) run in tests/test_configs.py::test_every_experiment_preset_runs.
-    "peaks_1024": ["dataset.n_train=60", "dataset.n_val=30"],
-    "indian_pines_512": ["dataset.n_train=64", "dataset.n_val=32"],
-}
-
-
-@pytest.mark.parametrize("name", sorted(REDUCED))
-def test_heavy_preset_runs_a_few_steps(name, tmp_path, shared_data):
-    args = [f"+experiment={name}", *REDUCED[name], "train.steps=2", "train.eval_every=2",
-            f"data_dir={shared_data}", f"hydra.run.dir={tmp_path}", "logging.progress=false"]
-    proc = lpt_train(args, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rec = read_run(tmp_path)
-    np.testing.assert_array_equal(rec.history["step"], [1, 2])
-    assert np.all(np.isfinite(rec.history["loss"]))
-    assert np.all(np.isfinite(rec.mgrit["fwd_factor"]))  # the layer-parallel solver ran
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("solver", ["serial", "mgrit"])
 def test_peaks_lpl_reaches_95_percent(solver, tmp_path):
@@ -104,3 +82,25 @@ def test_peaks_lpl_reaches_95_percent(solver, tmp_path):
     val = h["val_acc"][np.isfinite(h["val_acc"])]
     assert h["step"][-1] == compose_config(["+experiment=peaks_lpl"])["train"]["steps"]
     assert val[-1] >= 0.95, val
+
+
+def test_readme_figures_are_those_of_the_reproduction_reports():
+    """The README's figures table is scripts/reproduce_papers.py's results/papers/figures.md, and each of its rows
+    holds the numbers of that preset's lpt-report summary (results/papers/PRESET/summary.csv)."""
+    import csv
+
+    papers = ROOT / "results" / "papers"
+    table = (papers / "figures.md").read_text().strip()
+    readme = (ROOT / "README.md").read_text()
+    assert table in readme[readme.index("## Reproducing the papers"):]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in table.splitlines()[2:]]
+    assert sorted({r[0] for r in rows}) == sorted(PRESETS)
+    for preset, solver, steps, metric, per_step, *_ in rows:
+        with open(papers / preset / "summary.csv") as f:
+            summary = {r["run"]: r for r in csv.DictReader(f)}[solver]
+        assert int(steps) == int(summary["steps"])
+        if metric.startswith("acc"):
+            assert metric == f"acc {100 * float(summary['final_val_acc']):.1f} %"
+        else:
+            assert metric == f"mse {float(summary['final_val_mse']):.3g}"
+        assert per_step == f"{float(summary['time_per_step_s']):.3g} s"

@@ -120,6 +120,7 @@ class Setup:
         self.layers = getattr(args, "ranks", None) or par.get("layers", 1)
         self.data_ranks = getattr(args, "data", None) or par.get("data", 1)
         self.backend = getattr(args, "backend", None) or par.get("name", "single")
+        self.value_evals = getattr(args, "value_evals", None) or 0.0  # L-BFGS line-search evaluations per step
 
     def perf(self, ranks: int = 1):
         from lpt.perfmodel import PerfModel
@@ -131,9 +132,8 @@ class Setup:
             key = profile_key_for(self.model, self.dtype, 1)
         backend = self.backend if ranks > 1 else "single"
         comm = cal.comm_costs("mpi" if backend == "single" and ranks > 1 else backend)
-        return PerfModel(cal.profile(key), self.batch, comm, value_evals=self._value_evals)
+        return PerfModel(cal.profile(key), self.batch, comm, value_evals=self.value_evals)
 
-    _value_evals = 0.0
 
     def grid(self, layers: int | None = None, data: int | None = None):
         from lpt.perfmodel import Grid
@@ -192,7 +192,6 @@ def cmd_calibrate(args) -> int:
 
 def cmd_predict(args) -> int:
     setup = Setup(args)
-    setup._value_evals = args.value_evals
     grid = setup.grid()
     perf = setup.perf(grid.size)
     n = setup.model.depth
@@ -226,7 +225,6 @@ def cmd_predict(args) -> int:
 
 def cmd_scaling(args) -> int:
     setup = Setup(args)
-    setup._value_evals = args.value_evals
     perf = setup.perf(1)
     backend = setup.backend if setup.backend != "single" else "mpi"
     ranks = args.ranks_list
@@ -254,7 +252,6 @@ def cmd_scaling(args) -> int:
 
 def cmd_crossover(args) -> int:
     setup = Setup(args)
-    setup._value_evals = args.value_evals
     perf = setup.perf(1)
     n = setup.model.depth
     backend = setup.backend if setup.backend != "single" else "mpi"
@@ -270,7 +267,6 @@ def cmd_crossover(args) -> int:
 
 def cmd_best(args) -> int:
     setup = Setup(args)
-    setup._value_evals = args.value_evals
     grid = setup.grid()
     perf = setup.perf(grid.size)
     rows = perf.best_settings(setup.model.depth, setup.fwd, setup.bwd, grid, cfactors=args.cfactors,

@@ -26,15 +26,21 @@ MAX_STATE_BYTES = 64 * 2**20
 """Largest stacked state measured (bytes); the curves continue proportionally beyond."""
 
 
-def best_time(fn: Callable, *args, repeats: int = 5) -> float:
-    """Minimum wall time of ``fn(*args)`` in seconds over ``repeats`` calls after one warm-up call."""
+def wall_times(fn: Callable, *args, repeats: int = 5) -> list[float]:
+    """Wall times of ``repeats`` calls of ``fn(*args)`` in seconds, each ended by ``block_until_ready``, after
+    one warm-up call (which compiles)."""
     jax.block_until_ready(fn(*args))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
-    return min(times)
+    return times
+
+
+def best_time(fn: Callable, *args, repeats: int = 5) -> float:
+    """Minimum wall time of ``fn(*args)`` in seconds over ``repeats`` calls after one warm-up call."""
+    return min(wall_times(fn, *args, repeats=repeats))
 
 
 def dispatch_time(repeats: int = 50) -> float:
@@ -244,7 +250,7 @@ def calibrate_profile(model, batch: int, max_depth: int, *, dtype="float32", rep
     serial_sizes, serial, fixed = bench.serial_curve(max_depth)
     sweep = bench.sweep_launch_cost()
     log(f"  sweep launch {sweep * 1e6:.2f} us")
-    log(f"  serial value_and_grad per layer: " + ", ".join(
+    log("  serial value_and_grad per layer: " + ", ".join(
         f"N={s // batch}: {c * 1e6:.1f} us" for s, c in zip(serial_sizes, serial)) + f"; fixed {fixed * 1e3:.3f} ms")
     bandwidth = bench.copy_bandwidth()
     samples = [n * batch for n in sizes]

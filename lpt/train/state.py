@@ -74,7 +74,7 @@ def make_train_step(model: ResNet, solver: Solver, optimizer: optax.GradientTran
         extra = {}
         if line_search:
             extra = dict(value=obj, grad=grads,
-                         value_fn=lambda p: solver.value(model, p, x, y, solver_state))
+                         value_fn=line_search_value(model, solver, x, y, solver_state, data_mean))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params, **extra)
         scale = jnp.asarray(1.0 if state.lr_scale is None else state.lr_scale, jnp.float32)
         updates = jax.tree_util.tree_map(lambda u: u * scale.astype(u.dtype), updates)
@@ -93,6 +93,31 @@ def make_train_step(model: ResNet, solver: Solver, optimizer: optax.GradientTran
         return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, kept), metrics, stats
 
     return jax.jit(wrap(train_step) if wrap else train_step)
+
+
+def line_search_value(model: ResNet, solver: Solver, x: jnp.ndarray, y: jnp.ndarray, solver_state: Any,
+                      data_mean: Callable = lambda v: v) -> Callable:
+    """The objective θ ↦ J(θ) that a line search evaluates at trial points, averaged over data ranks.
+
+    Its value is the solver's forward solve only; its gradient (the zoom line search of L-BFGS asks for one at
+    every trial point) is the solver's own ``value_and_grad`` (custom VJP) — for MGRIT the one-shot forward
+    and adjoint solves — instead of reverse-mode differentiation through every forward cycle, which would
+    store all intermediate iterates and cannot pass the MPI collectives of a layer-parallel solve.
+    """
+
+    @jax.custom_vjp
+    def value(params):
+        return data_mean(solver.value(model, params, x, y, solver_state))
+
+    def value_fwd(params):
+        obj, _, grads, _, _ = solver.value_and_grad(model, params, x, y, solver_state)
+        return data_mean(obj), data_mean(grads)
+
+    def value_bwd(grads, g):
+        return (jax.tree_util.tree_map(lambda a: (g * a).astype(a.dtype), grads),)
+
+    value.defvjp(value_fwd, value_bwd)
+    return value
 
 
 def _everywhere(comm: Any, flag: jnp.ndarray) -> jnp.ndarray:
