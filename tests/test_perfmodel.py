@@ -137,6 +137,19 @@ def test_serial_time_is_linear_in_depth():
     assert perf.serial_gradient(0) == pytest.approx(1e-3)
 
 
+def test_line_search_evaluations_cost_a_gradient_each():
+    """L-BFGS's zoom line search takes value and gradient at every trial point (lpt.train.state.line_search_value):
+    a step with k evaluations costs k + 1 gradients, serial and layer-parallel."""
+    opts = MGRITOptions(cfactor=4, max_levels=10, nrelax=1, max_iter=2)
+    plain = PerfModel(throughput_profile(), batch=1000)
+    lbfgs = PerfModel(throughput_profile(), batch=1000, value_evals=2.5)
+    grid = Grid(layers=4, backend="mesh")
+    assert lbfgs.serial_step(256) == pytest.approx(3.5 * plain.serial_gradient(256))
+    assert lbfgs.training_step(256, opts, opts, grid, warm=True) == pytest.approx(
+        3.5 * plain.gradient(256, opts, opts, grid, warm=True))
+    assert plain.training_step(256, opts, opts, grid) == pytest.approx(plain.gradient(256, opts, opts, grid))
+
+
 def test_monotonicity():
     opts = MGRITOptions(cfactor=4, max_levels=10, nrelax=1, max_iter=2)
     perf = PerfModel(throughput_profile(), batch=1000, comm=CommCosts(alpha=1e-6, beta=1e-10))

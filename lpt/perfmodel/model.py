@@ -74,8 +74,9 @@ class PerfModel:
         profile: measured costs of the network.
         batch: global batch size B (split over the data ranks).
         comm: α, β of the back-end (zero for one device).
-        value_evals: extra objective evaluations per training step (line search of L-BFGS), each a forward
-            solve (layer-parallel) or a serial forward sweep.
+        value_evals: line-search evaluations per training step besides the step's own gradient (L-BFGS:
+            optax's zoom line search asks for the value and the gradient at every trial point, which
+            lpt.train.state.line_search_value computes like the step's gradient, warm-started alike).
         copies: include the state bookkeeping traffic (see the module docstring).
     """
 
@@ -135,8 +136,8 @@ class PerfModel:
         return depth * self.profile.cost("serial", depth * self.batch) + self.profile.fixed
 
     def serial_step(self, depth: int) -> float:
-        """A serial training step: gradient plus the line-search objective evaluations."""
-        return self.serial_gradient(depth) + self.value_evals * (self.serial_forward(depth) + self.profile.fixed)
+        """A serial training step: its gradient and one more per line-search evaluation."""
+        return (1 + self.value_evals) * self.serial_gradient(depth)
 
     # --- layer-parallel -------------------------------------------------------------------------------
     def cycle(self, depth: int, options: MGRITOptions, grid: Grid = Grid(), curve: str = "step") -> Breakdown:
@@ -164,9 +165,8 @@ class PerfModel:
 
     def training_step(self, depth: int, fwd: MGRITOptions, bwd: MGRITOptions, grid: Grid = Grid(), *,
                       warm: bool = False) -> float:
-        """A layer-parallel training step: gradient and the line search's forward solves."""
-        value = self.forward_solve(depth, fwd, grid, initial="given" if warm else "guess").total
-        return self.gradient(depth, fwd, bwd, grid, warm=warm) + self.value_evals * (value + self.profile.fixed)
+        """A layer-parallel training step: its one-shot gradient and one more per line-search evaluation."""
+        return (1 + self.value_evals) * self.gradient(depth, fwd, bwd, grid, warm=warm)
 
     def speedup(self, depth: int, fwd: MGRITOptions, bwd: MGRITOptions, grid: Grid, *, warm: bool = False) -> float:
         """Serial training step on one device / layer-parallel training step on the grid."""
