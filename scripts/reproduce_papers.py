@@ -125,11 +125,14 @@ def figures_table(results: dict[str, dict[str, dict]]) -> str:
             acc = row.get("final_val_acc", math.nan)
             metric = (f"acc {fmt(100 * acc, '.1f')} %" if not math.isnan(acc)
                       else f"mse {fmt(row.get('final_val_mse', math.nan), '.3g')}")
-            ratio = row["time_per_step_s"] / serial if solver != "serial" and serial == serial else math.nan
+            ratio = row["time_per_step_s"] / serial if solver != "serial" and not math.isnan(serial) else math.nan
             lines.append(f"| {preset} | {solver} | {row['steps']} | {metric} | {fmt(row['time_per_step_s'], '.3g')} s"
                          f" | {fmt(ratio, '.1f')} | {fmt(row['fwd_factor_mean'], '.3f')} | "
                          f"{fmt(row['bwd_factor_mean'], '.3f')} |")
     return "\n".join(lines)
+
+
+NUMERIC = ("time_per_step_s", "final_val_acc", "final_val_mse", "fwd_factor_mean", "bwd_factor_mean")
 
 
 def read_reports(out: Path) -> dict[str, dict[str, dict]]:
@@ -147,9 +150,6 @@ def read_reports(out: Path) -> dict[str, dict[str, dict]]:
         results[preset] = {r["run"]: {k: (int(v) if k == "steps" else float(v) if k in NUMERIC else v)
                                       for k, v in r.items()} for r in rows}
     return results
-
-
-NUMERIC = ("time_per_step_s", "final_val_acc", "final_val_mse", "fwd_factor_mean", "bwd_factor_mean")
 
 
 def main(argv=None) -> int:

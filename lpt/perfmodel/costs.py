@@ -178,6 +178,15 @@ class CommCosts:
         return math.ceil(math.log2(ranks)) * (self.alpha + self.sync) + (ranks - 1) * self.beta * nbytes_per_rank
 
 
+def _lookup(table: Mapping[str, Any], key: str, missing: str, remedy: str) -> Any:
+    """``table[key]``, or a CalibrationError naming what is missing, what is calibrated and what to run."""
+    try:
+        return table[key]
+    except KeyError:
+        known = ", ".join(sorted(table)) or "none"
+        raise CalibrationError(f"{missing} (calibrated: {known}); run {remedy}") from None
+
+
 @dataclass
 class Calibration:
     """Everything the model reads: machine description, message costs per back-end, network profiles."""
@@ -189,23 +198,15 @@ class Calibration:
     # --- access ---------------------------------------------------------------------------------------
     def profile(self, key: str) -> Profile:
         """The profile for network ``key``; a clear error lists the calibrated ones."""
-        try:
-            return self.profiles[key]
-        except KeyError:
-            known = ", ".join(sorted(self.profiles)) or "none"
-            raise CalibrationError(f"no calibration for the network {key!r} (calibrated: {known}); run "
-                                   f"`lpt-model calibrate` with the same model settings first") from None
+        return _lookup(self.profiles, key, f"no calibration for the network {key!r}",
+                       "`lpt-model calibrate` with the same model settings first")
 
     def comm_costs(self, backend: str) -> CommCosts:
         """α, β of ``backend``; ``single`` never sends messages (0, 0)."""
         if backend == "single":
             return self.comm.get("single", CommCosts())
-        try:
-            return self.comm[backend]
-        except KeyError:
-            known = ", ".join(sorted(self.comm)) or "none"
-            raise CalibrationError(f"no message costs for parallel={backend} (calibrated: {known}); run "
-                                   f"`lpt-model calibrate --comm {backend}` (mpi: under mpirun -np 2)") from None
+        return _lookup(self.comm, backend, f"no message costs for parallel={backend}",
+                       f"`lpt-model calibrate --comm {backend}` (mpi: under mpirun -np 2)")
 
     # --- file -----------------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
