@@ -21,6 +21,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from lpt.mgrit.batching import over_intervals, over_steps
 from lpt.mgrit.cycle import Hierarchy
 from lpt.mgrit.hierarchy import Level, average, inject_last, pad_states
 from lpt.mgrit.layout import Layout, make_layout
@@ -68,7 +69,7 @@ def adjoint_hierarchy(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, 
     data = _reverse((theta, ys[:-1]))
     hier = chunk_hierarchy(apply_vjp, data, hs[::-1], options, adjoint_restriction(options), layout,
                            ReversedComm(comm))
-    return map_levels(hier, partial(_linearize_level, step))
+    return map_levels(hier, partial(_linearize_level, step, options.interval_batch))
 
 
 def adjoint_chunk(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, ybar_final: jnp.ndarray,
@@ -80,13 +81,11 @@ def adjoint_chunk(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, ybar
     return w[::-1], stats
 
 
-def _linearize_level(step: Step, level: Level) -> Level:
-    """Replace the data (θ, y) of every step of a level by the step's linearisation (vmapped over the
-    step axes: (n,) on the coarsest level, (m, n_c) on a level with intervals)."""
-    fn = partial(linearize, step)
-    for _ in range(level.hs.ndim):
-        fn = jax.vmap(fn)
+def _linearize_level(step: Step, batch: int | str, level: Level) -> Level:
+    """Replace the data (θ, y) of every step of a level by the step's linearisation (vectorised over the
+    step axes: (n,) on the coarsest level, (m, n_c) on a level with intervals; ``batch`` steps per call)."""
     theta, ys = level.data
+    fn = over_steps(partial(linearize, step), batch, ys[(0,) * level.hs.ndim], level.hs.ndim)
     return level._replace(data=fn(theta, ys, level.hs))
 
 
@@ -116,15 +115,17 @@ def adjoint_solve(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, ybar
     return w[: n + 1], stats
 
 
-@partial(jax.jit, static_argnames=("step",))
-def layer_gradient(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, ybars: jnp.ndarray) -> Any:
-    """∇_{θ_n} = (∂Φ_n/∂θ_n (y_n))ᵀ ȳ_{n+1} for all layers at once (vmap over n of the θ-VJP)."""
+@partial(jax.jit, static_argnames=("step", "batch"))
+def layer_gradient(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, ybars: jnp.ndarray,
+                   batch: int | str = "auto") -> Any:
+    """∇_{θ_n} = (∂Φ_n/∂θ_n (y_n))ᵀ ȳ_{n+1} for all layers at once (vectorised over n of the θ-VJP,
+    ``batch`` layers per call, :mod:`lpt.mgrit.batching`)."""
 
     def one(theta_n, y_n, h_n, ybar_next):
         _, vjp = jax.vjp(lambda th: step(th, y_n, h_n), theta_n)
         return vjp(ybar_next)[0]
 
-    return jax.vmap(one)(theta, ys[:-1], hs, ybars[1:])
+    return over_intervals(one, batch, ys[0])(theta, ys[:-1], hs, ybars[1:])
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 4, 5))
@@ -147,7 +148,7 @@ def _propagate_fwd(step, theta, hs, y0, fwd_options, bwd_options):
 def _propagate_bwd(step, fwd_options, bwd_options, residuals, ybar_final):
     theta, hs, u = residuals
     ybars, _ = adjoint_solve(step, theta, hs, u, ybar_final, bwd_options)
-    return layer_gradient(step, theta, hs, u, ybars), jnp.zeros_like(hs), ybars[0]
+    return layer_gradient(step, theta, hs, u, ybars, bwd_options.interval_batch), jnp.zeros_like(hs), ybars[0]
 
 
 mgrit_propagate.defvjp(_propagate_fwd, _propagate_bwd)

@@ -65,11 +65,11 @@ def halo(hier: Hierarchy, c: jnp.ndarray, new: jnp.ndarray) -> jnp.ndarray:
 def relax(hier: Hierarchy, lvl: int, grid: Grid, g: jnp.ndarray | None,
           chat: jnp.ndarray | None) -> tuple[Grid, jnp.ndarray]:
     """F(CF)^ν relaxation on level ``lvl``; ``chat`` given means ``grid`` is already F-relaxed."""
-    level = hier.levels[lvl]
+    level, batch = hier.levels[lvl], hier.options.interval_batch
     if chat is None:
-        grid, chat = f_sweep(hier.step, level, grid.c, g)
+        grid, chat = f_sweep(hier.step, level, grid.c, g, batch)
     for _ in range(hier.options.nrelax_at(lvl + hier.offset)):
-        grid, chat = f_sweep(hier.step, level, halo(hier, grid.c, chat), g)  # C-relaxation, F-relaxation
+        grid, chat = f_sweep(hier.step, level, halo(hier, grid.c, chat), g, batch)  # C-relaxation, F-relaxation
     return grid, chat
 
 
@@ -78,7 +78,7 @@ def cycle(hier: Hierarchy, lvl: int, grid: Grid, g: jnp.ndarray | None, chat: jn
     """One V- or F-cycle on level ``lvl`` (not the coarsest); returns the F-relaxed iterate and ĉ."""
     grid, chat = relax(hier, lvl, grid, g, chat)
     v_new = coarse_solve(hier, lvl + 1, grid.c, chat - grid.c[1:], kind)
-    return f_sweep(hier.step, hier.levels[lvl], v_new, g)
+    return f_sweep(hier.step, hier.levels[lvl], v_new, g, hier.options.interval_batch)
 
 
 def coarse_solve(hier: Hierarchy, lvl: int, v: jnp.ndarray, r: jnp.ndarray, kind: CycleKind) -> jnp.ndarray:
@@ -86,12 +86,12 @@ def coarse_solve(hier: Hierarchy, lvl: int, v: jnp.ndarray, r: jnp.ndarray, kind
     residual ``r`` (n, …) (steps 3–4 of a cycle); returns v^new (n+1, …)."""
     if hier.top is not None and lvl == len(hier.levels):
         return gathered_solve(hier, v, r, kind)
-    shape, level = hier.shapes[lvl], hier.levels[lvl]
+    shape, level, batch = hier.shapes[lvl], hier.levels[lvl], hier.options.interval_batch
     r = jnp.concatenate([jnp.zeros_like(v[:1]), r], axis=0)
     if shape.coarsest:
-        return serial_sweep(hier.step, level, v[0], fas_rhs_serial(hier.step, level, v, r))
+        return serial_sweep(hier.step, level, v[0], fas_rhs_serial(hier.step, level, v, r, batch))
     grid = split(v, shape.m)
-    g = fas_rhs(hier.step, level, grid, split(r, shape.m))
+    g = fas_rhs(hier.step, level, grid, split(r, shape.m), batch)
     chat = None
     if kind == "F":
         grid, chat = cycle(hier, lvl, grid, g, None, "F")
@@ -143,7 +143,7 @@ def nested_iteration(hier: Hierarchy, g0: jnp.ndarray, vcycles: bool) -> tuple[G
     else:
         u, below = scatter(hier, top_states(hier.top, g0, vcycles)), len(hier.levels)
     for lvl in reversed(range(below)):
-        grid, chat = f_sweep(hier.step, hier.levels[lvl], u, None)
+        grid, chat = f_sweep(hier.step, hier.levels[lvl], u, None, hier.options.interval_batch)
         if lvl == 0:
             return grid, chat
         if vcycles:

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from lpt.mgrit.batching import check_interval_batch
+
 Cycle = Literal["V", "F", "FMG"]
 Restrict = Literal["inject", "average"]
 
@@ -42,6 +44,11 @@ class MGRITOptions:
         rel_tol: stop when ‖r‖₂ ≤ rel_tol·‖r_0‖₂ (0 = off).
         restrict: coarse-level weights, "inject" (θ^{ℓ+1}_j = θ^ℓ_{jm}) or "average" (step-size weighted mean
             of θ^ℓ over the interval).
+        interval_batch: intervals per vectorised step call (:mod:`lpt.mgrit.batching`): "auto", 0 (all
+            at once) or k ≥ 1. Changes the speed only, never the iterates.
+        skip_first_down: XBraid's ``skip``: the first cycle after a coarse-level initial guess (nested
+            iteration) skips its relaxation on the levels below the finest, whose iterate is already
+            relaxed, and restricts the guess directly (TorchBraid's default).
     """
 
     cfactor: int | tuple[int, ...] = 4
@@ -54,6 +61,8 @@ class MGRITOptions:
     abs_tol: float = 0.0
     rel_tol: float = 0.0
     restrict: Restrict = "inject"
+    interval_batch: int | str = "auto"
+    skip_first_down: bool = False
 
     def __post_init__(self) -> None:
         cf = tuple(self.cfactor) if isinstance(self.cfactor, (list, tuple)) else self.cfactor
@@ -81,6 +90,9 @@ class MGRITOptions:
                     f"solver.{name}={value!r} must be a finite number ≥ 0 (0 switches it off)")
         require(self.restrict in RESTRICTIONS,
                 f"solver.restrict={self.restrict!r} is not known; choose one of {RESTRICTIONS}")
+        check_interval_batch(self.interval_batch)
+        require(isinstance(self.skip_first_down, bool),
+                f"solver.skip_first_down={self.skip_first_down!r} must be true or false")
 
     def cfactor_at(self, level: int) -> int:
         """The coarsening factor m_ℓ of level ``level`` (the last listed value repeats)."""

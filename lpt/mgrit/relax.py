@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from lpt.mgrit.batching import over_intervals, over_steps
 from lpt.mgrit.hierarchy import Grid, Level
 from lpt.model import Step, propagate_states
 
@@ -24,7 +25,8 @@ def landing(grid: Grid) -> jnp.ndarray:
     return jnp.concatenate([grid.f, grid.c[None, 1:]], axis=0)
 
 
-def f_sweep(step: Step, level: Level, c: jnp.ndarray, g: jnp.ndarray | None) -> tuple[Grid, jnp.ndarray]:
+def f_sweep(step: Step, level: Level, c: jnp.ndarray, g: jnp.ndarray | None,
+            batch: int | str = "auto") -> tuple[Grid, jnp.ndarray]:
     """F-relaxation from the C-points, u_{jm+k} = Φ_{jm+k−1}(u_{jm+k−1}) + g_{jm+k}, k = 1..m−1, for all
     intervals j at once, and the C-point predictions ĉ_{j+1} = Φ_{jm+m−1}(u_{jm+m−1}) + g_{(j+1)m}.
 
@@ -34,10 +36,11 @@ def f_sweep(step: Step, level: Level, c: jnp.ndarray, g: jnp.ndarray | None) -> 
     Args:
         c: C-point states (n_c+1, …); the last one starts no interval.
         g: right-hand side at the landing points (m, n_c, …), or None (homogeneous).
+        batch: intervals per vectorised step call (:mod:`lpt.mgrit.batching`).
     Returns:
         (Grid(c, F-points), ĉ (n_c, …)).
     """
-    vstep = jax.vmap(step)
+    vstep = over_intervals(step, batch, c[0])
 
     def body(y, x):
         data, h, gk = x
@@ -48,7 +51,7 @@ def f_sweep(step: Step, level: Level, c: jnp.ndarray, g: jnp.ndarray | None) -> 
     return Grid(c, out[:-1]), out[-1]
 
 
-def fas_rhs(step: Step, level: Level, v: Grid, r: Grid) -> jnp.ndarray:
+def fas_rhs(step: Step, level: Level, v: Grid, r: Grid, batch: int | str = "auto") -> jnp.ndarray:
     """FAS right-hand side on a coarse level with intervals (Falgout et al. 2014, Alg. 2, step 3).
 
         g^c_0 = v_0,   g^c_i = r_i + (v_i − Φ^c_{i−1}(v_{i−1})),   i ≥ 1,
@@ -57,13 +60,13 @@ def fas_rhs(step: Step, level: Level, v: Grid, r: Grid) -> jnp.ndarray:
     first C-point is never changed); returns g^c_{i≥1} at the landing points (m, n_c, …).
     """
     left = jnp.concatenate([v.c[None, :-1], v.f], axis=0)  # (m, n_c, …): the state each step starts from
-    phi = jax.vmap(jax.vmap(step))(level.data, left, level.hs)
+    phi = over_steps(step, batch, v.c[0], 2)(level.data, left, level.hs)
     return landing(r) + (landing(v) - phi)
 
 
-def fas_rhs_serial(step: Step, level: Level, v: jnp.ndarray, r: jnp.ndarray) -> jnp.ndarray:
+def fas_rhs_serial(step: Step, level: Level, v: jnp.ndarray, r: jnp.ndarray, batch: int | str = "auto") -> jnp.ndarray:
     """:func:`fas_rhs` on the coarsest level (flat layout): g^c_i = r_i + (v_i − Φ^c_{i−1}(v_{i−1})), i ≥ 1."""
-    return r[1:] + (v[1:] - jax.vmap(step)(level.data, v[:-1], level.hs))
+    return r[1:] + (v[1:] - over_intervals(step, batch, v[0])(level.data, v[:-1], level.hs))
 
 
 def serial_sweep(step: Step, level: Level, g0: jnp.ndarray, g: jnp.ndarray | None) -> jnp.ndarray:

@@ -93,21 +93,30 @@ def solve_system(hier: Hierarchy, g0: jnp.ndarray, u_init: jnp.ndarray | None) -
     if u_init is None:
         grid, chat = nested_iteration(hier, g0, vcycles=opts.cycle == "FMG")
     else:
-        grid, chat = f_sweep(hier.step, fine, halo(hier, jnp.asarray(g0)[None], split(u_init, m).c[1:]), None)
+        grid, chat = f_sweep(hier.step, fine, halo(hier, jnp.asarray(g0)[None], split(u_init, m).c[1:]), None,
+                             opts.interval_batch)
     r0 = residual_norm(chat, grid.c, real, comm)
     kind = "F" if opts.cycle == "F" else "V"
+    # XBraid's skip: from the coarse guess, the first cycle's down-sweep (relaxation and restriction of an
+    # iterate the nested iteration has just built level by level) is skipped; what remains of that cycle is
+    # the nested iteration's up-sweep, so the guess counts as cycle 1.
+    skipped = u_init is None and opts.skip_first_down and opts.cycle != "FMG"
 
     def body(state: _Loop) -> _Loop:
         grid, chat = cycle(hier, 0, state.grid, None, state.chat, kind)
         residual = residual_norm(chat, grid.c, real, comm)
         return _Loop(state.k + 1, grid, chat, residual, state.residuals.at[state.k].set(residual))
 
-    state = _Loop(jnp.asarray(0, jnp.int32), grid, chat, r0, nan)
+    if skipped:
+        state = _Loop(jnp.asarray(1, jnp.int32), grid, chat, r0, nan.at[0].set(r0))
+        r0 = jnp.asarray(jnp.nan, g0.dtype)
+    else:
+        state = _Loop(jnp.asarray(0, jnp.int32), grid, chat, r0, nan)
     if opts.has_tolerance:
-        tol = jnp.maximum(jnp.asarray(opts.abs_tol, g0.dtype), opts.rel_tol * r0)
+        tol = jnp.maximum(jnp.asarray(opts.abs_tol, g0.dtype), opts.rel_tol * state.residual)
         state = jax.lax.while_loop(lambda s: (s.k < opts.max_iter) & (s.residual > tol), body, state)
     else:
-        state = jax.lax.fori_loop(0, opts.max_iter, lambda _, s: body(s), state)
+        state = jax.lax.fori_loop(0, opts.max_iter - int(skipped), lambda _, s: body(s), state)
     return join(state.grid), MGRITStats(state.residuals, r0, state.k)
 
 

@@ -31,7 +31,8 @@ from lpt.parallel.comm import SingleComm
 OnDivergence = Literal["error", "serial"]
 
 CONFIG_KEYS = ("cfactor", "max_levels", "min_coarse", "nrelax", "nrelax_fine", "cycle", "fwd_iters", "bwd_iters",
-               "abs_tol", "rel_tol", "bwd_levels", "bwd_tol", "restrict", "warm_start", "on_divergence")
+               "abs_tol", "rel_tol", "bwd_levels", "bwd_tol", "restrict", "warm_start", "on_divergence",
+               "interval_batch", "skip_first_down")
 ONE_CYCLE_GROWTH = 10.0
 """Growth factor of a one-cycle solve's residual that counts as divergence."""
 GROWTH_ULPS = 100.0
@@ -140,7 +141,8 @@ class MGRITSolver:
                 f"solver.bwd_tol={bwd_tol!r} must be null (= abs_tol) or a number ≥ 0")
         common = dict(cfactor=cfactor, min_coarse=get("min_coarse", 2), nrelax=get("nrelax", 1),
                       nrelax_fine=get("nrelax_fine"), cycle=get("cycle", "V"), rel_tol=get("rel_tol", 0.0),
-                      restrict=get("restrict", "inject"))
+                      restrict=get("restrict", "inject"), interval_batch=get("interval_batch", "auto"),
+                      skip_first_down=get("skip_first_down", False))
         abs_tol = get("abs_tol", 0.0)
         fwd = MGRITOptions(**common, max_levels=max_levels, max_iter=get("fwd_iters", 2), abs_tol=abs_tol)
         bwd = MGRITOptions(**common, max_levels=max_levels if bwd_levels is None else bwd_levels,
@@ -176,7 +178,7 @@ class MGRITSolver:
         w, bstats = solve_system(hier, ybar_final, None if w_init is None else w_init[::-1])
         ybars = w[::-1]
         ybar_0 = _from_chunk(comm, 0, ybars[0])
-        layers = layer_gradient(model.step, fw.theta, fw.hs, fw.ys, ybars)
+        layers = layer_gradient(model.step, fw.theta, fw.hs, fw.ys, ybars, self.bwd.interval_batch)
         layers = jax.tree_util.tree_map(lambda g: comm.layer_gather(g)[: model.depth], layers)  # message: θ̄
         reg, g_reg = jax.value_and_grad(model.regularization)(params)
         grads = {"opening": fw.open_vjp(ybar_0)[0], "layers": layers, "classifier": g_class}

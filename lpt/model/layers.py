@@ -11,6 +11,8 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from lpt.model.conv import conv2d
+
 LayerKind = Literal["dense", "conv", "conv2"]
 LAYER_KINDS: tuple[str, ...] = ("dense", "conv", "conv2")
 CONV_KINDS: tuple[str, ...] = ("conv", "conv2")
@@ -22,17 +24,17 @@ def dense_apply(weight: jnp.ndarray, bias: jnp.ndarray, y: jnp.ndarray) -> jnp.n
     return y @ weight.T + bias
 
 
-def conv_apply(weight: jnp.ndarray, bias: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
-    """K * y + b, a k×k convolution with same padding: y (B, H, W, C_in), weight (k, k, C_in, C_out) → (B, H, W, C_out)."""
-    out = jax.lax.conv_general_dilated(
-        y, weight, window_strides=(1, 1), padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
-    return out + bias
+def conv_apply(weight: jnp.ndarray, bias: jnp.ndarray, y: jnp.ndarray, impl: str = "auto") -> jnp.ndarray:
+    """K * y + b, a k×k convolution with same padding: y (B, H, W, C_in), weight (k, k, C_in, C_out) → (B, H, W, C_out).
+
+    ``impl``: the formulation of :func:`lpt.model.conv.conv2d` (auto | matmul | xla)."""
+    return conv2d(y, weight, impl) + bias
 
 
-def linear_apply(kind: LayerKind, weight: jnp.ndarray, bias: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+def linear_apply(kind: LayerKind, weight: jnp.ndarray, bias: jnp.ndarray, y: jnp.ndarray,
+                 conv_impl: str = "auto") -> jnp.ndarray:
     """Apply the dense or convolutional linear map of a layer (``conv2``: one of its convolutions)."""
-    return dense_apply(weight, bias, y) if kind == "dense" else conv_apply(weight, bias, y)
+    return dense_apply(weight, bias, y) if kind == "dense" else conv_apply(weight, bias, y, conv_impl)
 
 
 def init_weight(key: jax.Array, shape: tuple[int, ...], fan_in: int, scale: float, dtype) -> jnp.ndarray:

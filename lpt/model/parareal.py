@@ -237,7 +237,7 @@ class ParaRealNet:
         kind = "conv" if self.precond == "conv1x1" else "dense"
         sigma = get_activation(self.activation)
         p = params["precond"]
-        cx = jax.vmap(lambda w, b: sigma(linear_apply(kind, w, b, xs)))(p["W"], p["b"])
+        cx = jax.vmap(lambda w, b: sigma(linear_apply(kind, w, b, xs, self.resnet.conv_impl)))(p["W"], p["b"])
         return jnp.concatenate([y1[None], cx])
 
     def subnetworks(self, params: Params, starts: jnp.ndarray) -> jnp.ndarray:

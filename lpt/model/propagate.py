@@ -14,13 +14,19 @@ Step = Callable[[Any, jnp.ndarray, jnp.ndarray], jnp.ndarray]
 def propagate(step: Step, theta: Any, hs: jnp.ndarray, y0: jnp.ndarray) -> jnp.ndarray:
     """Serial sweep y_{n+1} = step(θ_n, y_n, h_n), n = 0..N−1, by ``lax.scan``; returns y_N.
 
+    Under differentiation each step is rematerialised (``jax.checkpoint``): the scan keeps only the states
+    y_n, and the backward pass recomputes a step's intermediates. That is less memory and, measured on CPU,
+    faster (conv2 step, 8 channels, 32×32: 11.1 → 8.1 ms per layer step fwd+bwd; dense width 8, batch
+    5000: 0.44 → 0.29 ms; ``scripts/bench_layers.py``), since the stacked intermediates leave the caches.
+
     Args:
         step: the layer step.
         theta: pytree of stacked layer parameters, leading axis N.
         hs: step sizes, shape (N,).
         y0: initial state.
     """
-    yN, _ = jax.lax.scan(lambda y, inp: (step(inp[0], y, inp[1]), None), y0, (theta, hs))
+    remat = jax.checkpoint(step)
+    yN, _ = jax.lax.scan(lambda y, inp: (remat(inp[0], y, inp[1]), None), y0, (theta, hs))
     return yN
 
 

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from lpt.model.activations import ACTIVATIONS, get_activation
+from lpt.model.conv import CONV_IMPLS
 from lpt.model.layers import CONV_KINDS, LAYER_KINDS, LayerKind, init_weight, linear_apply
 from lpt.model.propagate import propagate
 
@@ -62,6 +63,9 @@ class ResNet:
         gamma_tik: Tikhonov weight γ_tik of γ_tik/2 Σ_n ‖θ_n‖².
         gamma_ddt: weight γ_ddt of γ_ddt/2 Σ_{n≥1} ‖(θ_n − θ_{n−1})/h‖² (smoothness in time).
         gamma_class: weight γ_class of γ_class/2 ‖W_c‖².
+        conv_impl: formulation of the convolutions (:mod:`lpt.model.conv`): "matmul" (im2col matrix
+            products, fast serially and vmapped), "xla" (``lax.conv_general_dilated``) or "auto" (the one
+            measured faster on the platform).
     """
 
     input_shape: tuple[int, ...]
@@ -78,6 +82,7 @@ class ResNet:
     gamma_tik: float = 0.0
     gamma_ddt: float = 0.0
     gamma_class: float = 0.0
+    conv_impl: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
@@ -95,6 +100,8 @@ class ResNet:
                  f"model.opening={self.opening!r} is not valid; choose dense, conv or zero")
         _require(self.task in ("classification", "regression"),
                  f"task={self.task!r} is not valid; choose classification or regression")
+        _require(self.conv_impl in CONV_IMPLS,
+                 f"model.conv_impl={self.conv_impl!r} is not valid; choose one of {', '.join(CONV_IMPLS)}")
         _require(isinstance(self.num_outputs, int) and self.num_outputs >= 1,
                  f"num_outputs={self.num_outputs!r} must be a positive integer")
         _require(isinstance(self.kernel_size, int) and self.kernel_size >= 1 and self.kernel_size % 2 == 1,
@@ -194,15 +201,15 @@ class ResNet:
             pad = [(0, 0)] * (x.ndim - 1) + [(0, self.width - x.shape[-1])]
             return jnp.pad(x, pad)
         sigma = get_activation(self.activation)
-        return sigma(linear_apply(self.linear_kind, params["opening"]["W"], params["opening"]["b"], x))
+        return sigma(linear_apply(self.linear_kind, params["opening"]["W"], params["opening"]["b"], x, self.conv_impl))
 
     def step(self, theta_n: dict[str, jnp.ndarray], y: jnp.ndarray, h: jnp.ndarray) -> jnp.ndarray:
         """Φ_n(y) = y + h σ(K_n y + b_n) for one layer's parameters θ_n = {"K", "b"}; for ``conv2``
         Φ_n(y) = y + h σ(K2_n σ(K_n y + b_n) + b2_n) with θ_n = {"K", "b", "K2", "b2"}."""
         sigma = get_activation(self.activation)
-        z = linear_apply(self.linear_kind, theta_n["K"], theta_n["b"], y)
+        z = linear_apply(self.linear_kind, theta_n["K"], theta_n["b"], y, self.conv_impl)
         if self.layer == "conv2":
-            z = linear_apply(self.linear_kind, theta_n["K2"], theta_n["b2"], sigma(z))
+            z = linear_apply(self.linear_kind, theta_n["K2"], theta_n["b2"], sigma(z), self.conv_impl)
         return y + h * sigma(z)
 
     def head(self, params: Params, y_final: jnp.ndarray) -> jnp.ndarray:
