@@ -46,6 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--conv-impl", default="auto", help="model.conv_impl of lpt's network: auto | matmul | xla")
     p.add_argument("--backend", choices=("single", "mpi"), default="single")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--variants", choices=("both", "plain", "skip"), default="both",
+                   help="layer-parallel gradients without / with skip_first_down")
     p.add_argument("--threads", choices=("one", "all"), default="one")
     return p.parse_args(argv)
 
@@ -129,7 +131,8 @@ def main(argv=None):
             serial = jax.jit(jax.value_and_grad(lambda p: model.data_loss(model.forward(p, x), labels)))
             rows["lpt serial"] = timer.__class__(args.repeats)(serial, params)
         opts = MGRITOptions(cfactor=2, max_levels=3, nrelax=1, nrelax_fine=0, max_iter=1)
-        for skip in (False, True):
+        variants = {"both": (False, True), "plain": (False,), "skip": (True,)}[args.variants]
+        for skip in variants:
             o = replace(opts, skip_first_down=skip)
             solver = MGRITSolver(fwd=o, bwd=o, warm_start=False)
             grid_sizes = [1] + ([ranks] if ranks > 1 else [])
@@ -151,7 +154,7 @@ def main(argv=None):
             for name, (t, comp) in rows.items():
                 say(f"  {name:<34} {t:8.3f} s ({comp:5.1f})   / yardstick {t / base:5.2f}")
             if ranks > 1:
-                for skip in ("", " skip"):
+                for skip in (" skip" if v else "" for v in variants):
                     one, many = rows[f"layer-parallel{skip}, 1 rank"][0], rows[f"layer-parallel{skip}, {ranks} ranks"][0]
                     say(f"  speed-up layer-parallel{skip} {ranks} ranks / 1 rank: {one / many:.2f}")
     return 0

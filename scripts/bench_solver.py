@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         jax.config.update("jax_enable_x64", True)
     from lpt.mgrit import MGRITOptions, MGRITSolver, mgrit_solve  # after the dtype switch
     from lpt.model import ResNet, propagate
+    from lpt.perfmodel.calibrate import wall_times
 
     dtype = jnp.dtype(args.dtype)
     if args.layer == "conv":
@@ -124,11 +125,12 @@ def main(argv: list[str] | None = None) -> None:
 
     def cycles(k: int) -> float:
         opts = replace(fwd, max_iter=k)
-        return median_time(lambda th, h, y, u: mgrit_solve(model.step, th, h, y, opts, u)[0],
-                           theta, hs, y0, u_init, repeats=r)
+        return min(wall_times(lambda th, h, y, u: mgrit_solve(model.step, th, h, y, opts, u)[0],
+                              theta, hs, y0, u_init, repeats=max(r, 3)))
 
-    # a difference of two timings: at tiny sizes timer noise can make it ≤ 0 (reported as not resolved)
-    t_cycle = (cycles(2 * args.iters) - cycles(args.iters)) / args.iters
+    # a difference of two timings (minima, 3k cycles apart, so that load spikes and timer noise cancel): at
+    # tiny sizes it can still be ≤ 0 (reported as not resolved)
+    t_cycle = (cycles(4 * args.iters) - cycles(args.iters)) / (3 * args.iters)
     t_cold = median_time(lambda th, h, y: mgrit_solve(model.step, th, h, y, fwd)[0], theta, hs, y0, repeats=r)
 
     # one-shot training step (cold start: cheap coarse-level guess, as for minibatches)
