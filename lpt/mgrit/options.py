@@ -46,9 +46,9 @@ class MGRITOptions:
             of θ^ℓ over the interval).
         interval_batch: intervals per vectorised step call (:mod:`lpt.mgrit.batching`): "auto", 0 (all
             at once) or k ≥ 1. Changes the speed only, never the iterates.
-        skip_first_down: XBraid's ``skip``: the first cycle after a coarse-level initial guess (nested
-            iteration) skips its relaxation on the levels below the finest, whose iterate is already
-            relaxed, and restricts the guess directly (TorchBraid's default).
+        skip_first_down: XBraid's ``skip`` (TorchBraid's default): from the coarse-level initial guess
+            (nested iteration) the first cycle's down-sweep is skipped, so the guess itself counts as cycle 1
+            and ``max_iter`` − 1 full cycles follow. No effect on warm-started solves or FMG.
     """
 
     cfactor: int | tuple[int, ...] = 4

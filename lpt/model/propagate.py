@@ -16,8 +16,8 @@ def propagate(step: Step, theta: Any, hs: jnp.ndarray, y0: jnp.ndarray) -> jnp.n
 
     Under differentiation each step is rematerialised (``jax.checkpoint``): the scan keeps only the states
     y_n, and the backward pass recomputes a step's intermediates. That is less memory and, measured on CPU,
-    faster (conv2 step, 8 channels, 32×32: 11.1 → 8.1 ms per layer step fwd+bwd; dense width 8, batch
-    5000: 0.44 → 0.29 ms; ``scripts/bench_layers.py``), since the stacked intermediates leave the caches.
+    faster (one-off comparison: conv2 step, 8 channels, 32×32: 11.1 → 8.1 ms per layer step fwd+bwd; dense
+    width 8, batch 5000: 0.44 → 0.29 ms), since the stacked intermediates leave the caches.
 
     Args:
         step: the layer step.
