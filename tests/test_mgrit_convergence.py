@@ -18,7 +18,8 @@ OPTIONS = MGRITOptions(cfactor=4, max_levels=10, min_coarse=2, nrelax=1, max_ite
 
 
 def factors(depth: int) -> tuple[float, float, int]:
-    """(forward factor, adjoint factor, levels) over cycles 2–6 for a random network of this depth."""
+    """(forward factor, adjoint factor, levels): geometric means of ‖r_k‖/‖r_{k−1}‖ over cycles 2–6, for a random
+    network of this depth."""
     model = ResNet(input_shape=(2,), num_outputs=5, depth=depth, width=8, T=5.0, activation="tanh", init_scale=1.0)
     params = model.init(jax.random.PRNGKey(0), jnp.float64)
     x = jax.random.uniform(jax.random.PRNGKey(1), (16, 2), jnp.float64, -3.0, 3.0)

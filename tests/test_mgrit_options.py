@@ -87,7 +87,8 @@ def test_config_file_builds_the_default_solver():
     solver = MGRITSolver.from_config(cfg, full_batch=True)
     assert solver.warm_start and solver.on_divergence == "serial"
     assert solver.fwd == MGRITOptions(cfactor=4, max_levels=10, min_coarse=2, nrelax=1, max_iter=2)
-    assert solver.bwd == MGRITOptions(cfactor=4, max_levels=10, min_coarse=2, nrelax=1, max_iter=1)
+    assert solver.bwd == MGRITOptions(cfactor=4, max_levels=10, min_coarse=2, nrelax=1, max_iter=2)
+    assert solver.control.kind == "fixed" and solver.control.tol == 1e-2 and solver.min_iters == (1, 1)
     assert not MGRITSolver.from_config(cfg, full_batch=False).warm_start
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lpt.mgrit import MGRITOptions, MGRITSolver, WarmStart
-from lpt.model import ResNet
+from lpt.model import ResNet, propagate_states
 from lpt.train.solver import SerialSolver
 
 F64 = jnp.float64
@@ -47,6 +47,12 @@ def make_problem(depth: int, T: float, layer: str = "dense", batch: int = 32, ga
     return model, params, x, jnp.arange(batch) % model.num_outputs
 
 
+def lpt_states(model, params, x):
+    """Serial states y_0..y_N of the network."""
+    y0 = model.open(params, x)
+    return propagate_states(model.step, params["layers"], model.step_sizes(y0.dtype), y0)
+
+
 def rel_err(a, b) -> float:
     fa = jnp.concatenate([leaf.ravel() for leaf in jax.tree_util.tree_leaves(a)])
     fb = jnp.concatenate([leaf.ravel() for leaf in jax.tree_util.tree_leaves(b)])
@@ -58,7 +64,7 @@ def test_one_shot_2_1_cycles_gradient_close_to_serial_and_stats_shapes():
     (measured 1.5 %). At T = 5 with random weights a cold (2, 1) step is far less accurate (≈ 50 %, see the
     first step of the warm-start test); warm starts recover the accuracy."""
     model, params, x, y = make_problem(64, T=1.0)
-    solver = MGRITSolver(warm_start=False)  # defaults: 2 forward cycles, 1 adjoint cycle
+    solver = MGRITSolver(warm_start=False, bwd=MGRITOptions(max_iter=1))  # 2 forward cycles, 1 adjoint cycle
     assert solver.init_state(model, params, x) == ()
     obj, aux, grads, state, stats = value_and_grad(solver, model, params, x, y, ())
     ref_obj, ref_grads = serial_value_and_grad(model, params, x, y)
@@ -69,10 +75,20 @@ def test_one_shot_2_1_cycles_gradient_close_to_serial_and_stats_shapes():
     assert aux["outputs"].shape == (32, 5) and aux["loss"].shape == () and state == ()
     assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(params)
     assert stats["fwd_residual"].shape == (2,) and stats["bwd_residual"].shape == (1,)
-    for key in ("fwd_factor", "bwd_factor", "diverged", "fallback"):
+    for key in ("fwd_factor", "bwd_factor", "fwd_factor_last", "fwd_initial", "fwd_norm", "fwd_cycles", "bwd_cycles",
+                "mode", "grad_cos", "diverged", "fallback"):
         assert stats[key].shape == ()
     assert stats["diverged"].dtype == jnp.bool_ and not stats["diverged"] and not stats["fallback"]
-    assert 0 < float(stats["fwd_factor"]) < 1 and 0 < float(stats["bwd_factor"]) < 1
+    assert int(stats["fwd_cycles"]) == 2 and int(stats["bwd_cycles"]) == 1 and int(stats["mode"]) == 0
+    # factors are geometric means over cycles ≥ 2: the forward's is r_2/r_1, the one-cycle adjoint has none
+    r = np.asarray(stats["fwd_residual"])
+    assert float(stats["fwd_factor"]) == pytest.approx(r[1] / r[0], rel=1e-12) and 0 < r[1] / r[0] < 1
+    assert float(stats["fwd_factor_last"]) == pytest.approx(r[1] / r[0], rel=1e-12)
+    assert np.isnan(float(stats["bwd_factor"])) and np.isnan(float(stats["grad_cos"]))
+    # relative residuals: ‖r‖/‖y‖ with ‖y‖ over the iterate's states y_1..y_N (close to the exact ones)
+    ys = jax.jit(lambda p: jnp.linalg.norm(lpt_states(model, p, x)[1:]))(params)
+    assert float(stats["fwd_norm"]) == pytest.approx(float(ys), rel=1e-3)
+    np.testing.assert_allclose(stats["fwd_rel_residual"], r / float(stats["fwd_norm"]), rtol=1e-12)
     assert float(value(solver, model, params, x, y, ())) == pytest.approx(float(obj), rel=1e-12)
 
 

@@ -7,6 +7,8 @@ uneven N = 100, dense and conv layers.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -96,3 +98,32 @@ def test_too_many_layer_ranks_is_refused_before_work():
     model, params, x, y = problem(16, "dense")
     with pytest.raises(ValueError, match=r"parallel.layers=8 is more than the finest MGRIT level allows"):
         solver_for(ProcessorGrid("mesh", layers=8).comm()).layouts(model.depth)
+
+
+@pytest.mark.parametrize("data,layers", [(1, 2), (2, 2)])
+def test_adaptive_control_decides_alike_on_every_grid(data, layers):
+    """The adaptive control on the mesh: the same cycles, bias-check cosines, modes and gradients as on one
+    device (a threshold no one-shot gradient meets forces a tightening at the check of step 2)."""
+    model, params, x, y = problem(64, "dense")
+    cfg = {"control": "adaptive", "cfactor": 4, "max_levels": 4, "control_every": 2, "control_min_cos": 0.999999999,
+           "fwd_iters": 1, "bwd_iters": 1, "control_tol": 0.5, "on_divergence": "error"}
+    single = MGRITSolver.from_config(cfg, full_batch=True)
+    grid = ProcessorGrid("mesh", data=data, layers=layers)
+    mesh = dataclasses.replace(single, comm=grid.comm())
+
+    def steps(solver, params, x, y, mean):
+        state, out = solver.init_state(model, params, x), []
+        for _ in range(3):
+            _, _, grads, state, stats = solver.value_and_grad(model, params, x, y, state)
+            out.append((mean(grads), stats["fwd_cycles"], stats["bwd_cycles"], stats["mode"], stats["grad_cos"]))
+        return out
+
+    ref = jax.jit(lambda p, x, y: steps(single, p, x, y, lambda t: t))(params, x, y)
+    mean = lambda t: jax.tree_util.tree_map(lambda a: mesh.comm.data_sum(a) / data, t)  # noqa: E731
+    fn = on_mesh(lambda p, x, y: steps(mesh, p, x, y, mean), grid, (REPLICATED, SAMPLES, SAMPLES), REPLICATED)
+    got = jax.jit(fn)(params, x, y)
+    assert [int(r[3]) for r in ref] == [0, 0, 1]
+    for (g, fc, bc, mode, cos), (g_ref, fc_ref, bc_ref, mode_ref, cos_ref) in zip(got, ref):
+        assert (int(fc), int(bc), int(mode)) == (int(fc_ref), int(bc_ref), int(mode_ref))
+        assert rel(g, g_ref) < 1e-12
+        assert (np.isnan(float(cos)) and np.isnan(float(cos_ref))) or abs(float(cos) - float(cos_ref)) < 1e-6

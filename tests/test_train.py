@@ -122,29 +122,35 @@ def test_train_step_compiles_once(optimizer, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="open issue 'One-shot training that keeps up': on this machine the one-shot "
-                   "run ends at 0.968 vs 0.991 serial (2.3 pt; also with solver.min_coarse=8: 0.972, nrelax_fine=2: "
-                   "0.977); the warm-start residual growth behind it is not yet fixed")
 def test_mgrit_training_matches_serial_accuracy(tmp_path):
-    """`+experiment=peaks solver=mgrit` (one-shot, 2 forward / 1 backward cycles, warm start) vs `solver=serial`,
-    same seed and steps: validation accuracies within 1 percentage point (1000 validation points).
+    """`+experiment=peaks solver=mgrit solver.control=adaptive` (one-shot, warm start, cycles until the relative
+    residual is 1e-2, bias checks) vs `solver=serial`, same seed and steps: validation accuracies within 1
+    percentage point (1000 validation points; measured 0.4 pt here, and 0.4 pt with seed 2).
 
     The main job's full budget is used: over shorter budgets both trainings are still in their chaotic phase
     and accuracies differ by ±2 points between any two nearby runs (serial included)."""
     common = ["+experiment=peaks", "train.eval_every=500", "dataset.n_val=1000"]
     serial = run(compose_config([*common, "solver=serial"]), tmp_path / "serial")
-    mgrit = run(compose_config([*common, "solver=mgrit"]), tmp_path / "mgrit")
+    mgrit = run(compose_config([*common, "solver=mgrit", "solver.control=adaptive"]), tmp_path / "mgrit")
+    print(f"val_acc serial {serial.final['val_acc']:.3f}, mgrit {mgrit.final['val_acc']:.3f}")
     assert serial.final["val_acc"] >= 0.97
     assert abs(mgrit.final["val_acc"] - serial.final["val_acc"]) <= 0.01
     rec = read_run(mgrit.log_path)
     m = rec.mgrit
-    assert m["fwd_residual"].shape == (1000, 2) and m["bwd_residual"].shape == (1000, 1)
-    assert m["fwd_factor"].shape == (1000,) and m["bwd_factor"].shape == (1000,)
-    assert np.all(np.isfinite(m["fwd_residual"])) and not m["fallback"].any()
-    # warm start: later steps start closer to the solution than the cold first step
-    assert np.median(m["fwd_residual"][-100:, -1]) < m["fwd_residual"][0, -1]
-    print(f"val_acc serial {serial.final['val_acc']:.3f}, mgrit {mgrit.final['val_acc']:.3f}")
-    assert yaml.safe_load(rec.attrs["config"])["solver"]["fwd_iters"] == 2
+    assert m["fwd_residual"].shape == (1000, 6) and m["bwd_residual"].shape == (1000, 6)
+    assert m["fwd_factor"].shape == (1000,) and m["bwd_cycles"].shape == (1000,)
+    assert np.all(np.isfinite(m["fwd_residual"][:, 0])) and not m["fallback"].any()
+    # every solve ends at the target or after the most cycles; at least the configured 2 per solve
+    for prefix in ("fwd", "bwd"):
+        k = m[f"{prefix}_cycles"].astype(int)
+        last = m[f"{prefix}_rel_residual"][np.arange(1000), k - 1]
+        assert np.all((k >= 2) & ((last <= 1e-2) | (k == 6)))
+    # the adjoint needs more cycles than the forward solve once training is under way (README: one-shot accuracy)
+    assert m["bwd_cycles"][200:].mean() > m["fwd_cycles"][200:].mean()
+    # bias checks every 50 steps, all with the one-shot gradient close to the exact one
+    cos = m["grad_cos"][np.isfinite(m["grad_cos"])]
+    assert cos.shape == (20,) and np.all(cos > 0.95) and np.all(m["mode"] == 0)
+    assert yaml.safe_load(rec.attrs["config"])["solver"]["control"] == "adaptive"
 
 
 def test_mgrit_train_step_compiles_once():

@@ -45,7 +45,8 @@ def report(runs: Sequence[str], out: str | Path, labels: Sequence[str] | None = 
     files["summary.md"] = out / "summary.md"
     files["summary.md"].write_text(f"# Run summary{': ' + title if title else ''}\n\n{table}\n\n"
                                    "final_*: last finite value; time_per_step_s: wall time per step after the "
-                                   "first logged step; *_factor_mean: mean MGRIT convergence factor per step.\n")
+                                   "first logged step; *_factor_mean: mean over steps of the MGRIT convergence factor "
+                                   "(geometric mean of ‖r_k‖/‖r_k−1‖ over cycles k ≥ 2).\n")
     files["summary.csv"] = write_csv(rows, out / "summary.csv")
     if plot_curves(summaries, "loss", out / "loss.png", ylabel="training loss", logy=True, title=title):
         files["loss.png"] = out / "loss.png"

@@ -16,7 +16,7 @@ from lpt.mgrit.cycle import Hierarchy, cycle, halo, nested_iteration, scatter
 from lpt.mgrit.hierarchy import Grid, average, build_levels, inject_first, join, pad_states, pad_steps, split
 from lpt.mgrit.layout import Layout, make_layout
 from lpt.mgrit.options import MGRITOptions
-from lpt.mgrit.relax import f_sweep, residual_norm, serial_sweep
+from lpt.mgrit.relax import f_sweep, landing, residual_norm, serial_sweep
 from lpt.model import Step
 from lpt.parallel.comm import SingleComm
 
@@ -30,11 +30,14 @@ class MGRITStats(NamedTuple):
         residuals: (max_iter,) fine-level residual 2-norms after each cycle, NaN after the last one.
         initial_residual: ‖r_0‖₂ of the F-relaxed initial iterate (NaN for a one-level, i.e. serial, solve).
         iterations: number of cycles done (int32).
+        state_norm: ‖u‖₂ of the returned states u_1..u_N (identity padding left out; u_0 = g_0 is data), the
+            scale of the relative residual ‖r‖/‖u‖ (NaN for a one-level solve).
     """
 
     residuals: jnp.ndarray
     initial_residual: jnp.ndarray
     iterations: jnp.ndarray
+    state_norm: jnp.ndarray
 
 
 class _Loop(NamedTuple):
@@ -43,6 +46,7 @@ class _Loop(NamedTuple):
     chat: jnp.ndarray
     residual: jnp.ndarray  # ‖r‖₂ of the current iterate
     residuals: jnp.ndarray
+    norm: jnp.ndarray  # ‖u‖₂ of the current iterate
 
 
 def chunk_hierarchy(step: Step, data: Any, hs: jnp.ndarray, options: MGRITOptions, restrict, layout: Layout,
@@ -69,7 +73,16 @@ def forward_restriction(options: MGRITOptions):
     return average if options.restrict == "average" else inject_first
 
 
-def solve_system(hier: Hierarchy, g0: jnp.ndarray, u_init: jnp.ndarray | None) -> tuple[jnp.ndarray, MGRITStats]:
+def state_norm(grid: Grid, real_steps: jnp.ndarray, comm) -> jnp.ndarray:
+    """‖u‖₂ over the points u_1..u_N of a grid that a real (not identity-padding) step lands on (``real_steps``:
+    the finest level's step sizes > 0, layout (m, n_c)); summed over the chunks and data-parallel ranks."""
+    land = landing(grid)
+    sq = jnp.square(land).reshape(*land.shape[:2], -1).sum(axis=-1)
+    return jnp.sqrt(comm.data_sum(comm.layer_sum(jnp.sum(jnp.where(real_steps, sq, 0)))))
+
+
+def solve_system(hier: Hierarchy, g0: jnp.ndarray, u_init: jnp.ndarray | None,
+                 target: jnp.ndarray | None = None, min_iter: int = 1) -> tuple[jnp.ndarray, MGRITStats]:
     """MGRIT cycles on u_0 = g_0, u_{i+1} = Φ_i(u_i) until a tolerance or ``max_iter`` cycles.
 
     Args:
@@ -77,6 +90,9 @@ def solve_system(hier: Hierarchy, g0: jnp.ndarray, u_init: jnp.ndarray | None) -
         g0: initial state u_0.
         u_init: initial iterate (n+1, …); None: nested iteration from the coarsest level (with V-cycles on
             the coarse levels when ``cycle="FMG"``, the full-multigrid start).
+        target: a relative tolerance (traced scalar, may change between calls without recompiling): stop
+            once ‖r‖₂ ≤ target·‖u‖₂, after at least ``min_iter`` and at most ``max_iter`` cycles (together
+            with the options' ``abs_tol``/``rel_tol``, whichever is largest). None: the options decide.
 
     Returns:
         all states (n+1, …) and the :class:`MGRITStats`.
@@ -86,7 +102,8 @@ def solve_system(hier: Hierarchy, g0: jnp.ndarray, u_init: jnp.ndarray | None) -
     nan = jnp.full((opts.max_iter,), jnp.nan, g0.dtype)
     if not hier.levels:  # one level: the (gathered) serial sweep is exact
         u = scatter(hier, serial_sweep(hier.step, hier.top.levels[0], g0, None))
-        return u, MGRITStats(nan.at[0].set(0), jnp.asarray(jnp.nan, g0.dtype), jnp.asarray(1, jnp.int32))
+        nan0 = jnp.asarray(jnp.nan, g0.dtype)
+        return u, MGRITStats(nan.at[0].set(0), nan0, jnp.asarray(1, jnp.int32), nan0)
 
     fine, m = hier.levels[0], hier.shapes[0].m
     real = fine.hs.sum(axis=0) > 0  # intervals holding a real (not identity-padding) step
@@ -95,6 +112,7 @@ def solve_system(hier: Hierarchy, g0: jnp.ndarray, u_init: jnp.ndarray | None) -
     else:
         grid, chat = f_sweep(hier.step, fine, halo(hier, jnp.asarray(g0)[None], split(u_init, m).c[1:]), None,
                              opts.interval_batch)
+    real_steps = fine.hs > 0
     r0 = residual_norm(chat, grid.c, real, comm)
     kind = "F" if opts.cycle == "F" else "V"
     # XBraid's skip: from the coarse guess, the first cycle's down-sweep (relaxation and restriction of an
@@ -105,19 +123,27 @@ def solve_system(hier: Hierarchy, g0: jnp.ndarray, u_init: jnp.ndarray | None) -
     def body(state: _Loop) -> _Loop:
         grid, chat = cycle(hier, 0, state.grid, None, state.chat, kind)
         residual = residual_norm(chat, grid.c, real, comm)
-        return _Loop(state.k + 1, grid, chat, residual, state.residuals.at[state.k].set(residual))
+        norm = state_norm(grid, real_steps, comm) if target is not None else state.norm
+        return _Loop(state.k + 1, grid, chat, residual, state.residuals.at[state.k].set(residual), norm)
 
+    norm0 = state_norm(grid, real_steps, comm)
     if skipped:
-        state = _Loop(jnp.asarray(1, jnp.int32), grid, chat, r0, nan.at[0].set(r0))
+        state = _Loop(jnp.asarray(1, jnp.int32), grid, chat, r0, nan.at[0].set(r0), norm0)
         r0 = jnp.asarray(jnp.nan, g0.dtype)
     else:
-        state = _Loop(jnp.asarray(0, jnp.int32), grid, chat, r0, nan)
-    if opts.has_tolerance:
+        state = _Loop(jnp.asarray(0, jnp.int32), grid, chat, r0, nan, norm0)
+    if opts.has_tolerance or target is not None:
         tol = jnp.maximum(jnp.asarray(opts.abs_tol, g0.dtype), opts.rel_tol * state.residual)
-        state = jax.lax.while_loop(lambda s: (s.k < opts.max_iter) & (s.residual > tol), body, state)
+
+        def more(s: _Loop) -> jnp.ndarray:
+            bound = tol if target is None else jnp.maximum(tol, target.astype(tol.dtype) * s.norm)
+            return (s.k < opts.max_iter) & ((s.residual > bound) | (s.k < min_iter))
+
+        state = jax.lax.while_loop(more, body, state)
     else:
         state = jax.lax.fori_loop(0, opts.max_iter - int(skipped), lambda _, s: body(s), state)
-    return join(state.grid), MGRITStats(state.residuals, r0, state.k)
+    norm = state.norm if target is not None else state_norm(state.grid, real_steps, comm)
+    return join(state.grid), MGRITStats(state.residuals, r0, state.k, norm)
 
 
 def forward_hierarchy(step: Step, theta: Any, hs: jnp.ndarray, options: MGRITOptions, layout: Layout,
@@ -175,15 +201,30 @@ def coarse_initial_guess(step: Step, theta: Any, hs: jnp.ndarray, y0: jnp.ndarra
     return initial_guess(forward_hierarchy(step, *padded(theta, hs, layout), options, layout), y0)[: n + 1]
 
 
-def convergence_factor(stats: MGRITStats, first: int = 1, last: int | None = None) -> jnp.ndarray:
-    """Mean ratio ‖r_k‖/‖r_{k−1}‖ over cycles k = first..last (k = 0 is the initial iterate); NaN if none.
-
-    Ratios with a zero, NaN or infinite denominator or numerator are left out.
-    """
+def _ratios(stats: MGRITStats) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """Per-cycle ratios ‖r_k‖/‖r_{k−1}‖, k = 1..max_iter (k = 0 is the initial iterate), with their k and
+    whether they are usable (both norms finite, the denominator positive, cycle k done)."""
     seq = jnp.concatenate([stats.initial_residual[None], stats.residuals])
-    last = seq.shape[0] - 1 if last is None else min(last, seq.shape[0] - 1)
-    num, den = seq[first : last + 1], seq[first - 1 : last]
-    ok = jnp.isfinite(num) & jnp.isfinite(den) & (den > 0)
+    num, den = seq[1:], seq[:-1]
+    k = jnp.arange(1, seq.shape[0])
+    ok = jnp.isfinite(num) & jnp.isfinite(den) & (den > 0) & (num > 0) & (k <= stats.iterations)
+    return jnp.where(ok, num / jnp.where(ok, den, 1), 1), k, ok
+
+
+def convergence_factor(stats: MGRITStats, first: int = 2, last: int | None = None) -> jnp.ndarray:
+    """Geometric mean of the ratios ‖r_k‖/‖r_{k−1}‖ over the cycles k = first..last done (k = 0 is the initial
+    iterate): (‖r_last‖/‖r_{first−1}‖)^{1/(last−first+1)}, as the MGRIT literature reports it. The default
+    ``first=2`` leaves out cycle 1, whose ratio compares with an F-relaxed initial iterate (a coarse guess
+    or a warm start) and says little about the cycle's contraction. NaN if no ratio is usable (e.g. one
+    cycle); ratios with a zero, NaN or infinite norm are left out."""
+    ratio, k, ok = _ratios(stats)
+    ok = ok & (k >= first) & (k <= (k[-1] if last is None else last))
     count = jnp.sum(ok)
-    total = jnp.sum(jnp.where(ok, num / jnp.where(ok, den, 1), 0))
-    return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
+    return jnp.where(count > 0, jnp.exp(jnp.sum(jnp.where(ok, jnp.log(ratio), 0)) / jnp.maximum(count, 1)), jnp.nan)
+
+
+def last_factor(stats: MGRITStats) -> jnp.ndarray:
+    """The last cycle's ratio ‖r_K‖/‖r_{K−1}‖ (K = cycles done ≥ 2; XBraid's per-iteration figure), else NaN."""
+    ratio, k, ok = _ratios(stats)
+    pick = ok & (k == stats.iterations) & (k >= 2)
+    return jnp.where(jnp.any(pick), jnp.sum(jnp.where(pick, ratio, 0)), jnp.nan)

@@ -6,8 +6,9 @@ Definitions (the same for every run, so a table can be checked against the logs)
   that were not evaluated);
 - ``time_per_step_s``: (time_s[-1] − time_s[0]) / (step[-1] − step[0]) — the wall time per optimisation step
   after the first logged step, so compilation is left out (NaN with fewer than two rows);
-- ``fwd_factor_mean`` / ``bwd_factor_mean``: the mean of the finite per-step convergence factors
-  ``mgrit/fwd_factor`` / ``mgrit/bwd_factor`` (NaN for serial runs).
+- ``fwd_factor_mean`` / ``bwd_factor_mean``: the mean over steps of the finite per-step convergence factors
+  ``mgrit/fwd_factor`` / ``mgrit/bwd_factor`` — each the geometric mean of ‖r_k‖/‖r_{k−1}‖ over the cycles
+  k ≥ 2 of the step (NaN for serial runs and for one-cycle solves).
 """
 
 from __future__ import annotations
