@@ -126,7 +126,8 @@ def solve_system(hier: Hierarchy, g0: jnp.ndarray, u_init: jnp.ndarray | None,
         norm = state_norm(grid, real_steps, comm) if target is not None else state.norm
         return _Loop(state.k + 1, grid, chat, residual, state.residuals.at[state.k].set(residual), norm)
 
-    norm0 = state_norm(grid, real_steps, comm)
+    # the loop carries ‖u‖ only for a target; otherwise it is taken once, after the last cycle
+    norm0 = state_norm(grid, real_steps, comm) if target is not None else jnp.zeros((), g0.dtype)
     if skipped:
         state = _Loop(jnp.asarray(1, jnp.int32), grid, chat, r0, nan.at[0].set(r0), norm0)
         r0 = jnp.asarray(jnp.nan, g0.dtype)
