@@ -141,9 +141,10 @@ def average(blocks: Any, hs: jnp.ndarray) -> Any:
     return jax.tree_util.tree_map(mean, blocks)
 
 
-def build_levels(data: Any, hs: jnp.ndarray, shapes: tuple[LevelShape, ...],
-                 restrict: Restriction) -> tuple[Level, ...]:
-    """Per-step data and step sizes of every level, in the layouts described in the module docstring.
+def flat_levels(data: Any, hs: jnp.ndarray, shapes: tuple[LevelShape, ...],
+                restrict: Restriction) -> tuple[tuple[Any, jnp.ndarray], ...]:
+    """Per-step data and step sizes of every level in step order: ((d^ℓ (p_ℓ, …), h^ℓ (p_ℓ,)), …), each level
+    padded with identity steps to p_ℓ; the coarsest level unpadded (n, …).
 
     Args:
         data: pytree of per-step data of the finest level, leading axis n_0.
@@ -154,11 +155,25 @@ def build_levels(data: Any, hs: jnp.ndarray, shapes: tuple[LevelShape, ...],
     levels = []
     for shape in shapes:
         if shape.coarsest:
-            levels.append(Level(data, hs))
+            levels.append((data, hs))
             break
         data, hs = pad_steps(data, hs, shape.padded)
+        levels.append((data, hs))
         blocks = jax.tree_util.tree_map(lambda a: a.reshape(shape.n_coarse, shape.m, *a.shape[1:]), data)
         hs_blocks = hs.reshape(shape.n_coarse, shape.m)
-        levels.append(Level(jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), blocks), hs_blocks.T))
         data, hs = restrict(blocks, hs_blocks), hs_blocks.sum(axis=1)
     return tuple(levels)
+
+
+def build_levels(data: Any, hs: jnp.ndarray, shapes: tuple[LevelShape, ...],
+                 restrict: Restriction) -> tuple[Level, ...]:
+    """Per-step data and step sizes of every level (:func:`flat_levels`) in the layouts described in the
+    module docstring: (m, n_c, …) on levels with intervals, (n, …) on the coarsest."""
+
+    def layout(shape: LevelShape, data: Any, hs: jnp.ndarray) -> Level:
+        if shape.coarsest:
+            return Level(data, hs)
+        intervals = lambda a: jnp.swapaxes(a.reshape(shape.n_coarse, shape.m, *a.shape[1:]), 0, 1)  # noqa: E731
+        return Level(jax.tree_util.tree_map(intervals, data), intervals(hs))
+
+    return tuple(layout(shape, *level) for shape, level in zip(shapes, flat_levels(data, hs, shapes, restrict)))

@@ -24,8 +24,9 @@ import jax.numpy as jnp
 from lpt.mgrit.adjoint import adjoint_hierarchy, layer_gradient
 from lpt.mgrit.layout import Layout, chunk, make_layout, pad_multiple
 from lpt.mgrit.options import MGRITOptions, require
-from lpt.mgrit.solve import (MGRITStats, convergence_factor, forward_hierarchy, initial_guess, last_factor, padded,
-                             solve_system)
+from lpt.mgrit.solve import (MGRITStats, convergence_factor, forward_hierarchy, forward_restriction, initial_guess,
+                             last_factor, padded, solve_system)
+from lpt.mgrit.stability import coarse_step_stability, stability_message
 from lpt.model import Params
 from lpt.parallel.comm import SingleComm
 
@@ -239,6 +240,16 @@ class MGRITSolver:
         p = self.comm.layers
         fwd = make_layout(depth, self.fwd, p, multiple=pad_multiple(depth, self.bwd, p))
         return fwd, make_layout(depth, self.bwd, p, multiple=fwd.n_pad)
+
+    def coarse_stability(self, model, params: Params, x: jnp.ndarray, samples: int = 4) -> tuple[Any, str | None]:
+        """H·ρ of every coarse level of the forward solve at ``params`` (:mod:`lpt.mgrit.stability`), linearised
+        at the serial states of the first ``samples`` samples of ``x``, and the warning line when one is ≥ 2."""
+        layout = self.layouts(model.depth)[0]
+        y0 = model.open(params, x[:samples])
+        theta, hs = padded(params["layers"], model.step_sizes(y0.dtype), layout)
+        values = jax.device_get(coarse_step_stability(model.step, theta, hs, y0, layout.shapes,
+                                                      forward_restriction(self.fwd), jax.random.PRNGKey(0)))
+        return values, stability_message(values, layout.shapes, model.h)
 
     def init_state(self, model, params: Params, x: jnp.ndarray) -> WarmStart | Adaptive | tuple:
         """Empty warm-start states of this chunk for a batch x (``valid`` False), or () without warm start;

@@ -174,6 +174,7 @@ def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, ful
     # every validation column gets a row per logged step (NaN where not evaluated), so columns stay aligned
     not_evaluated = {f"val_{k}": math.nan for k in (("acc", "loss") if metric == "acc" else ("mse", "rel_err"))}
     raise_on_divergence = getattr(solver, "on_divergence", "serial") == "error"
+    stability = _StabilityCheck(solver, model, x_train)
 
     def checkpoint(st: TrainState, time_s: float) -> None:
         if not runtime.is_root:
@@ -192,6 +193,7 @@ def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, ful
     log.info("%s: N=%d width=%d %s/%s, solver=%s, optimizer=%s, %d training samples, batch %d, steps %d",
              data.name, model.depth, model.width, model.layer, model.activation, cfg["solver"]["name"],
              cfg["optimizer"]["name"], n, batch, loop.steps)
+    stability.start(state.params)
     progress = _progress(loop, start, runtime.is_root)
     perm_cache: dict = {}
     t0 = time.perf_counter() - elapsed
@@ -226,6 +228,7 @@ def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, ful
                                          f"set solver.on_divergence=serial to fall back to serial propagation")
             row = {"step": done, "epoch": done * batch / n, **{k: float(v) for k, v in metrics.items()},
                    "nonfinite": float(nonfinite), **not_evaluated}
+            stats = {**stats, **stability.row(state.params if evaluate_now else None)}
             if evaluate_now:
                 val = evaluate(state.params, x_val, y_val)
                 row.update({f"val_{k}": v for k, v in val.items()})
@@ -252,6 +255,36 @@ def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, ful
         runlog.close()
         lock.release()
     return RunResult(run_dir=run_dir, log_path=run_dir / LOG_NAME, final=final)
+
+
+class _StabilityCheck:
+    """The coarse-step stability estimate H·ρ of the MGRIT levels (:mod:`lpt.mgrit.stability`): checked when the
+    run starts and at every evaluation, logged as ``mgrit/coarse_hrho`` (step × coarse level, NaN where not
+    evaluated); the first level found with H·ρ ≥ 2 is warned about once per run. Nothing for other solvers."""
+
+    def __init__(self, solver, model, x: jnp.ndarray) -> None:
+        self.estimate = getattr(solver, "coarse_stability", None)
+        self.model, self.x, self.warned = model, x, False
+        self.blank = np.zeros(0)
+
+    def check(self, params) -> np.ndarray:
+        values, message = self.estimate(self.model, params, self.x)
+        if message is not None and not self.warned:
+            log.warning("%s", message)
+            self.warned = True
+        self.blank = np.full(np.shape(values), np.nan)
+        return np.asarray(values, np.float64)
+
+    def start(self, params) -> None:
+        """The check when the run starts (a warning only; the log's rows come with the evaluations)."""
+        if self.estimate is not None:
+            self.check(params)
+
+    def row(self, params) -> dict[str, np.ndarray]:
+        """``{"coarse_hrho": …}`` for a logged row: the estimate at ``params``, or NaN (``params`` None)."""
+        if self.estimate is None:
+            return {}
+        return {"coarse_hrho": self.blank if params is None else self.check(params)}
 
 
 def _progress(loop: LoopSettings, start: int, show: bool = True):
