@@ -248,7 +248,7 @@ class MGRITSolver:
         y0 = model.open(params, x[:samples])
         theta, hs = padded(params["layers"], model.step_sizes(y0.dtype), layout)
         values = jax.device_get(coarse_step_stability(model.step, theta, hs, y0, layout.shapes,
-                                                      forward_restriction(self.fwd), jax.random.PRNGKey(0)))
+                                                      forward_restriction(self.fwd)))
         return values, stability_message(values, layout.shapes, model.h)
 
     def init_state(self, model, params: Params, x: jnp.ndarray) -> WarmStart | Adaptive | tuple:

@@ -70,7 +70,7 @@ class LoopSettings:
             raise ConfigError(f"train.lr_factor={factor!r} must be a number in (0, 1) (the step size is multiplied "
                               f"by it after each rejected step)")
         return cls(
-            steps=_int(train, "steps", "train", minimum=0),
+            steps=_int(train, "steps", "train", minimum=1),
             batch_size=_int(train, "batch_size", "train", minimum=1, allow_none=True),
             eval_every=_int(train, "eval_every", "train", minimum=1),
             log_every=_int(logging, "log_every", "logging", minimum=1),

@@ -25,6 +25,7 @@ from lpt.parallel.runtime import Runtime
 from lpt.train.build import ConfigError, LoopSettings, build_dataset, build_model, check_batch, check_dtype
 from lpt.train.nonfinite import NonFiniteGuard, inject_nan
 from lpt.train.optim import make_optimizer, needs_value_fn
+from lpt.train.progress import RunProgress
 from lpt.train.signals import Interrupted, StopRequest
 from lpt.train.solver import SerialSolver, make_solver
 from lpt.train.state import TrainState, init_state, make_evaluate, make_train_step
@@ -151,6 +152,11 @@ def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, ful
             lock.release()
             raise ConfigError(str(exc)) from exc
         elapsed = float(meta.get("time_s", 0.0))
+        if int(state.step) >= loop.steps:
+            lock.release()
+            raise ConfigError(f"resume={cfg.get('resume')}: the checkpoint in {run_dir} is at step {int(state.step)}, "
+                              f"and train.steps={loop.steps} asks for no more; set train.steps above "
+                              f"{int(state.step)} to continue training")
         if runtime.grid.backend == "mpi" and runtime.grid.size > 1:
             # the checkpoint holds rank 0's chunk of the warm-start states only: start them afresh
             state = state._replace(solver_state=runtime.init_solver_state(solver, model, params, x_train[:batch]))
@@ -166,6 +172,7 @@ def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, ful
     start = int(state.step)
     if resume:
         runlog.truncate(start)
+    runlog.set_attr("status", "running")  # until the run ends: completed, interrupted or failed
     step_options = dict(lr=float(cfg["optimizer"]["lr"]), line_search=needs_value_fn(cfg["optimizer"]),
                         comm=runtime.comm, wrap=runtime.wrap_step(solver, model, params, x_train[:batch]))
     train_step = make_train_step(model, solver, optimizer, **step_options)
@@ -194,7 +201,7 @@ def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, ful
              data.name, model.depth, model.width, model.layer, model.activation, cfg["solver"]["name"],
              cfg["optimizer"]["name"], n, batch, loop.steps)
     stability.start(state.params)
-    progress = _progress(loop, start, runtime.is_root)
+    progress = RunProgress(loop.steps, start, bar=loop.progress and runtime.is_root)
     perm_cache: dict = {}
     t0 = time.perf_counter() - elapsed
     final: dict[str, float] = {}
@@ -218,9 +225,9 @@ def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, ful
             state, metrics, stats = train_step(state, x_in, yb)
             state, metrics, nonfinite = guard.check(prev, state, metrics, xb, yb, step + 1)
             done = step + 1
+            progress.step(done, metrics, nonfinite and bool(metrics["rejected"]))
             evaluate_now = done % loop.eval_every == 0 or done == loop.steps
             if not (evaluate_now or done % loop.log_every == 0 or nonfinite):
-                progress.update(1)
                 continue
             metrics, stats = jax.device_get((metrics, stats))
             if raise_on_divergence and bool(stats.get("diverged", False)):
@@ -239,11 +246,12 @@ def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, ful
             runlog.append(row, {k: np.asarray(v, np.float64) for k, v in stats.items()})
             if guard.failure is not None:  # on_nonfinite=stop or too many rejections: last good state saved
                 raise guard.failure
-            progress.update(1)
-            progress.set_postfix(loss=f"{row['loss']:.3g}", refresh=False)
+            progress.logged_row(row, stats)
             if done % loop.checkpoint_every == 0 or done == loop.steps:
                 checkpoint(state, row["time_s"])
         runlog.set_attr("status", "completed")
+        if runtime.is_root:
+            progress.summary(loop.steps, final, run_dir / LOG_NAME)
     except Interrupted:
         raise
     except BaseException as exc:
@@ -285,11 +293,3 @@ class _StabilityCheck:
         if self.estimate is None:
             return {}
         return {"coarse_hrho": self.blank if params is None else self.check(params)}
-
-
-def _progress(loop: LoopSettings, start: int, show: bool = True):
-    """A tqdm bar on interactive terminals; silent in batch logs (tqdm's ``disable=None``)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=loop.steps, initial=start, disable=None if loop.progress and show else True, unit="step",
-                dynamic_ncols=True, leave=False)

@@ -1,0 +1,86 @@
+"""What a user sees while a run goes (lpt.train.progress) and input the loop refuses: the compilation line,
+heartbeats in batch logs, the end-of-run summary, `status` from the start, resume with no steps left."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import h5py
+import pytest
+
+from lpt.cli.compose import compose_config
+from lpt.train import ConfigError, run
+from lpt.train.progress import RunProgress
+
+SHORT = ["train.steps=6", "train.eval_every=3", "dataset.n_train=200", "dataset.n_val=50", "logging.progress=false"]
+
+
+def _messages(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "lpt"]
+
+
+def test_a_run_announces_compilation_and_ends_with_a_summary(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="lpt"):
+        result = run(compose_config([*SHORT, "solver=mgrit"]), tmp_path / "run")
+    lines = _messages(caplog)
+    compiling = [i for i, m in enumerate(lines) if m.startswith("compiling the training step")]
+    first = [i for i, m in enumerate(lines) if m.startswith("first step done in ")]
+    assert len(compiling) == 1 and len(first) == 1 and compiling[0] < first[0]
+    summary = [m for m in lines if m.startswith("finished steps 1-6 in ")]
+    assert len(summary) == 1
+    line = summary[0]
+    assert f"val_acc {result.final['val_acc']:.4g}" in line and "rejected steps 0" in line
+    assert "serial fallbacks 0 of 6 logged steps" in line and "mean MGRIT factors fwd " in line
+    assert line.endswith(f"log {result.log_path}")
+
+
+def test_rejected_steps_make_the_summary_a_warning(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="lpt"):
+        run(compose_config([*SHORT, "train.inject_nan_at_step=2"]), tmp_path / "run")
+    summary = [r for r in caplog.records if r.getMessage().startswith("finished steps")]
+    assert len(summary) == 1 and summary[0].levelno == logging.WARNING
+    assert "rejected steps 1" in summary[0].getMessage()
+
+
+def test_heartbeat_lines_in_batch_logs(caplog, monkeypatch):
+    """Without a bar, a line with step, loss, time per step and ETA once ``heartbeat_s`` has passed."""
+    clock = iter([0.0, 10.0, 10.5, 11.0, 41.5, 42.0])
+    monkeypatch.setattr(time, "perf_counter", lambda: next(clock))
+    with caplog.at_level(logging.INFO, logger="lpt"):
+        progress = RunProgress(total=100, start=0, bar=False, heartbeat_s=30.0)
+        for done in range(1, 6):
+            progress.step(done, {"loss": 0.25}, rejected=False)
+    lines = _messages(caplog)
+    assert lines[1] == "first step done in 10.0 s (compilation included)"
+    beats = [m for m in lines if m.startswith("step ")]
+    # step 4 at t = 41.5: 31.5 s after the first step's end, 3 steps after it → 10.5 s/step, 96 steps left
+    assert beats == ["step 4/100  loss 0.25  10.5 s/step  ETA 16:48"]
+
+
+def test_status_is_running_from_the_start(tmp_path, monkeypatch):
+    """A killed run's log says `running`: the status is written (and flushed) before the first step."""
+    import lpt.train.loop as loop
+    from lpt.logging import RunLog
+
+    events = []
+    set_attr, step = RunLog.set_attr, loop.RunProgress.step
+    monkeypatch.setattr(RunLog, "set_attr", lambda self, key, value: (events.append((key, value)),
+                                                                     set_attr(self, key, value))[1])
+    monkeypatch.setattr(loop.RunProgress, "step", lambda self, done, *a: (events.append(("step", done)),
+                                                                          step(self, done, *a))[1])
+    run(compose_config(SHORT), tmp_path / "run")
+    assert events[0] == ("status", "running") and events[1] == ("step", 1)
+    assert events[-1] == ("status", "completed")
+    with h5py.File(tmp_path / "run" / "run.h5", "r") as f:
+        assert f.attrs["status"] == "completed"
+
+
+def test_resume_with_no_steps_left_is_refused(tmp_path):
+    run(compose_config(SHORT), tmp_path / "run")
+    for steps in (6, 4):
+        with pytest.raises(ConfigError, match=rf"the checkpoint in .* is at step 6, and train.steps={steps} asks for "
+                                              r"no more; set train.steps above 6"):
+            run(compose_config([*SHORT, f"train.steps={steps}", f"resume={tmp_path / 'run'}"]), tmp_path / "other")
+    with pytest.raises(ConfigError, match=r"train.steps=0 must be an integer ≥ 1"):
+        run(compose_config([*SHORT, "train.steps=0"]), tmp_path / "zero")
