@@ -84,3 +84,18 @@ def test_resume_with_no_steps_left_is_refused(tmp_path):
             run(compose_config([*SHORT, f"train.steps={steps}", f"resume={tmp_path / 'run'}"]), tmp_path / "other")
     with pytest.raises(ConfigError, match=r"train.steps=0 must be an integer ≥ 1"):
         run(compose_config([*SHORT, "train.steps=0"]), tmp_path / "zero")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+trian.steps=2", "unknown top-level option(s) ['trian']; valid top-level keys are ['seed', "),
+    ("+train.stpes=2", "train: unknown option(s) ['stpes']; valid keys are ['steps', "),
+    ("+logging.every=2", "logging: unknown option(s) ['every']; valid keys are ['log_every', 'progress']"),
+])
+def test_keys_added_with_plus_that_nothing_reads_are_refused(tmp_path, override, message):
+    """Hydra's `+` adds any key; a typo must not be ignored silently: one line, exit status 2."""
+    from test_configs import lpt_train
+
+    proc = lpt_train([override, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"lpt-train: error: {message}")
+    assert "Traceback" not in proc.stderr

@@ -68,7 +68,25 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     _check_memory(cfg, loop, model)
 
 
+TOP_LEVEL_KEYS = ("seed", "data_dir", "resume", "dtype", "dataset", "model", "solver", "optimizer", "parallel",
+                  "train", "logging")
+TRAIN_KEYS = ("steps", "batch_size", "eval_every", "checkpoint_every", "eval_chunk", "on_nonfinite", "lr_factor",
+              "max_rejections", "inject_nan_at_step")
+LOGGING_KEYS = ("log_every", "progress")
+
+
+def _check_known(mapping: Mapping[str, Any], valid: tuple[str, ...], prefix: str) -> None:
+    """Refuse keys the run would ignore (e.g. ``+trian.steps=2``, a typo that Hydra's ``+`` lets through)."""
+    unknown = sorted(set(mapping) - set(valid))
+    if unknown:
+        where = f"{prefix}: unknown option(s)" if prefix else "unknown top-level option(s)"
+        raise ConfigError(f"{where} {unknown}; valid {'keys' if prefix else 'top-level keys'} are {list(valid)}")
+
+
 def _check_top_level(cfg: Mapping[str, Any]) -> None:
+    _check_known(cfg, TOP_LEVEL_KEYS, "")
+    _check_known(cfg["train"], TRAIN_KEYS, "train")
+    _check_known(cfg["logging"], LOGGING_KEYS, "logging")
     check_dtype(cfg.get("dtype", "float32"))
     seed = cfg.get("seed", 0)
     if not _is_int(seed) or not 0 <= seed < SEED_LIMIT:
