@@ -85,8 +85,8 @@ def stability_message(values, shapes: tuple[LevelShape, ...], h: float) -> str |
 
     A level counts when H·ρ ≥ 2 and a decaying mode at the estimate, amplified by |1 − H·ρ| per coarse step,
     could grow more than :data:`GROWTH_LIMIT`-fold over the level's n_ℓ steps: (H·ρ − 1)^{n_ℓ} > 100. A short
-    level (the main job's 2-step coarsest level, H·ρ ≈ 3.5 at the initial weights and ≈ 4.3 after 250 steps,
-    amplifies at most ≈ 11×) only blunts the coarse correction, which the fine relaxation absorbs; a long one
+    level (the main job's 2-step coarsest level, H·ρ ≈ 3.5 at the initial weights and ≈ 4.9 after 1000 steps,
+    amplifies at most ≈ 15×) only blunts the coarse correction, which the fine relaxation absorbs; a long one
     compounds the growth.
 
     Args:
