@@ -92,10 +92,12 @@ def test_resume_with_no_steps_left_is_refused(tmp_path):
     ("+logging.every=2", "logging: unknown option(s) ['every']; valid keys are ['log_every', 'progress']"),
 ])
 def test_keys_added_with_plus_that_nothing_reads_are_refused(tmp_path, override, message):
-    """Hydra's `+` adds any key; a typo must not be ignored silently: one line, exit status 2."""
+    """Hydra's `+` adds any key; a typo must not be ignored silently: one line, exit status 2, and no run
+    directory left behind (Hydra creates it before the run is checked)."""
     from test_configs import lpt_train
 
     proc = lpt_train([override, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(f"lpt-train: error: {message}")
     assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists(), "a refused invocation leaves no run directory"

@@ -8,7 +8,9 @@ SIGTERM (143) interrupted the run after a checkpoint; 1 an unexpected error (tra
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -30,6 +32,18 @@ solver.on_divergence=error; a checkpoint of the last good state is in the run di
 # Interrupted by SIGINT / SIGUSR1 / SIGTERM after a checkpoint: 128 + signal number = 130 / 138 / 143.
 
 
+HYDRA_FILES = {".hydra", "train.log"}
+"""What Hydra itself puts into a run directory (the composed config and the log of the job)."""
+
+
+def remove_if_unused(run_dir: str | Path) -> None:
+    """Remove the run directory of an invocation refused before it ran when it holds only Hydra's own files
+    (failed invocations leave no empty run directories; the error was printed on stderr)."""
+    path = Path(run_dir)
+    if path.is_dir() and {p.name for p in path.iterdir()} <= HYDRA_FILES:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @hydra.main(version_base="1.3", config_path="pkg://lpt.configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Train with the composed configuration; returns the final validation metric (for sweepers)."""
@@ -47,6 +61,7 @@ def main(cfg: DictConfig) -> float | None:
     except USER_ERRORS as exc:
         log.error("%s", exc)
         print(f"lpt-train: error: {exc}", file=sys.stderr)
+        remove_if_unused(HydraConfig.get().runtime.output_dir)
         sys.exit(EXIT_USER_ERROR)
     except FloatingPointError as exc:  # NonFiniteError, MGRIT divergence
         log.error("%s", exc)
