@@ -101,3 +101,39 @@ def test_keys_added_with_plus_that_nothing_reads_are_refused(tmp_path, override,
     assert proc.stderr.strip().splitlines()[-1].startswith(f"lpt-train: error: {message}")
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists(), "a refused invocation leaves no run directory"
+
+
+@pytest.mark.parametrize("blocked", ["mpi4py", "mpi4jax"])
+def test_parallel_mpi_without_the_mpi_packages_is_one_line(tmp_path, blocked):
+    """parallel=mpi where mpi4py or mpi4jax cannot be imported (a stub that raises ImportError shadows it):
+    one line naming the package and how to install it, exit status 2, no traceback."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    stub = tmp_path / "stub" / blocked
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text(f"raise ImportError('No module named {blocked}')\n")
+    exe = Path(sys.executable).with_name("lpt-train")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "stub")}
+    proc = subprocess.run([str(exe), "parallel=mpi", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"lpt-train: error: parallel=mpi needs mpi4py and mpi4jax, and {blocked} cannot be "
+                           f"imported (No module named {blocked}): pip install 'lpt[mpi]'")
+    assert "Traceback" not in proc.stderr
+
+
+def test_every_logged_dataset_is_described(tmp_path):
+    """Each history/ and mgrit/ dataset of a layer-parallel run (adaptive control: every entry there is) carries
+    a `description` attribute, e.g. that time_s includes start-up."""
+    result = run(compose_config([*SHORT, "solver=mgrit", "solver.control=adaptive"]), tmp_path / "run")
+    with h5py.File(result.log_path, "r") as f:
+        names = [f"{g}/{k}" for g in ("history", "mgrit") for k in f[g]]
+        assert len(names) > 30
+        missing = [n for n in names if not f[n].attrs.get("description")]
+        assert not missing, missing
+        assert "compilation included" in f["history/time_s"].attrs["description"]
+        assert f["mgrit/bwd_factor"].attrs["description"].startswith("adjoint solve: convergence factor")

@@ -55,7 +55,10 @@ def main(cfg: DictConfig) -> float | None:
     if (resolved.get("parallel") or {}).get("name") == "mpi":
         from lpt.parallel.faults import install_abort_on_error
 
-        install_abort_on_error()  # an exception on one rank ends all ranks, with the error shown
+        try:
+            install_abort_on_error()  # an exception on one rank ends all ranks, with the error shown
+        except ImportError:
+            pass  # no mpi4py: run() refuses parallel=mpi with one line saying how to install it
     try:
         result = run(resolved, HydraConfig.get().runtime.output_dir)
     except USER_ERRORS as exc:

@@ -25,6 +25,50 @@ import lpt
 
 CHUNK_ROWS = 256
 
+DESCRIPTIONS = {
+    "history/step": "optimisation steps done (1-based; rows are logged every logging.log_every steps)",
+    "history/epoch": "passes over the training samples done (step × batch / training samples)",
+    "history/loss": "data loss of the step's batch (softmax cross-entropy or mean squared error)",
+    "history/objective": "loss + regularisation (γ_tik, γ_ddt, γ_class terms) of the step's batch",
+    "history/train_acc": "accuracy on the step's batch (fraction)",
+    "history/train_mse": "mean squared error on the step's batch",
+    "history/train_rel_err": "relative error ‖pred − y‖/‖y‖ on the step's batch",
+    "history/val_acc": "validation accuracy (fraction); NaN where not evaluated (train.eval_every)",
+    "history/val_loss": "validation loss; NaN where not evaluated",
+    "history/val_mse": "validation mean squared error; NaN where not evaluated",
+    "history/val_rel_err": "validation relative error ‖pred − y‖/‖y‖; NaN where not evaluated",
+    "history/grad_norm": "2-norm of the gradient of the objective (all parameters)",
+    "history/lr": "step size in effect (after reductions by train.lr_factor; L-BFGS: the line search's step)",
+    "history/rejected": "1 where the update was discarded (non-finite values), else 0",
+    "history/nonfinite": "1 where the configured solver's step held NaN/inf, else 0",
+    "history/time_s": "seconds since the run started (start-up and compilation included; continued on resume)",
+    "mgrit/residual": "‖r_k‖₂ after each cycle k (step × cycle, NaN after the last cycle done)",
+    "mgrit/rel_residual": "‖r_k‖₂/‖states‖₂ after each cycle (step × cycle)",
+    "mgrit/initial": "‖r_0‖₂ of the F-relaxed initial iterate (warm start or coarse guess)",
+    "mgrit/cycles": "cycles done",
+    "mgrit/norm": "‖u_1..u_N‖₂ of the solve's states (identity padding left out)",
+    "mgrit/factor": "convergence factor: geometric mean of ‖r_k‖/‖r_{k−1}‖ over cycles k ≥ 2 (NaN with one cycle)",
+    "mgrit/factor_last": "the last cycle's ‖r_K‖/‖r_{K−1}‖",
+    "mgrit/mode": "inexactness control: 0 fixed or first tolerance; k: tolerance control_tol·10^−k; "
+                  "control_tightenings+1: serial",
+    "mgrit/grad_cos": "cosine between the one-shot and the exact gradient at the bias checks; NaN elsewhere",
+    "mgrit/diverged": "1 where a solve diverged (non-finite, or residual growth from cycle 2 on)",
+    "mgrit/fallback": "1 where the step was recomputed serially (solver.on_divergence=serial)",
+    "mgrit/coarse_hrho": "H·ρ of each coarse level's steps (step × coarse level) at the evaluations; NaN elsewhere",
+}
+"""Descriptions of the logged datasets (HDF5 attribute ``description``); ``mgrit/fwd_*`` and ``mgrit/bwd_*``
+(forward and adjoint solve) share the entry of ``mgrit/*``."""
+
+
+def describe(group: str, name: str) -> str:
+    """The description of dataset ``group/name`` (empty when there is none)."""
+    key = f"{group}/{name}"
+    if key not in DESCRIPTIONS and group == "mgrit" and name[:4] in ("fwd_", "bwd_"):
+        solve = "forward" if name.startswith("fwd_") else "adjoint"
+        base = DESCRIPTIONS.get(f"mgrit/{name[4:]}")
+        return f"{solve} solve: {base}" if base else ""
+    return DESCRIPTIONS.get(key, "")
+
 log = logging.getLogger("lpt")
 
 
@@ -95,6 +139,7 @@ class RunLog:
         if name not in g:
             g.create_dataset(name, shape=(0, *value.shape), maxshape=(None, *value.shape), dtype=np.float64,
                              chunks=(CHUNK_ROWS, *value.shape), fillvalue=np.nan)
+            g[name].attrs["description"] = describe(group, name)
         ds = g[name]
         if ds.shape[1:] != value.shape:
             raise ValueError(f"{group}/{name}: row shape {value.shape} differs from the logged {ds.shape[1:]}")

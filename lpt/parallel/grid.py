@@ -61,6 +61,7 @@ class ProcessorGrid:
                     f"needs {self.size} devices, only {n} are visible (emulate CPU devices with "
                     f"XLA_FLAGS=--xla_force_host_platform_device_count={self.size})")
         elif self.backend == "mpi":
+            require_mpi_packages()
             n = mpi_world_size()
             if self.size != n:
                 raise GridError(f"parallel=mpi: parallel.data × parallel.layers = {self.data} × {self.layers} = "
@@ -83,13 +84,25 @@ class ProcessorGrid:
         return jax.sharding.Mesh(devices, ("data", "layers"))
 
 
+MPI_INSTALL = ("pip install 'lpt[mpi]' (from a checkout: pip install '.[mpi]'), with an MPI library, e.g. "
+               "apt-get install libopenmpi-dev openmpi-bin; README \"MPI install\"")
+
+
+def require_mpi_packages() -> None:
+    """Raise :class:`GridError` (one line: what is missing and how to install it) unless mpi4py and mpi4jax import."""
+    for name in ("mpi4py", "mpi4jax"):
+        try:
+            __import__(name)
+        except ImportError as exc:
+            raise GridError(f"parallel=mpi needs mpi4py and mpi4jax, and {name} cannot be imported ({exc}): "
+                            f"{MPI_INSTALL}") from exc
+
+
 def mpi_world_size() -> int:
-    """Number of MPI ranks (1 when not started by mpirun/srun or mpi4py is absent)."""
+    """Number of MPI ranks (1 when not started by mpirun/srun)."""
     if not any(k in os.environ for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_NTASKS")):
         return 1
-    try:
-        from mpi4py import MPI
-    except ImportError as exc:
-        raise GridError("parallel=mpi needs mpi4py and mpi4jax: pip install 'lpt[mpi]' (with an MPI library, "
-                        "e.g. apt-get install libopenmpi-dev openmpi-bin)") from exc
+    require_mpi_packages()
+    from mpi4py import MPI
+
     return MPI.COMM_WORLD.Get_size()
