@@ -20,6 +20,7 @@ def _messages(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "lpt"]
 
 
+@pytest.mark.slow(seconds=40)
 def test_a_run_announces_compilation_and_ends_with_a_summary(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="lpt"):
         result = run(compose_config([*SHORT, "solver=mgrit"]), tmp_path / "run")
@@ -126,6 +127,7 @@ def test_parallel_mpi_without_the_mpi_packages_is_one_line(tmp_path, blocked):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow(seconds=45)
 def test_every_logged_dataset_is_described(tmp_path):
     """Each history/ and mgrit/ dataset of a layer-parallel run (adaptive control: every entry there is) carries
     a `description` attribute, e.g. that time_s includes start-up."""

@@ -31,7 +31,7 @@ GROWTH_LIMIT = 100.0
 """A level is warned about when a decaying mode could grow more than this over its steps (:func:`stability_message`)."""
 
 
-def spectral_radius(step: Step, theta_n: Any, y: jnp.ndarray, iters: int = 40, burn: int = 10) -> jnp.ndarray:
+def spectral_radius(step: Step, theta_n: Any, y: jnp.ndarray, iters: int = 24, burn: int = 6) -> jnp.ndarray:
     """Estimate ρ(J) of J = ∂F/∂y at ``y`` (states of a few samples), F(y) = step(θ_n, y, 1) − y: the geometric
     mean growth ‖Jᵀ v_k‖/‖v_k‖ of the power method over products ``burn`` … ``iters``−1 from a fixed
     pseudo-random start (a hash of the index: no PRNG, whose vectorised compilation is slow on CPU).

@@ -241,7 +241,7 @@ class MGRITSolver:
         fwd = make_layout(depth, self.fwd, p, multiple=pad_multiple(depth, self.bwd, p))
         return fwd, make_layout(depth, self.bwd, p, multiple=fwd.n_pad)
 
-    def coarse_stability(self, model, params: Params, x: jnp.ndarray, samples: int = 4) -> tuple[Any, str | None]:
+    def coarse_stability(self, model, params: Params, x: jnp.ndarray, samples: int = 2) -> tuple[Any, str | None]:
         """H·ρ of every coarse level of the forward solve at ``params`` (:mod:`lpt.mgrit.stability`), linearised
         at the serial states of the first ``samples`` samples of ``x``, and the warning line when one is ≥ 2."""
         layout = self.layouts(model.depth)[0]
