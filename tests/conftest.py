@@ -1,14 +1,30 @@
 """Test session set-up: 8 emulated host devices and float64 enabled, set before jax is imported.
 
 Library code always passes explicit dtypes, so float32 paths stay float32 under x64.
+
+A persistent XLA compilation cache serves the whole session: the pytest-xdist workers and every process a test
+starts (CLI runs, scripts, mpirun ranks) inherit ``JAX_COMPILATION_CACHE_DIR``, so a program compiled once (the
+same train step in two tests, the same solver in a CLI run and its in-process reference) is loaded, not compiled
+again. The folder is a fresh temporary one per session (made by the first process that loads this file, removed
+by it at the end), unless ``JAX_COMPILATION_CACHE_DIR`` is set already: then that folder is used and kept.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
+_OWN_CACHE_DIR = None
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    _OWN_CACHE_DIR = tempfile.mkdtemp(prefix="lpt-test-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE_DIR
+# cache every program, however quick to compile or small (jax reads these variables as its config defaults)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -17,6 +33,30 @@ jax.config.update("jax_enable_x64", True)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def pytest_configure(config):
+    """With ``-n 2 --dist loadfile`` pytest-xdist hands out the modules by their number of tests, most first, so a
+    module of few long tests (MPI runs, scripts, full trainings) would start last and run alone at the end.
+    Keep the collection order instead, which :func:`pytest_collection_modifyitems` makes longest first."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules in decreasing order of their tests marked ``slow``: ``@pytest.mark.slow(seconds=S)`` counts S (a
+    rough measured duration on 2 cores), a plain ``slow`` 60 s. A stable sort: each module stays in one piece,
+    modules without slow tests keep their order, after the others."""
+    weight: dict = {}
+    for item in items:
+        mark = item.get_closest_marker("slow")
+        weight[item.path] = weight.get(item.path, 0) + (mark.kwargs.get("seconds", 60) if mark else 0)
+    items.sort(key=lambda item: -weight[item.path])
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE_DIR is not None:
+        shutil.rmtree(_OWN_CACHE_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

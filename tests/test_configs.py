@@ -58,6 +58,7 @@ def test_config_names_of_design_section_6():
             node = node[part]
 
 
+@pytest.mark.slow(seconds=50)
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_preset_runs(name, tmp_path, shared_data):
     cfg = compose_config([f"+experiment={name}"])

@@ -129,6 +129,7 @@ def test_run_logs_cycles_mode_and_bias_checks(tmp_path):
     assert np.all((last <= 1e-4) | (k == 6))
 
 
+@pytest.mark.slow(seconds=55)
 def test_diagnostic_shows_where_the_one_shot_error_comes_from(tmp_path):
     """`scripts/diagnose_one_shot.py` on a short peaks run (1000 points, 200 steps): the warm-started forward
     solve reduces the error against the exact states in every step (the residual growth in the log is not an

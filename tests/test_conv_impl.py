@@ -24,6 +24,7 @@ from lpt.mgrit.batching import resolve_batch
 from lpt.model import ModelError, ResNet
 from lpt.model.conv import conv2d, resolve_conv_impl
 from lpt.model.propagate import propagate_states
+from test_mgrit_training import value_and_grad
 
 TOL = {jnp.float64: 1e-12, jnp.float32: 1e-5}
 
@@ -175,8 +176,8 @@ def test_skip_first_down_in_the_one_shot_gradient():
     labels = jnp.arange(3) % 3
     o2 = MGRITOptions(cfactor=2, max_levels=3, nrelax=1, max_iter=2, skip_first_down=True)
     o1 = replace(o2, max_iter=1, skip_first_down=False)
-    with_skip = MGRITSolver(fwd=o2, bwd=o2, warm_start=False).value_and_grad(net, params, x, labels, ())
-    without = MGRITSolver(fwd=o1, bwd=o1, warm_start=False).value_and_grad(net, params, x, labels, ())
+    with_skip = value_and_grad(MGRITSolver(fwd=o2, bwd=o2, warm_start=False), net, params, x, labels, ())
+    without = value_and_grad(MGRITSolver(fwd=o1, bwd=o1, warm_start=False), net, params, x, labels, ())
     assert float(with_skip[0]) == pytest.approx(float(without[0]), rel=1e-13)
     for a, b in zip(jax.tree_util.tree_leaves(with_skip[2]), jax.tree_util.tree_leaves(without[2])):
         assert rel(a, b) <= 1e-12

@@ -37,6 +37,7 @@ def measured() -> dict[int, tuple[float, float, int]]:
     return {depth: factors(depth) for depth in DEPTHS}
 
 
+@pytest.mark.slow(seconds=65)
 def test_fcf_v_cycle_factor_below_design_target_and_flat_in_depth(measured):
     for depth, (fwd, bwd, levels) in measured.items():
         print(f"N={depth:5d} levels={levels} forward factor={fwd:.3f} adjoint factor={bwd:.3f}")

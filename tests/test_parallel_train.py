@@ -18,6 +18,7 @@ HERE = Path(__file__).resolve().parent
 SHORT = ["solver=mgrit", "train.steps=12", "train.eval_every=6", "dataset.n_train=400", "dataset.n_val=100"]
 
 
+@pytest.mark.slow(seconds=80)
 @pytest.mark.parametrize("ranks,data,depth,layer", [(2, 1, 64, "dense"), (2, 1, 100, "conv"), (4, 2, 100, "dense")])
 def test_mpi_iterates_equal_single(ranks, data, depth, layer):
     """Each rank compares its chunk's forward/adjoint states, objective, gradient, residuals (float64, 1e-12)."""

@@ -104,6 +104,7 @@ def test_signal_checkpoints_closes_the_log_and_resume_is_bitwise(tmp_path, refer
     assert_same_history(rec.history, reference)
 
 
+@pytest.mark.slow(seconds=70)
 def test_sigkill_at_random_moments_leaves_readable_logs_and_checkpoints(tmp_path, reference):
     """Four runs killed with SIGKILL at random moments (during start-up, compilation, training: two of them);
     every log that exists is readable and holds a prefix of the history; every checkpoint loads; the run

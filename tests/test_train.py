@@ -121,7 +121,7 @@ def test_train_step_compiles_once(optimizer, tmp_path):
     assert step._cache_size() == 1
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=350)
 def test_mgrit_training_matches_serial_accuracy(tmp_path):
     """`+experiment=peaks solver=mgrit solver.control=adaptive` (one-shot, warm start, cycles until the relative
     residual is 1e-2, bias checks) vs `solver=serial`, same seed and steps: validation accuracies within 1

@@ -1,0 +1,98 @@
+"""The benchmark drivers in scripts/ (bench_*.py, time_preset_step.py) run (tiny sizes) and print or write what
+they promise."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from test_parallel_comm import mpirun
+from test_scripts import SCRIPTS, script
+
+
+def test_bench_solver_prints_the_work_model_ratio():
+    # large enough that one cycle is well above timer noise (the marginal cycle time is a difference of timings)
+    proc = script("bench_solver.py", "--depth", "256", "--width", "8", "--batch", "64", "--cfactor", "4",
+                  "--levels", "4", "--repeats", "3")
+    found = re.search(r"measured / predicted\s+(\S+)", proc.stdout)
+    assert found, proc.stdout
+    ratio = float(found.group(1))
+    assert 0 < ratio < 100
+    assert re.search(r"one-shot step .* ms", proc.stdout)
+
+
+def test_bench_parareal_runs(tmp_path):
+    out = tmp_path / "parareal.json"
+    proc = script("bench_parareal.py", "--layer", "dense", "--input-shape", "4", "--depth", "12", "--batch", "8",
+                  "--num-parallel", "1,3", "--repeats", "2", "--json", str(out))
+    result = json.loads(out.read_text())
+    assert result["original_ms"] > 0 and sorted(result["parareal_ms"]) == ["1", "3"]
+    for row in result["parareal_ms"].values():
+        assert all(row[part] > 0 for part in ("pre", "parallel", "coarse", "post", "total"))
+        assert row["ideal"] == pytest.approx(row["pre"] + row["1 subnet"] + row["coarse"] + row["post"])
+    assert "N_p=3" in proc.stdout
+
+
+def test_bench_comm_fits_a_line(tmp_path):
+    """Messages between 2 emulated devices (parallel=mesh): one time per size, and a stored fit whose per-byte
+    cost is positive (a 4 MiB message takes longer than an 8-byte one)."""
+    cal = tmp_path / "cal.json"
+    sizes = ["8", "65536", "4194304"]
+    proc = script("bench_comm.py", "mesh", "--sizes", *sizes, "--repeats", "3", "--save", str(cal))
+    for nbytes in sizes:
+        assert re.search(rf"^\s+{nbytes} B\s+[\d.]+ us\s+fit", proc.stdout, re.M), proc.stdout
+    costs = json.loads(cal.read_text())["comm"]["mesh"]
+    assert costs["alpha"] >= 0 and costs["beta"] > 0
+
+
+def test_bench_layers_prints_ratios_for_every_kind():
+    """scripts/bench_layers.py --quick: one row per layer kind and formulation with serial and relaxation
+    times per layer step and their ratios (the ratio columns are the quotients of the time columns)."""
+    proc = script("bench_layers.py", "--quick", "--intervals", "4", "--repeats", "1")
+    assert re.search(r"throughput yardstick: 2048x2048 matmul, float32: [\d.]+ GFLOP/s", proc.stdout)
+    # layer width batch image impl  serial (compile)  relax-vmap (compile)  relax-auto (compile)  batch  ratios
+    row = re.compile(r"^(dense|conv2)\s+\d+\s+\d+\s+\S+\s+(\S+)\s+([\d.]+) \(\s*[\d.]+\)\s+([\d.]+) \(\s*[\d.]+\)"
+                     r"\s+([\d.]+) \(\s*[\d.]+\)\s+\d+\s+([\d.]+)\s+([\d.]+)$", re.M)
+    rows = row.findall(proc.stdout)
+    assert {(r[0], r[1]) for r in rows} == {("dense", "-"), ("conv2", "matmul"), ("conv2", "xla")}, proc.stdout
+    for _, _, *numbers in rows:
+        t_ser, t_vmap, t_auto, r_vmap, r_auto = map(float, numbers)
+        assert min(t_ser, t_vmap, t_auto) > 0
+        assert r_vmap == pytest.approx(t_vmap / t_ser, rel=0.05, abs=0.011)
+        assert r_auto == pytest.approx(t_auto / t_ser, rel=0.05, abs=0.011)
+
+
+def _convnet_rows(stdout: str) -> dict[str, float]:
+    return {m.group(1).strip(): float(m.group(2))
+            for m in re.finditer(r"^  (\S.*?)\s+([\d.]+) s \(\s*[-\d.]+\)\s+/ yardstick", stdout, re.M)}
+
+
+def test_bench_convnet_single_process():
+    proc = script("bench_convnet.py", "--depths", "8", "--channels", "2", "--image", "6", "--batch", "2",
+                  "--repeats", "1")
+    rows = _convnet_rows(proc.stdout)
+    assert set(rows) == {"yardstick", "lpt serial", "layer-parallel, 1 rank", "layer-parallel skip, 1 rank"}
+    assert all(t > 0 for t in rows.values())
+
+
+@pytest.mark.slow(seconds=90)
+def test_bench_convnet_on_two_mpi_ranks():
+    proc = mpirun(2, SCRIPTS / "bench_convnet.py", "--depths", "8", "--channels", "2", "--image", "6", "--batch",
+                  "2", "--repeats", "1", "--backend", "mpi", "--variants", "skip")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rows = _convnet_rows(proc.stdout)
+    assert {"layer-parallel skip, 1 rank", "layer-parallel skip, 2 ranks"} <= set(rows)
+    assert "layer-parallel, 2 ranks" not in rows
+    speedup = re.search(r"speed-up layer-parallel skip 2 ranks / 1 rank: ([\d.]+)", proc.stdout)
+    assert speedup and float(speedup.group(1)) > 0
+
+
+def test_time_preset_step(shared_data):
+    proc = script("time_preset_step.py", "mnist_torchbraid", f"data_dir={shared_data}", "dataset.n_train=100",
+                  "model.depth=8", "--repeats", "1")
+    found = re.search(r"mnist_torchbraid .*: step ([\d.]+) s \(min of 1; first step incl\. compilation ([\d.]+) s\), "
+                      r"batch 50", proc.stdout)
+    assert found, proc.stdout
+    assert 0 < float(found.group(1)) < float(found.group(2))

@@ -1,0 +1,108 @@
+"""scripts/validate_model.py, `lpt-model` and scripts/scaling/ (the performance model against measurements) run
+(tiny sizes) and print or write what they promise.
+
+All calibrate the same profile (+experiment=peaks_1024, batch 30) on one device or on 2 MPI ranks: one module,
+run in this order on one worker, so that later calibrations load the programs the first ones compiled from the
+session's compilation cache (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lpt.logging import read_run
+from test_parallel_comm import mpirun
+from test_scripts import SCRIPTS, script
+
+
+RATIO = re.compile(r"(\w+) P=(\d) N=\s*(\d+) B=\d+: mgrit gradient measured\s+([\d.]+) ms, predicted\s+([\d.]+) ms, "
+                   r"predicted/measured ([\d.]+)")
+
+
+def _check_validation_rows(stdout: str, rows_file: Path, backend: str, ranks: int) -> None:
+    rows = json.loads(rows_file.read_text())
+    assert [r["depth"] for r in rows] == [16, 32]
+    printed = RATIO.findall(stdout)
+    assert len(printed) == 2, stdout
+    for row, (b, p, n, measured, predicted, ratio) in zip(rows, printed):
+        assert (row["backend"], row["ranks"], row["depth"]) == (b, int(p), int(n)) == (backend, ranks, row["depth"])
+        assert row["mgrit_measured_s"] > 0 and row["mgrit_predicted_s"] > 0
+        assert math.isclose(row["mgrit_ratio"], row["mgrit_predicted_s"] / row["mgrit_measured_s"])
+        assert float(ratio) == pytest.approx(row["mgrit_ratio"], abs=0.006)
+    assert "all ratios within 25 %:" in stdout
+
+
+def test_validate_model_single(tmp_path):
+    """scripts/validate_model.py calibrates into the given file and prints predicted/measured per depth."""
+    cal, rows = tmp_path / "cal.json", tmp_path / "rows.json"
+    proc = script("validate_model.py", "--calibrate", "--depths", "16", "32", "--repeats", "1", "--file", str(cal),
+                  "--json", str(rows), "+experiment=peaks_1024", "dataset.n_train=30")
+    assert json.loads(cal.read_text())["profiles"]
+    _check_validation_rows(proc.stdout, rows, "single", 1)
+    assert all(r["serial_ratio"] > 0 for r in json.loads(rows.read_text()))
+
+
+@pytest.mark.slow(seconds=200)
+def test_validate_model_under_mpi_on_two_ranks(tmp_path):
+    cal, rows = tmp_path / "cal.json", tmp_path / "rows.json"
+    proc = mpirun(2, SCRIPTS / "validate_model.py", "--calibrate", "--backend", "mpi", "--depths", "16", "32",
+                  "--repeats", "1", "--file", str(cal), "--json", str(rows), "+experiment=peaks_1024",
+                  "dataset.n_train=30", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    stored = json.loads(cal.read_text())
+    assert any(k.endswith("/procs2") for k in stored["profiles"]) and "mpi" in stored["comm"]
+    _check_validation_rows(proc.stdout, rows, "mpi", 2)
+
+
+def test_lpt_model_calibrate_then_predict(tmp_path):
+    """The README's lpt-model commands: calibrate on this machine (tiny profile), then predict from the file."""
+    exe = Path(sys.executable).with_name("lpt-model")
+    overrides = ["+experiment=peaks_1024", "dataset.n_train=30", "model.depth=32"]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    cal = subprocess.run([str(exe), "calibrate", *overrides, "--file", "cal.json", "--comm", "single", "--repeats",
+                          "1"], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert cal.returncode == 0, cal.stdout[-2000:] + cal.stderr[-2000:]
+    stored = json.loads((tmp_path / "cal.json").read_text())
+    (profile,) = stored["profiles"].values()
+    for name in ("step", "adjoint", "serial"):
+        assert all(t > 0 for t in profile["curves"][name]["seconds"]), name
+    pred = subprocess.run([str(exe), "predict", *overrides, "--file", "cal.json"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert pred.returncode == 0, pred.stderr[-2000:]
+    assert "gradient, layer-parallel" in pred.stdout and "serial" in pred.stdout
+
+
+@pytest.mark.slow(seconds=250)
+def test_strong_scaling_sweep_and_comparison_with_the_model(tmp_path):
+    """scripts/scaling/sweep.py (local mpirun, 1 and 2 layer ranks) and compare.py (measured vs predicted).
+
+    The preset trains with L-BFGS: its line search takes gradients at trial points, which under MPI must come
+    from the solver's adjoint solve (lpt.train.state.line_search_value), not from differentiating collectives."""
+    from test_parallel_comm import require_mpi4jax
+
+    require_mpi4jax()
+    out = tmp_path / "strong"
+    cal = tmp_path / "cal.json"
+    script("validate_model.py", "--calibrate", "--depths", "16", "--repeats", "1", "--file", str(cal),
+           "+experiment=peaks_1024", "dataset.n_train=30")
+    proc = mpirun(2, SCRIPTS / "validate_model.py", "--calibrate", "--backend", "mpi", "--depths", "16",
+                  "--repeats", "1", "--file", str(cal), "+experiment=peaks_1024", "dataset.n_train=30", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    script("scaling/sweep.py", "strong", "+experiment=peaks_1024", "dataset.n_train=30", "dataset.n_val=15",
+           "model.depth=32", "--ranks", "1,2", "--steps", "3", "--out", str(out),
+           "--mpirun", f"{shutil.which('mpirun')} --allow-run-as-root --oversubscribe")
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["P1_N32", "P2_N32"]
+    assert read_run(out / "P2_N32").attrs["grid"].tolist() == [1, 2]
+    proc = script("scaling/compare.py", str(out), "--file", str(cal))
+    rows = json.loads((out / "compare.json").read_text())
+    assert sorted(r["ranks"] for r in rows) == [1, 2]
+    assert all(r["measured_s"] > 0 and r["predicted_s"] > 0 for r in rows)
+    assert "predicted" in proc.stdout
