@@ -3,8 +3,8 @@
 A coarse level of MGRIT takes forward-Euler steps H = Σ_{k<m^ℓ} h (m^ℓ fine layers at once) with the restricted
 weights. For the step Φ(y) = y + H F(θ, y) linearised at a state, the error propagates with I + H J,
 J = ∂F/∂y; forward Euler keeps |1 + Hλ| ≤ 1 for the decaying modes only while H·ρ(J) < 2. Beyond that the
-coarse level amplifies exactly the modes it should damp and MGRIT converges slowly or diverges (Dobrev et al.
-2017; Günther et al. 2020, §3.2), however good the fine level is.
+coarse level amplifies exactly the modes it should damp and MGRIT converges slowly or diverges, however good
+the fine level is (tests/test_stability.py shows it on y' = −y).
 
 :func:`coarse_step_stability` estimates max_j H^ℓ_j ρ(J^ℓ_j) on every level ℓ ≥ 1, linearised at the serial
 states of a few samples at the coarse points: ρ by the power method on J (Gelfand's formula,

@@ -181,7 +181,7 @@ def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, ful
     # every validation column gets a row per logged step (NaN where not evaluated), so columns stay aligned
     not_evaluated = {f"val_{k}": math.nan for k in (("acc", "loss") if metric == "acc" else ("mse", "rel_err"))}
     raise_on_divergence = getattr(solver, "on_divergence", "serial") == "error"
-    stability = _StabilityCheck(solver, model, x_train)
+    stability = _StabilityCheck(solver, model, x_train, warn=runtime.is_root)
 
     def checkpoint(st: TrainState, time_s: float) -> None:
         if not runtime.is_root:
@@ -268,11 +268,12 @@ def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, ful
 class _StabilityCheck:
     """The coarse-step stability estimate H·ρ of the MGRIT levels (:mod:`lpt.mgrit.stability`): checked when the
     run starts and at every evaluation, logged as ``mgrit/coarse_hrho`` (step × coarse level, NaN where not
-    evaluated); the first level found with H·ρ ≥ 2 is warned about once per run. Nothing for other solvers."""
+    evaluated); the first level that :func:`lpt.mgrit.stability.stability_message` finds unstable is warned
+    about once per run, by the rank that writes the log only. Nothing for other solvers."""
 
-    def __init__(self, solver, model, x: jnp.ndarray) -> None:
+    def __init__(self, solver, model, x: jnp.ndarray, warn: bool = True) -> None:
         self.estimate = getattr(solver, "coarse_stability", None)
-        self.model, self.x, self.warned = model, x, False
+        self.model, self.x, self.warned = model, x, not warn
         self.blank = np.zeros(0)
 
     def check(self, params) -> np.ndarray:
