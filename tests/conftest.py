@@ -2,6 +2,9 @@
 
 Library code always passes explicit dtypes, so float32 paths stay float32 under x64.
 
+Property tests (hypothesis) are derandomised: the same examples everywhere, unless
+``LPT_HYPOTHESIS_PROFILE=explore``.
+
 A persistent XLA compilation cache serves the whole session: the pytest-xdist workers and every process a test
 starts (CLI runs, scripts, mpirun ranks) inherit ``JAX_COMPILATION_CACHE_DIR``, so a program compiled once (the
 same train step in two tests, the same solver in a CLI run and its in-process reference) is loaded, not compiled
@@ -28,8 +31,15 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+
+# Property tests draw the same examples on every machine (CI equals a local run); LPT_HYPOTHESIS_PROFILE=explore
+# draws new ones each run (with ``--hypothesis-seed=N`` to repeat one), for looking for failures by hand.
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("LPT_HYPOTHESIS_PROFILE", "ci"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

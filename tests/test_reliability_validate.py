@@ -12,7 +12,7 @@ import tempfile
 import time
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from lpt.cli.compose import compose_config
@@ -73,6 +73,7 @@ def _names_an_option(message: str, keys: list[str]) -> bool:
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # e.g. lr=1e300 in float32
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(overrides())
+@example((["solver=mgrit", "optimizer=adam", "solver.min_coarse=100"], ["solver.min_coarse"]))  # one level (CI)
 def test_random_overrides_train_or_fail_with_a_clear_error(drawn):
     args, keys = drawn
     cfg = compose_config([*TINY, *args])

@@ -120,6 +120,20 @@ def test_training_logs_h_rho_and_warns_once(tmp_path, caplog):
     assert np.all(hrho[evaluated][:, 1] >= 2)
 
 
+@pytest.mark.slow(seconds=20)
+def test_one_level_run_logs_no_coarse_estimate(tmp_path, caplog):
+    """solver.min_coarse ≥ N leaves one level (no coarse steps): the run trains and logs no coarse_hrho column
+    (a zero-width row once broke the HDF5 log)."""
+    cfg = compose_config(["solver=mgrit", "solver.min_coarse=100", "train.steps=3", "train.eval_every=2",
+                          "logging.log_every=1", "dataset.n_train=100", "dataset.n_val=50", "logging.progress=false"])
+    with caplog.at_level(logging.WARNING, logger="lpt"):
+        result = run(cfg, tmp_path / "run")
+    assert not [r for r in caplog.records if "MGRIT coarse level" in r.getMessage()]
+    with h5py.File(result.log_path) as f:
+        assert "coarse_hrho" not in f["mgrit"] and f["history/step"].shape == (3,)
+        assert f.attrs["status"] == "completed"
+
+
 @pytest.mark.slow(seconds=50)
 def test_check_convergence_script_reports_h_rho_warning_and_a_cold_solve(capsys):
     """scripts/check_convergence.py on the main job: two coarse levels, no warning, a converging cold solve; with

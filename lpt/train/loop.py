@@ -278,6 +278,8 @@ class _StabilityCheck:
 
     def check(self, params) -> np.ndarray:
         values, message = self.estimate(self.model, params, self.x)
+        if np.size(values) == 0:  # one level only (e.g. min_coarse ≥ N): no coarse steps, nothing to log
+            self.estimate = None
         if message is not None and not self.warned:
             log.warning("%s", message)
             self.warned = True
@@ -293,4 +295,5 @@ class _StabilityCheck:
         """``{"coarse_hrho": …}`` for a logged row: the estimate at ``params``, or NaN (``params`` None)."""
         if self.estimate is None:
             return {}
-        return {"coarse_hrho": self.blank if params is None else self.check(params)}
+        values = self.blank if params is None else self.check(params)
+        return {} if self.estimate is None else {"coarse_hrho": values}
