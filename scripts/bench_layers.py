@@ -49,6 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--intervals", type=int, default=64, help="n_c, intervals relaxed at once")
     p.add_argument("--cfactor", type=int, default=2, help="m, steps per interval (N = m·n_c layers)")
     p.add_argument("--impls", default="matmul,xla", help="convolution formulations to compare")
+    p.add_argument("--layouts", default="NHWC,CNHW", help="conv state layouts to compare (model.conv_layout)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     p.add_argument("--threads", choices=("one", "all"), default="one")
@@ -68,17 +69,17 @@ def best(fn, *args, repeats):
     return min(times), first
 
 
-def make_model(kind, width, image, depth, impl):
+def make_model(kind, width, image, depth, impl, layout="auto"):
     if kind == "dense":
         return ResNet(input_shape=(2,), num_outputs=5, depth=depth, width=width, T=1.0, activation="tanh")
     return ResNet(input_shape=(image, image, 1), num_outputs=10, depth=depth, width=width, T=1.0,
-                  activation="relu", layer=kind, opening="conv", conv_impl=impl)
+                  activation="relu", layer=kind, opening="conv", conv_impl=impl, conv_layout=layout)
 
 
-def measure(kind, width, batch, image, impl, args):
+def measure(kind, width, batch, image, impl, layout, args):
     m, n_c = args.cfactor, args.intervals
     n = m * n_c
-    model = make_model(kind, width, image, n, impl)
+    model = make_model(kind, width, image, n, impl, layout)
     params = model.init(jax.random.PRNGKey(0))
     x = jax.random.normal(jax.random.PRNGKey(1), (batch, *model.input_shape))
     y0 = model.open(params, x)
@@ -89,10 +90,10 @@ def measure(kind, width, batch, image, impl, args):
     t_serial, c_serial = best(serial, theta, y0, repeats=r)
 
     # one level in step layout (m, n_c, …), C-points (n_c+1, …), primal states at every step
-    def layout(a):
+    def by_interval(a):
         return jnp.swapaxes(a.reshape(n_c, m, *a.shape[1:]), 0, 1)
 
-    level = Level(jax.tree_util.tree_map(layout, theta), layout(hs))
+    level = Level(jax.tree_util.tree_map(by_interval, theta), by_interval(hs))
     c = jnp.broadcast_to(y0, (n_c + 1, *y0.shape)) + 0.0
     ys = jnp.broadcast_to(y0, (m, n_c, *y0.shape)) + 0.0
     out = {}
@@ -106,7 +107,7 @@ def measure(kind, width, batch, image, impl, args):
 
         t, comp = best(jax.jit(relax), level, c, ys, repeats=r)
         out[label] = (t / n, comp)
-    auto_batch = resolve_batch("auto", n_c, nbytes(y0), image=y0.ndim >= 4)
+    auto_batch = resolve_batch("auto", n_c, nbytes(y0), image=model.is_conv)
     return t_serial / n, c_serial, out, auto_batch
 
 
@@ -120,18 +121,20 @@ def main(argv=None):
     args = parse_args(argv)
     cases = QUICK if args.quick else FULL
     impls = [s for s in args.impls.split(",") if s]
+    layouts = [s for s in args.layouts.split(",") if s]
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), threads: {args.threads}, "
           f"m = {args.cfactor}, n_c = {args.intervals} intervals (N = {args.cfactor * args.intervals} layers)")
     print(f"throughput yardstick: 2048x2048 matmul, float32: {matmul_yardstick(args.repeats):.1f} GFLOP/s")
     print("per layer step, forward + backward, ms (compile s); ratio = relaxation / serial (target <= 1.5)")
-    header = f"{'layer':<6} {'width':>5} {'batch':>5} {'image':>5} {'impl':<7} {'serial':>14} " \
+    header = f"{'layer':<6} {'width':>5} {'batch':>5} {'image':>5} {'impl':<7} {'layout':<6} {'serial':>14} " \
              f"{'relax vmap':>14} {'relax auto':>14} {'batch':>5} {'vmap/ser':>8} {'auto/ser':>8}"
     print(header)
     for kind, width, batch, image in cases:
-        for impl in (impls if kind != "dense" else impls[:1]):
-            t_ser, c_ser, out, auto_batch = measure(kind, width, batch, image, impl, args)
+        conv = kind != "dense"
+        for impl, layout in [(i, lay) for i in impls for lay in layouts] if conv else [(impls[0], "-")]:
+            t_ser, c_ser, out, auto_batch = measure(kind, width, batch, image, impl, layout, args)
             (t_v, c_v), (t_a, c_a) = out["vmap"], out["auto"]
-            print(f"{kind:<6} {width:>5} {batch:>5} {image or '-':>5} {impl if kind != 'dense' else '-':<7} "
+            print(f"{kind:<6} {width:>5} {batch:>5} {image or '-':>5} {impl if conv else '-':<7} {layout:<6} "
                   f"{1e3 * t_ser:>7.3f} ({c_ser:4.1f}) {1e3 * t_v:>7.3f} ({c_v:4.1f}) {1e3 * t_a:>7.3f} "
                   f"({c_a:4.1f}) {auto_batch:>5} {t_v / t_ser:>8.2f} {t_a / t_ser:>8.2f}", flush=True)
 

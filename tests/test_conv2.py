@@ -47,10 +47,11 @@ def test_conv2_step_is_two_convolutions_plus_relu():
     model = conv2_model(width=2)
     params = perturbed_params(model)
     theta0 = jax.tree_util.tree_map(lambda t: t[0], params["layers"])
-    y = jax.random.normal(jax.random.PRNGKey(3), (2, *model.state_shape), F64)
-    inner = jnp.maximum(conv_apply(theta0["K"], theta0["b"], y), 0)
-    expected = y + 0.25 * jnp.maximum(conv_apply(theta0["K2"], theta0["b2"], inner), 0)
-    np.testing.assert_allclose(model.step(theta0, y, 0.25), expected, rtol=1e-14, atol=1e-14)
+    y = jax.random.normal(jax.random.PRNGKey(3), model.states_shape(2), F64)  # the model's layout
+    y_nhwc = model.states_to_nhwc(y)
+    inner = jnp.maximum(conv_apply(theta0["K"], theta0["b"], y_nhwc), 0)
+    expected = y_nhwc + 0.25 * jnp.maximum(conv_apply(theta0["K2"], theta0["b2"], inner), 0)
+    np.testing.assert_allclose(model.states_to_nhwc(model.step(theta0, y, 0.25)), expected, rtol=1e-14, atol=1e-14)
     np.testing.assert_array_equal(model.step(theta0, y, 0.0), y)  # h = 0 is the identity (MGRIT padding)
 
 

@@ -22,7 +22,7 @@ from lpt.mgrit import MGRITOptions, MGRITSolver, mgrit_solve
 from lpt.mgrit.adjoint import adjoint_solve, layer_gradient
 from lpt.mgrit.batching import resolve_batch
 from lpt.model import ModelError, ResNet
-from lpt.model.conv import conv2d, resolve_conv_impl
+from lpt.model.conv import conv2d, resolve_conv_impl, resolve_conv_layout
 from lpt.model.propagate import propagate_states
 from test_mgrit_training import value_and_grad
 
@@ -83,26 +83,54 @@ def test_matmul_convolution_vmapped_over_layers(dtype):
     assert "convolution" not in hlo and "dot_general" in hlo
 
 
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+def test_channels_first_layout_equals_nhwc(dtype):
+    """conv2d in the CNHW layout (channels first) equals the NHWC one, values and both VJPs, both
+    formulations, all the cases above (XLA's NHWC convolution is the reference)."""
+    rng = np.random.default_rng(2)
+    for k, strides, padding in CASES:
+        y = jnp.asarray(rng.normal(size=(2, 9, 11, 3)), dtype)
+        w = jnp.asarray(rng.normal(size=(k, k, 3, 4)), dtype)
+        want, want_vjp = jax.vjp(lambda y, w: conv2d(y, w, "xla", strides, padding), y, w)
+        g = jnp.asarray(rng.normal(size=want.shape), dtype)
+        for impl in ("xla", "matmul"):
+            got, got_vjp = jax.vjp(lambda y, w: conv2d(y, w, impl, strides, padding, "CNHW"), jnp.moveaxis(y, -1, 0), w)
+            dy, dw = got_vjp(jnp.moveaxis(g, -1, 0))
+            for a, b in ((jnp.moveaxis(got, 0, -1), want), (jnp.moveaxis(dy, 0, -1), want_vjp(g)[0]),
+                         (dw, want_vjp(g)[1])):
+                assert rel(a, b) <= TOL[dtype], (impl, k, strides, padding)
+
+
 @pytest.mark.parametrize("layer", ["conv", "conv2"])
-def test_networks_agree_across_conv_impls(layer):
-    base = dict(input_shape=(6, 6, 2), num_outputs=3, depth=5, width=3, T=1.0, layer=layer, opening="conv",
-                activation="tanh")
-    nets = {impl: ResNet(**base, conv_impl=impl) for impl in ("xla", "matmul")}
-    params = nets["xla"].init(jax.random.PRNGKey(0), jnp.float64)
+def test_networks_agree_across_conv_impls_and_layouts(layer):
+    """The same parameters give the same loss and gradient with every formulation and state layout (and the
+    zero opening in both layouts)."""
     x = jax.random.normal(jax.random.PRNGKey(1), (4, 6, 6, 2), jnp.float64)
     labels = jnp.arange(4) % 3
-    res = {}
-    for impl, net in nets.items():
-        res[impl] = jax.value_and_grad(lambda p: net.data_loss(net.forward(p, x), labels))(params)
-    assert abs(float(res["matmul"][0] - res["xla"][0])) <= 1e-12 * abs(float(res["xla"][0]))
-    for a, b in zip(jax.tree_util.tree_leaves(res["matmul"][1]), jax.tree_util.tree_leaves(res["xla"][1])):
-        assert rel(a, b) <= 1e-12
+    for opening in ("conv", "zero"):
+        base = dict(input_shape=(6, 6, 2), num_outputs=3, depth=5, width=3, T=1.0, layer=layer, opening=opening,
+                    activation="tanh")
+        nets = {(impl, layout): ResNet(**base, conv_impl=impl, conv_layout=layout)
+                for impl in ("xla", "matmul") for layout in ("NHWC", "CNHW")}
+        params = nets["xla", "NHWC"].init(jax.random.PRNGKey(0), jnp.float64)
+        res = {key: jax.value_and_grad(lambda p: net.data_loss(net.forward(p, x), labels))(params)
+               for key, net in nets.items()}
+        ref = res["xla", "NHWC"]
+        assert nets["matmul", "CNHW"].open(params, x).shape == nets["matmul", "CNHW"].states_shape(4) == (3, 4, 6, 6)
+        for key, (value, grads) in res.items():
+            assert abs(float(value - ref[0])) <= 1e-12 * abs(float(ref[0])), key
+            for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(ref[1])):
+                assert rel(a, b) <= 1e-12, key
 
 
-def test_conv_impl_is_validated():
+def test_conv_impl_and_layout_are_validated():
     with pytest.raises(ModelError, match=r"model.conv_impl='cudnn' is not valid; choose one of auto, matmul, xla"):
         ResNet(input_shape=(4, 4, 1), num_outputs=2, layer="conv", opening="conv", conv_impl="cudnn")
     assert resolve_conv_impl("auto", "cpu") == "matmul" and resolve_conv_impl("xla") == "xla"
+    with pytest.raises(ModelError, match=r"model.conv_layout='NCHW' is not valid; choose one of auto, NHWC, CNHW"):
+        ResNet(input_shape=(4, 4, 1), num_outputs=2, layer="conv", opening="conv", conv_layout="NCHW")
+    assert resolve_conv_layout("auto", 8, "cpu") == "CNHW" and resolve_conv_layout("auto", 16, "cpu") == "NHWC"
+    assert resolve_conv_layout("auto", 4, "gpu") == "NHWC" and resolve_conv_layout("CNHW", 64, "gpu") == "CNHW"
 
 
 # --- interval batching ----------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ def test_step_is_forward_euler(layer):
     model = ResNet(input_shape=shape, num_outputs=2, depth=4, width=3, T=2.0, layer=layer,
                    opening="conv" if layer == "conv" else "dense")
     params = model.init(jax.random.PRNGKey(0), jnp.float64)
-    y = jax.random.normal(jax.random.PRNGKey(1), (2, *model.state_shape), jnp.float64)
+    y = jax.random.normal(jax.random.PRNGKey(1), model.states_shape(2), jnp.float64)
     theta0 = jax.tree_util.tree_map(lambda t: t[0], params["layers"])
     # zero step size is the identity; the increment is linear in h
     np.testing.assert_array_equal(model.step(theta0, y, 0.0), y)

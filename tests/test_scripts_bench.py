@@ -48,16 +48,17 @@ def test_bench_comm_fits_a_line(tmp_path):
 
 
 def test_bench_layers_prints_ratios_for_every_kind():
-    """scripts/bench_layers.py --quick: one row per layer kind and formulation with serial and relaxation
-    times per layer step and their ratios (the ratio columns are the quotients of the time columns)."""
+    """scripts/bench_layers.py --quick: one row per layer kind, formulation and state layout with serial and
+    relaxation times per layer step and their ratios (the ratio columns are the quotients of the time columns)."""
     proc = script("bench_layers.py", "--quick", "--intervals", "4", "--repeats", "1")
     assert re.search(r"throughput yardstick: 2048x2048 matmul, float32: [\d.]+ GFLOP/s", proc.stdout)
-    # layer width batch image impl  serial (compile)  relax-vmap (compile)  relax-auto (compile)  batch  ratios
-    row = re.compile(r"^(dense|conv2)\s+\d+\s+\d+\s+\S+\s+(\S+)\s+([\d.]+) \(\s*[\d.]+\)\s+([\d.]+) \(\s*[\d.]+\)"
+    # layer width batch image impl layout  serial (compile)  relax-vmap (compile)  relax-auto (compile)  batch  ratios
+    row = re.compile(r"^(dense|conv2)\s+\d+\s+\d+\s+\S+\s+(\S+)\s+(\S+)\s+([\d.]+) \(\s*[\d.]+\)\s+([\d.]+) \(\s*[\d.]+\)"
                      r"\s+([\d.]+) \(\s*[\d.]+\)\s+\d+\s+([\d.]+)\s+([\d.]+)$", re.M)
     rows = row.findall(proc.stdout)
-    assert {(r[0], r[1]) for r in rows} == {("dense", "-"), ("conv2", "matmul"), ("conv2", "xla")}, proc.stdout
-    for _, _, *numbers in rows:
+    assert {r[:3] for r in rows} == {("dense", "-", "-"), *(("conv2", impl, layout) for impl in ("matmul", "xla")
+                                                            for layout in ("NHWC", "CNHW"))}, proc.stdout
+    for _, _, _, *numbers in rows:
         t_ser, t_vmap, t_auto, r_vmap, r_auto = map(float, numbers)
         assert min(t_ser, t_vmap, t_auto) > 0
         assert r_vmap == pytest.approx(t_vmap / t_ser, rel=0.05, abs=0.011)

@@ -13,6 +13,12 @@ two orders of magnitude slower on CPU than the same mathematics as matrix produc
 
 ``auto`` resolves per platform to the formulation measured faster there (:data:`AUTO_CONV_IMPL`;
 ``scripts/bench_layers.py`` measures both).
+
+States are NHWC (B, H, W, C) or CNHW (C, B, H, W): channels first, then the batch (``model.conv_layout``,
+:func:`resolve_conv_layout`). In CNHW the im2col windows are pieces of whole image rows and the product is
+one (C_out, k·k·C_in) × (k·k·C_in, B·H'·W') matrix product; with few channels NHWC copies pieces of only C
+floats, and building the columns costs more than the product (profiled: the column copies took 58 % of a
+layer-parallel conv2 gradient with 8 channels, NHWC).
 """
 
 from __future__ import annotations
@@ -33,6 +39,23 @@ convolution is ~100× slower than im2col, and XLA's weight gradient inside ``lax
 not measured here (no accelerator); matmul avoids the grouped convolution there too."""
 
 Padding = str | Sequence[tuple[int, int]]
+
+CONV_LAYOUTS: tuple[str, ...] = ("auto", "NHWC", "CNHW")
+CNHW_MAX_CHANNELS = 8
+"""``conv_layout=auto`` on CPU: states with at most this many channels are stored CNHW (channels first), wider
+ones NHWC. Measured single-threaded (``scripts/bench_layers.py``, conv fwd+bwd per layer step): with few
+channels the NHWC im2col copies pieces of C floats and costs more than the matrix product (4 and 8 channels:
+CNHW 1.3–1.8× faster), with 16 channels NHWC is faster. Accelerators: NHWC (not measured here)."""
+
+
+def resolve_conv_layout(layout: str, channels: int, platform: str | None = None) -> str:
+    """``auto`` → the state layout for ``channels``-channel states on ``platform``; others unchanged."""
+    if layout not in CONV_LAYOUTS:
+        raise ValueError(f"conv_layout={layout!r} is not valid; choose one of {', '.join(CONV_LAYOUTS)}")
+    if layout != "auto":
+        return layout
+    cpu = (platform or jax.default_backend()) == "cpu"
+    return "CNHW" if cpu and channels <= CNHW_MAX_CHANNELS else "NHWC"
 
 
 def resolve_conv_impl(impl: str, platform: str | None = None) -> str:
@@ -57,53 +80,82 @@ def _pads(size: int, k: int, stride: int, padding: Padding, axis: int) -> tuple[
     return tuple(padding[axis])  # type: ignore[return-value]
 
 
-def _geometry(y_shape, k_shape, strides, padding):
+Layout = Literal["NHWC", "CNHW"]
+LAYOUTS: tuple[str, ...] = ("NHWC", "CNHW")
+SPATIAL = {"NHWC": (1, 2), "CNHW": (2, 3)}
+"""The spatial axes (H, W) of a state in each layout; the channel axis is the last (NHWC) or first (CNHW)."""
+
+
+def _geometry(y_shape, k_shape, strides, padding, layout: str = "NHWC"):
     (kh, kw), (sh, sw) = k_shape[:2], strides
-    pads = (_pads(y_shape[1], kh, sh, padding, 0), _pads(y_shape[2], kw, sw, padding, 1))
-    ho = (y_shape[1] + sum(pads[0]) - kh) // sh + 1
-    wo = (y_shape[2] + sum(pads[1]) - kw) // sw + 1
+    ah, aw = SPATIAL[layout]
+    pads = (_pads(y_shape[ah], kh, sh, padding, 0), _pads(y_shape[aw], kw, sw, padding, 1))
+    ho = (y_shape[ah] + sum(pads[0]) - kh) // sh + 1
+    wo = (y_shape[aw] + sum(pads[1]) - kw) // sw + 1
     return pads, ho, wo
 
 
-def patches(y: jnp.ndarray, k_shape: tuple[int, int], strides: tuple[int, int], pads, ho: int, wo: int) -> jnp.ndarray:
-    """im2col: (B, H, W, C) → (B, H', W', kh·kw·C), window offsets (i, j) outer and channels inner, the
-    order of an HWIO kernel reshaped to (kh·kw·C_in, C_out)."""
+def patches(y: jnp.ndarray, k_shape: tuple[int, int], strides: tuple[int, int], pads, ho: int, wo: int,
+            layout: str = "NHWC") -> jnp.ndarray:
+    """im2col: the kh·kw shifted windows side by side along the channel axis, window offsets (i, j) outer and
+    channels inner (the order of an HWIO kernel reshaped to (kh·kw·C_in, C_out)).
+    NHWC: (B, H, W, C) → (B, H', W', kh·kw·C); CNHW: (C, B, H, W) → (kh·kw·C, B, H', W')."""
     (kh, kw), (sh, sw) = k_shape, strides
-    yp = jnp.pad(y, ((0, 0), pads[0], pads[1], (0, 0)))
-    windows = [yp[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw, :] for i in range(kh) for j in range(kw)]
-    return windows[0] if len(windows) == 1 else jnp.concatenate(windows, axis=-1)
+    ah, aw = SPATIAL[layout]
+    pad = [(0, 0)] * 4
+    pad[ah], pad[aw] = pads
+    yp = jnp.pad(y, pad)
+
+    def window(i, j):
+        index = [slice(None)] * 4
+        index[ah] = slice(i, i + (ho - 1) * sh + 1, sh)
+        index[aw] = slice(j, j + (wo - 1) * sw + 1, sw)
+        return yp[tuple(index)]
+
+    windows = [window(i, j) for i in range(kh) for j in range(kw)]
+    return windows[0] if len(windows) == 1 else jnp.concatenate(windows, axis=-1 if layout == "NHWC" else 0)
 
 
-def _matmul_conv(y, w, strides, pads, ho, wo):
-    cols = patches(y, w.shape[:2], strides, pads, ho, wo)
-    return jnp.dot(cols, w.reshape(-1, w.shape[-1]))
+def _times_kernel(cols: jnp.ndarray, w2: jnp.ndarray, layout: str) -> jnp.ndarray:
+    """im2col columns times the kernel as a (kh·kw·C_in, C_out) matrix, in the layout of the columns."""
+    if layout == "NHWC":
+        return jnp.dot(cols, w2)
+    return jax.lax.dot_general(w2, cols, (((0,), (0,)), ((), ())))  # (C_out, B, H', W')
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_matmul(y: jnp.ndarray, w: jnp.ndarray, strides: tuple[int, int], padding) -> jnp.ndarray:
-    pads, ho, wo = _geometry(y.shape, w.shape, strides, padding)
-    return _matmul_conv(y, w, strides, pads, ho, wo)
+def _matmul_conv(y, w, strides, pads, ho, wo, layout="NHWC"):
+    cols = patches(y, w.shape[:2], strides, pads, ho, wo, layout)
+    return _times_kernel(cols, w.reshape(-1, w.shape[-1]), layout)
 
 
-def _conv_matmul_fwd(y, w, strides, padding):
-    return _conv_matmul(y, w, strides, padding), (y, w)
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_matmul(y: jnp.ndarray, w: jnp.ndarray, strides: tuple[int, int], padding, layout: str) -> jnp.ndarray:
+    pads, ho, wo = _geometry(y.shape, w.shape, strides, padding, layout)
+    return _matmul_conv(y, w, strides, pads, ho, wo, layout)
 
 
-def _conv_matmul_bwd(strides, padding, res, g):
+def _conv_matmul_fwd(y, w, strides, padding, layout):
+    return _conv_matmul(y, w, strides, padding, layout), (y, w)
+
+
+def _conv_matmul_bwd(strides, padding, layout, res, g):
     y, w = res
     kh, kw, c_in, c_out = w.shape
-    pads, ho, wo = _geometry(y.shape, w.shape, strides, padding)
-    cols = patches(y, (kh, kw), strides, pads, ho, wo)
+    pads, ho, wo = _geometry(y.shape, w.shape, strides, padding, layout)
+    cols = patches(y, (kh, kw), strides, pads, ho, wo, layout)
     # ∂K = colsᵀ g, contracted over batch and output pixels: (kh·kw·C_in, C_out)
-    dw = jax.lax.dot_general(cols, g, (((0, 1, 2), (0, 1, 2)), ((), ()))).reshape(w.shape)
+    pixels = (0, 1, 2) if layout == "NHWC" else (1, 2, 3)
+    dw = jax.lax.dot_general(cols, g, ((pixels, pixels), ((), ()))).reshape(w.shape)
     if strides == (1, 1) and all(p[0] <= k - 1 and p[1] <= k - 1 for p, k in zip(pads, (kh, kw))):
         # ∂y = g ⋆ flip(K)ᵀ: a stride-1 convolution with the padding (k−1−lo, k−1−hi)
         w_t = jnp.flip(w, (0, 1)).swapaxes(2, 3)
         tpads = tuple((k - 1 - lo, k - 1 - hi) for (lo, hi), k in zip(pads, (kh, kw)))
-        dy = _matmul_conv(g, w_t, (1, 1), tpads, y.shape[1], y.shape[2])  # ho + Σtpads − kh + 1 = H
+        ah, aw = SPATIAL[layout]
+        dy = _matmul_conv(g, w_t, (1, 1), tpads, y.shape[ah], y.shape[aw], layout)  # ho + Σtpads − kh + 1 = H
     else:  # the transpose of the window extraction (col2im)
-        dcols = jnp.dot(g, w.reshape(-1, c_out).T)
-        _, back = jax.vjp(lambda z: patches(z, (kh, kw), strides, pads, ho, wo), y)
+        w2t = w.reshape(-1, c_out).T
+        dcols = jnp.dot(g, w2t) if layout == "NHWC" else jax.lax.dot_general(w2t, g, (((0,), (0,)), ((), ())))
+        _, back = jax.vjp(lambda z: patches(z, (kh, kw), strides, pads, ho, wo, layout), y)
         (dy,) = back(dcols)
     return dy, dw
 
@@ -112,18 +164,22 @@ _conv_matmul.defvjp(_conv_matmul_fwd, _conv_matmul_bwd)
 
 
 def conv2d(y: jnp.ndarray, w: jnp.ndarray, impl: str = "matmul", strides: tuple[int, int] = (1, 1),
-           padding: Padding = "SAME") -> jnp.ndarray:
-    """K ⋆ y: y (B, H, W, C_in), w (kh, kw, C_in, C_out) → (B, H', W', C_out), no bias.
+           padding: Padding = "SAME", layout: str = "NHWC") -> jnp.ndarray:
+    """K ⋆ y: w (kh, kw, C_in, C_out); y (B, H, W, C_in) → (B, H', W', C_out) in the NHWC layout, y (C_in, B,
+    H, W) → (C_out, B, H', W') in the CNHW layout; no bias.
 
     Args:
         impl: "matmul" (im2col, custom VJP), "xla" (``lax.conv_general_dilated``) or "auto".
         strides: (s_h, s_w).
         padding: "SAME" (XLA's convention), "VALID" or ((lo, hi), (lo, hi)).
+        layout: "NHWC" or "CNHW" (channels first, then the batch: the im2col windows are whole image rows).
     """
     impl = resolve_conv_impl(impl)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r} is not valid; choose one of {', '.join(LAYOUTS)}")
     strides = tuple(int(s) for s in strides)
     if impl == "xla":
-        return jax.lax.conv_general_dilated(y, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jax.lax.conv_general_dilated(y, w, strides, padding, dimension_numbers=(layout, "HWIO", layout))
     if not isinstance(padding, str):
         padding = tuple(tuple(int(p) for p in pair) for pair in padding)
-    return _conv_matmul(y, w, strides, padding)
+    return _conv_matmul(y, w, strides, padding, layout)

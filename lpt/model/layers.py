@@ -24,17 +24,20 @@ def dense_apply(weight: jnp.ndarray, bias: jnp.ndarray, y: jnp.ndarray) -> jnp.n
     return y @ weight.T + bias
 
 
-def conv_apply(weight: jnp.ndarray, bias: jnp.ndarray, y: jnp.ndarray, impl: str = "auto") -> jnp.ndarray:
-    """K * y + b, a k×k convolution with same padding: y (B, H, W, C_in), weight (k, k, C_in, C_out) → (B, H, W, C_out).
+def conv_apply(weight: jnp.ndarray, bias: jnp.ndarray, y: jnp.ndarray, impl: str = "auto",
+               layout: str = "NHWC") -> jnp.ndarray:
+    """K * y + b, a k×k convolution with same padding, weight (k, k, C_in, C_out): y (B, H, W, C_in) → (B, H, W,
+    C_out) in the NHWC layout, (C_in, B, H, W) → (C_out, B, H, W) in the CNHW layout.
 
     ``impl``: the formulation of :func:`lpt.model.conv.conv2d` (auto | matmul | xla)."""
-    return conv2d(y, weight, impl) + bias
+    out = conv2d(y, weight, impl, layout=layout)
+    return out + (bias if layout == "NHWC" else bias[:, None, None, None])
 
 
 def linear_apply(kind: LayerKind, weight: jnp.ndarray, bias: jnp.ndarray, y: jnp.ndarray,
-                 conv_impl: str = "auto") -> jnp.ndarray:
+                 conv_impl: str = "auto", layout: str = "NHWC") -> jnp.ndarray:
     """Apply the dense or convolutional linear map of a layer (``conv2``: one of its convolutions)."""
-    return dense_apply(weight, bias, y) if kind == "dense" else conv_apply(weight, bias, y, conv_impl)
+    return dense_apply(weight, bias, y) if kind == "dense" else conv_apply(weight, bias, y, conv_impl, layout)
 
 
 def init_weight(key: jax.Array, shape: tuple[int, ...], fan_in: int, scale: float, dtype) -> jnp.ndarray:

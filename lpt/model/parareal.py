@@ -233,11 +233,12 @@ class ParaRealNet:
         y1 = self.resnet.open(params, x)
         if self.num_parallel == 1:
             return y1[None]
-        xs = x.reshape(x.shape[0], -1) if self.layer == "dense" else x
+        net = self.resnet
+        xs = x.reshape(x.shape[0], -1) if self.layer == "dense" else net.inputs_to_layout(x)
         kind = "conv" if self.precond == "conv1x1" else "dense"
         sigma = get_activation(self.activation)
         p = params["precond"]
-        cx = jax.vmap(lambda w, b: sigma(linear_apply(kind, w, b, xs, self.resnet.conv_impl)))(p["W"], p["b"])
+        cx = jax.vmap(lambda w, b: sigma(linear_apply(kind, w, b, xs, net.conv_impl, net.layout)))(p["W"], p["b"])
         return jnp.concatenate([y1[None], cx])
 
     def subnetworks(self, params: Params, starts: jnp.ndarray) -> jnp.ndarray:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from lpt.model.activations import ACTIVATIONS, get_activation
-from lpt.model.conv import CONV_IMPLS
+from lpt.model.conv import CONV_IMPLS, CONV_LAYOUTS, resolve_conv_layout
 from lpt.model.layers import CONV_KINDS, LAYER_KINDS, LayerKind, init_weight, linear_apply
 from lpt.model.propagate import propagate
 
@@ -66,6 +66,10 @@ class ResNet:
         conv_impl: formulation of the convolutions (:mod:`lpt.model.conv`): "matmul" (im2col matrix
             products, fast serially and vmapped), "xla" (``lax.conv_general_dilated``) or "auto" (the one
             measured faster on the platform).
+        conv_layout: memory layout of conv states inside the network: "NHWC", "CNHW" (channels first, then
+            the batch) or "auto" (CNHW on CPU for ≤ 8 channels, else NHWC; :func:`lpt.model.conv.
+            resolve_conv_layout`). Inputs, outputs and parameters are the same in every layout (the classifier
+            reads the final state in NHWC order), so results agree to rounding.
     """
 
     input_shape: tuple[int, ...]
@@ -83,6 +87,7 @@ class ResNet:
     gamma_ddt: float = 0.0
     gamma_class: float = 0.0
     conv_impl: str = "auto"
+    conv_layout: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
@@ -102,6 +107,8 @@ class ResNet:
                  f"task={self.task!r} is not valid; choose classification or regression")
         _require(self.conv_impl in CONV_IMPLS,
                  f"model.conv_impl={self.conv_impl!r} is not valid; choose one of {', '.join(CONV_IMPLS)}")
+        _require(self.conv_layout in CONV_LAYOUTS,
+                 f"model.conv_layout={self.conv_layout!r} is not valid; choose one of {', '.join(CONV_LAYOUTS)}")
         _require(isinstance(self.num_outputs, int) and self.num_outputs >= 1,
                  f"num_outputs={self.num_outputs!r} must be a positive integer")
         _require(isinstance(self.kernel_size, int) and self.kernel_size >= 1 and self.kernel_size % 2 == 1,
@@ -148,11 +155,31 @@ class ResNet:
         return self.input_shape[-1] if self.is_conv else math.prod(self.input_shape)
 
     @property
+    def layout(self) -> str:
+        """Layout of the states: "NHWC" or "CNHW" for conv nets (``conv_layout`` resolved for this platform),
+        "NC" (batch, features) for dense ones."""
+        return resolve_conv_layout(self.conv_layout, self.width) if self.is_conv else "NC"
+
+    def states_to_nhwc(self, y: jnp.ndarray) -> jnp.ndarray:
+        """A batch of states in the batch-first layout (B, *state_shape) (a copy for CNHW, else ``y``)."""
+        return jnp.moveaxis(y, 0, -1) if self.layout == "CNHW" else y
+
+    def inputs_to_layout(self, x: jnp.ndarray) -> jnp.ndarray:
+        """Image inputs (B, H, W, C) in the layout of the states (a copy for CNHW, else ``x``)."""
+        return jnp.moveaxis(x, -1, 0) if self.layout == "CNHW" else x
+
+    @property
     def state_shape(self) -> tuple[int, ...]:
-        """Shape of one sample's state y_n."""
+        """Shape of one sample's state y_n (batch-first, NHWC for conv nets, whatever ``layout``)."""
         if self.is_conv:
             return (*self.input_shape[:2], self.width)
         return (self.width,)
+
+    def states_shape(self, batch: int) -> tuple[int, ...]:
+        """Shape of a batch of states in the model's ``layout``: (B, *state_shape), or (C, B, H, W) for CNHW."""
+        if self.layout == "CNHW":
+            return (self.width, batch, *self.input_shape[:2])
+        return (batch, *self.state_shape)
 
     def step_sizes(self, dtype=jnp.float32) -> jnp.ndarray:
         """The step sizes h_n = T/N, shape (N,)."""
@@ -197,24 +224,31 @@ class ResNet:
         """y_0 = σ(W x + b) (dense or conv), or x zero-expanded to the state width."""
         if not self.is_conv:
             x = x.reshape(x.shape[0], -1)
+        x = self.inputs_to_layout(x) if self.is_conv else x
         if self.opening == "zero":
-            pad = [(0, 0)] * (x.ndim - 1) + [(0, self.width - x.shape[-1])]
+            channels = 0 if self.layout == "CNHW" else x.ndim - 1
+            pad = [(0, 0)] * x.ndim
+            pad[channels] = (0, self.width - x.shape[channels])
             return jnp.pad(x, pad)
         sigma = get_activation(self.activation)
-        return sigma(linear_apply(self.linear_kind, params["opening"]["W"], params["opening"]["b"], x, self.conv_impl))
+        return sigma(self._linear(params["opening"]["W"], params["opening"]["b"], x))
+
+    def _linear(self, weight: jnp.ndarray, bias: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+        return linear_apply(self.linear_kind, weight, bias, y, self.conv_impl, self.layout)
 
     def step(self, theta_n: dict[str, jnp.ndarray], y: jnp.ndarray, h: jnp.ndarray) -> jnp.ndarray:
         """Φ_n(y) = y + h σ(K_n y + b_n) for one layer's parameters θ_n = {"K", "b"}; for ``conv2``
         Φ_n(y) = y + h σ(K2_n σ(K_n y + b_n) + b2_n) with θ_n = {"K", "b", "K2", "b2"}."""
         sigma = get_activation(self.activation)
-        z = linear_apply(self.linear_kind, theta_n["K"], theta_n["b"], y, self.conv_impl)
+        z = self._linear(theta_n["K"], theta_n["b"], y)
         if self.layer == "conv2":
-            z = linear_apply(self.linear_kind, theta_n["K2"], theta_n["b2"], sigma(z), self.conv_impl)
+            z = self._linear(theta_n["K2"], theta_n["b2"], sigma(z))
         return y + h * sigma(z)
 
     def head(self, params: Params, y_final: jnp.ndarray) -> jnp.ndarray:
-        """Linear classifier/regressor on the flattened final state: W_c y_N + b_c."""
+        """Linear classifier/regressor on the flattened final state (batch-first, NHWC order): W_c y_N + b_c."""
         c = params["classifier"]
+        y_final = self.states_to_nhwc(y_final)
         return y_final.reshape(y_final.shape[0], -1) @ c["W"].T + c["b"]
 
     def forward(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:

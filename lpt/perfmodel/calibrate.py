@@ -73,13 +73,13 @@ class Bench:
         params = model.init(key_p, self.dtype)
         self.theta1 = jax.tree_util.tree_map(lambda a: a[0], params["layers"])
         x = jax.random.normal(key_x, (batch, *model.input_shape), self.dtype)
-        self.y1 = model.open(params, x)  # (B, …) one state
+        self.y1 = model.open(params, x)  # one state of the batch (in the model's layout)
         self.h = jnp.asarray(model.h, self.dtype)
         self.dispatch = dispatch_time()
 
     @property
     def state_bytes_per_sample(self) -> int:
-        return int(np.prod(self.y1.shape[1:])) * self.dtype.itemsize
+        return int(self.y1.size // self.batch) * self.dtype.itemsize
 
     @property
     def param_bytes_per_layer(self) -> int:

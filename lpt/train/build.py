@@ -16,7 +16,7 @@ from lpt.data import DataError, Dataset, load_dataset
 from lpt.model import ResNet
 
 MODEL_KEYS = ("depth", "width", "T", "activation", "layer", "opening", "kernel_size", "init_scale",
-              "gamma_tik", "gamma_ddt", "gamma_class", "conv_impl")
+              "gamma_tik", "gamma_ddt", "gamma_class", "conv_impl", "conv_layout")
 
 
 class ConfigError(ValueError):
