@@ -17,7 +17,7 @@ import pytest
 from lpt.mgrit import MGRITOptions, MGRITSolver
 from lpt.model import ResNet
 from lpt.parallel import GridError, ProcessorGrid
-from lpt.parallel.sharded import CHUNK_STATES, REPLICATED, SAMPLES, on_mesh
+from lpt.parallel.sharded import REPLICATED, SAMPLES, chunk_states, on_mesh
 
 F64 = jnp.float64
 
@@ -56,8 +56,8 @@ def run_mesh(grid: ProcessorGrid, model, params, x, y, steps: int):
         mean = lambda t: jax.tree_util.tree_map(lambda a: solver.comm.data_sum(a) / grid.data, t)  # noqa: E731
         return mean(obj), mean(grads), state.ys, state.ybars, stats
 
-    fn = on_mesh(local, grid, (REPLICATED, SAMPLES, SAMPLES),
-                 (REPLICATED, REPLICATED, CHUNK_STATES, CHUNK_STATES, REPLICATED))
+    states = chunk_states(model.state_batch_axis)
+    fn = on_mesh(local, grid, (REPLICATED, SAMPLES, SAMPLES), (REPLICATED, REPLICATED, states, states, REPLICATED))
     obj, grads, ys, ybars, stats = jax.jit(fn)(params, x, y)
     return obj, grads, global_states(ys, grid.layers, model.depth), global_states(ybars, grid.layers, model.depth), stats
 

@@ -97,3 +97,18 @@ def test_time_preset_step(shared_data):
                       r"batch 50", proc.stdout)
     assert found, proc.stdout
     assert 0 < float(found.group(1)) < float(found.group(2))
+
+
+@pytest.mark.slow(seconds=30)
+@pytest.mark.parametrize("layout", ["NHWC", "CNHW"])
+def test_profile_gradient_sums_operations_by_kind(layout):
+    """scripts/profile_gradient.py on a tiny conv2 net: the gradient's time, then operation kinds with times
+    whose shares add up to at most 100 % and include the matrix products and the im2col concatenation."""
+    proc = script("profile_gradient.py", "--depth", "8", "--width", "2", "--image", "6", "--batch", "2",
+                  "--conv-layout", layout, "--repeats", "1", "--top", "50")
+    assert re.search(rf"mgrit gradient, conv2, N = 8, width 2, batch 2, layout {layout}, threads one: [\d.]+ s",
+                     proc.stdout), proc.stdout
+    rows = re.findall(r"^  (\S+)\s+([\d.]+)\s+([\d.]+) %$", proc.stdout, re.M)
+    assert rows and sum(float(share) for _, _, share in rows) <= 100.5, proc.stdout
+    kinds = {name for name, _, _ in rows}
+    assert any("concatenate" in k for k in kinds) and any("dot" in k or "ynn" in k for k in kinds), kinds

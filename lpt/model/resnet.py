@@ -160,6 +160,11 @@ class ResNet:
         "NC" (batch, features) for dense ones."""
         return resolve_conv_layout(self.conv_layout, self.width) if self.is_conv else "NC"
 
+    @property
+    def state_batch_axis(self) -> int:
+        """The samples' axis in a batch of states: 1 for CNHW (channels first), else 0."""
+        return 1 if self.layout == "CNHW" else 0
+
     def states_to_nhwc(self, y: jnp.ndarray) -> jnp.ndarray:
         """A batch of states in the batch-first layout (B, *state_shape) (a copy for CNHW, else ``y``)."""
         return jnp.moveaxis(y, 0, -1) if self.layout == "CNHW" else y

@@ -62,7 +62,8 @@ class Runtime:
 
     def _state_specs(self, solver: Any, model: Any, params: Any, x: jnp.ndarray) -> Any:
         local = jax.ShapeDtypeStruct((x.shape[0] // self.grid.data, *x.shape[1:]), x.dtype)
-        return chunk_state_specs(jax.eval_shape(lambda p, xb: solver.init_state(model, p, xb), params, local))
+        return chunk_state_specs(jax.eval_shape(lambda p, xb: solver.init_state(model, p, xb), params, local),
+                                 getattr(model, "state_batch_axis", 0))
 
     def wrap_step(self, solver: Any, model: Any, params: Any, x: jnp.ndarray) -> Callable[[Callable], Callable]:
         """How the per-chunk training step ``(state, x, y) -> (state, metrics, stats)`` is run on this grid."""

@@ -16,7 +16,6 @@ from lpt.parallel.grid import ProcessorGrid
 
 REPLICATED = P()
 SAMPLES = P("data")
-CHUNK_STATES = P("layers", "data")
 
 
 def on_mesh(fn: Callable, grid: ProcessorGrid, in_specs: Any, out_specs: Any) -> Callable:
@@ -24,7 +23,14 @@ def on_mesh(fn: Callable, grid: ProcessorGrid, in_specs: Any, out_specs: Any) ->
     return jax.shard_map(fn, mesh=grid.mesh(), in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
 
-def chunk_state_specs(state: Any) -> Any:
-    """Specs of a solver's warm-start state: arrays with a layer axis are split by chunk and sample,
-    scalars replicated."""
-    return jax.tree_util.tree_map(lambda a: CHUNK_STATES if getattr(a, "ndim", 0) >= 2 else REPLICATED, state)
+def chunk_states(batch_axis: int = 0) -> P:
+    """Spec of per-chunk states (n_local+1, …): split by layer chunk and by sample, the samples on axis
+    ``batch_axis`` of one batch of states (0, or 1 for channels-first conv states: ``model.state_batch_axis``)."""
+    return P("layers", *[None] * batch_axis, "data")
+
+
+def chunk_state_specs(state: Any, batch_axis: int = 0) -> Any:
+    """Specs of a solver's warm-start state: arrays with a layer axis as :func:`chunk_states`, scalars
+    replicated."""
+    spec = chunk_states(batch_axis)
+    return jax.tree_util.tree_map(lambda a: spec if getattr(a, "ndim", 0) >= 2 else REPLICATED, state)
