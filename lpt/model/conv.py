@@ -17,8 +17,8 @@ two orders of magnitude slower on CPU than the same mathematics as matrix produc
 States are NHWC (B, H, W, C) or CNHW (C, B, H, W): channels first, then the batch (``model.conv_layout``,
 :func:`resolve_conv_layout`). In CNHW the im2col windows are pieces of whole image rows and the product is
 one (C_out, k·k·C_in) × (k·k·C_in, B·H'·W') matrix product; with few channels NHWC copies pieces of only C
-floats, and building the columns costs more than the product (profiled: the column copies took 58 % of a
-layer-parallel conv2 gradient with 8 channels, NHWC).
+floats, and building the columns costs more than the product (``scripts/profile_gradient.py``: 62 % of a
+layer-parallel conv2 gradient with 8 channels in NHWC, 35 % in CNHW).
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ Padding = str | Sequence[tuple[int, int]]
 CONV_LAYOUTS: tuple[str, ...] = ("auto", "NHWC", "CNHW")
 CNHW_MAX_CHANNELS = 8
 """``conv_layout=auto`` on CPU: states with at most this many channels are stored CNHW (channels first), wider
-ones NHWC. Measured single-threaded (``scripts/bench_layers.py``, conv fwd+bwd per layer step): with few
-channels the NHWC im2col copies pieces of C floats and costs more than the matrix product (4 and 8 channels:
-CNHW 1.3–1.8× faster), with 16 channels NHWC is faster. Accelerators: NHWC (not measured here)."""
+ones NHWC. Measured single-threaded (``scripts/bench_layers.py``, fwd+bwd per layer step): with 4 and 8
+channels CNHW makes serial steps 1.2–1.4× and the relaxation 1.05–1.3× faster; with 16 channels the serial
+step is faster but the relaxation slower in CNHW. Accelerators: NHWC (not measured here)."""
 
 
 def resolve_conv_layout(layout: str, channels: int, platform: str | None = None) -> str:
