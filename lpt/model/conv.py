@@ -44,7 +44,7 @@ CONV_LAYOUTS: tuple[str, ...] = ("auto", "NHWC", "CNHW")
 CNHW_MAX_CHANNELS = 8
 """``conv_layout=auto`` on CPU: states with at most this many channels are stored CNHW (channels first), wider
 ones NHWC. Measured single-threaded (``scripts/bench_layers.py``, fwd+bwd per layer step): with 4 and 8
-channels CNHW makes serial steps 1.2–1.4× and the relaxation 1.05–1.3× faster; with 16 channels the serial
+channels CNHW makes serial steps 1.2–1.4× and the relaxation 1.1–1.5× faster; with 16 channels the serial
 step is faster but the relaxation slower in CNHW. Accelerators: NHWC (not measured here)."""
 
 
@@ -80,8 +80,7 @@ def _pads(size: int, k: int, stride: int, padding: Padding, axis: int) -> tuple[
     return tuple(padding[axis])  # type: ignore[return-value]
 
 
-Layout = Literal["NHWC", "CNHW"]
-LAYOUTS: tuple[str, ...] = ("NHWC", "CNHW")
+LAYOUTS: tuple[str, ...] = CONV_LAYOUTS[1:]
 SPATIAL = {"NHWC": (1, 2), "CNHW": (2, 3)}
 """The spatial axes (H, W) of a state in each layout; the channel axis is the last (NHWC) or first (CNHW)."""
 
@@ -153,8 +152,7 @@ def _conv_matmul_bwd(strides, padding, layout, res, g):
         ah, aw = SPATIAL[layout]
         dy = _matmul_conv(g, w_t, (1, 1), tpads, y.shape[ah], y.shape[aw], layout)  # ho + Σtpads − kh + 1 = H
     else:  # the transpose of the window extraction (col2im)
-        w2t = w.reshape(-1, c_out).T
-        dcols = jnp.dot(g, w2t) if layout == "NHWC" else jax.lax.dot_general(w2t, g, (((0,), (0,)), ((), ())))
+        dcols = _times_kernel(g, w.reshape(-1, c_out).T, layout)
         _, back = jax.vjp(lambda z: patches(z, (kh, kw), strides, pads, ho, wo, layout), y)
         (dy,) = back(dcols)
     return dy, dw

@@ -229,7 +229,7 @@ class ResNet:
         """y_0 = σ(W x + b) (dense or conv), or x zero-expanded to the state width."""
         if not self.is_conv:
             x = x.reshape(x.shape[0], -1)
-        x = self.inputs_to_layout(x) if self.is_conv else x
+        x = self.inputs_to_layout(x)
         if self.opening == "zero":
             channels = 0 if self.layout == "CNHW" else x.ndim - 1
             pad = [(0, 0)] * x.ndim
