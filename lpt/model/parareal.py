@@ -12,7 +12,8 @@ is one parareal iteration with coarse propagators F^j ≈ g^{j+1}:
 C^1 is the ResNet's opening; C^j (j > 1) are cheap maps from the input to the state space, σ(W_j x + b_j)
 with a dense W_j (dense nets) or a 1×1 convolution (conv nets). F^j has N_c residual units of the same form
 as Φ_n, its own parameters and step size h_c = (time span of g^{j+1}) / N_c. The N_p terms g^j(C^j x) are
-independent (here: ``vmap`` over the subnetwork axis of a ``lax.scan`` over units), as are the N_p − 1 terms
+independent (here: vectorised over the subnetwork axis — one ``vmap`` on accelerators, a few at a time on CPU,
+:func:`lpt.mgrit.batching.over_intervals` — of a ``lax.scan`` over units), as are the N_p − 1 terms
 F^j(C^{j+1} x); only the chain z_j → F^j(z_j) of the small coarse networks is serial. For an affine network
 (σ = identity) with F^j = g^{j+1} the output equals the ResNet's (their Proposition 1).
 
@@ -38,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lpt.mgrit.batching import over_intervals
 from lpt.model.activations import get_activation
 from lpt.model.layers import init_weight, linear_apply
 from lpt.model.propagate import propagate
@@ -242,21 +244,28 @@ class ParaRealNet:
         return jnp.concatenate([y1[None], cx])
 
     def subnetworks(self, params: Params, starts: jnp.ndarray) -> jnp.ndarray:
-        """g^j(C^j x) for all j at once (vmap over j of a scan over units), shape (N_p, B, *state)."""
-        hs = self.fine_step_sizes(starts.dtype)  # (N_p, U); layers leaves (N_p, U, ...); starts (N_p, B, *state)
-        return jax.vmap(lambda th, h, y0: propagate(self.resnet.step, th, h, y0))(params["layers"], hs, starts)
+        """g^j(C^j x) for all j at once (vectorised over j as ``solver.interval_batch=auto`` vectorises the
+        intervals of a relaxation, :func:`lpt.mgrit.batching.over_intervals`: one ``vmap`` on accelerators, image
+        states a few at a time on CPU; a scan over units each), shape (N_p, *state)."""
+        hs = self.fine_step_sizes(starts.dtype)  # (N_p, U); layers leaves (N_p, U, ...); starts (N_p, *state)
+        return self._at_once(params["layers"], hs, starts)
+
+    def _at_once(self, theta: Any, hs: jnp.ndarray, starts: jnp.ndarray) -> jnp.ndarray:
+        """Serial propagation of every network j (θ_j, h_j) from starts[j], all at once."""
+        run = lambda th, h, y0: propagate(self.resnet.step, th, h, y0)  # noqa: E731
+        return over_intervals(run, "auto", starts[0])(theta, hs, starts)
 
     def coarse(self, params: Params, fine: jnp.ndarray, starts: jnp.ndarray) -> jnp.ndarray:
         """The parareal correction: z_{N_p} from z_1 = fine[0] and z_{j+1} = fine[j] + F^j(z_j) − F^j(starts[j]).
 
-        The N_p − 1 terms F^j(C^{j+1} x) run at once (vmap); the chain over j is a ``lax.scan``.
+        The N_p − 1 terms F^j(C^{j+1} x) run at once (as the subnetworks); the chain over j is a ``lax.scan``.
         """
         if self.num_parallel == 1:
             return fine[0]
         step = self.resnet.step
         theta, hs = params["coarse"], self.coarse_step_sizes(fine.dtype)
         # theta leaves (N_p−1, N_c, ...), hs (N_p−1, N_c), starts[1:] and f_starts (N_p−1, B, *state)
-        f_starts = jax.vmap(lambda th, h, y0: propagate(step, th, h, y0))(theta, hs, starts[1:])
+        f_starts = self._at_once(theta, hs, starts[1:])
 
         def chain(z, inp):
             th_j, h_j, g_next, f_start = inp
