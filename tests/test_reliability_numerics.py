@@ -10,11 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
 from lpt.cli.compose import compose_config
-from lpt.logging import read_run
+from lpt.logging import load_checkpoint, read_run, save_checkpoint
 from lpt.train import TrainState, run
 from lpt.train.nonfinite import NonFiniteError
 
@@ -58,6 +59,7 @@ def test_reduce_lr_rejects_the_step_keeps_the_state_and_halves_the_step_size(red
     rec = read_run(run_dir)
     h = rec.history
     np.testing.assert_array_equal(h["step"], np.arange(1, 11))
+    assert h["step"].dtype == np.int64 and h["loss"].dtype == np.float64
     np.testing.assert_array_equal(h["rejected"], np.eye(10)[3])
     np.testing.assert_array_equal(h["nonfinite"], np.eye(10)[3])
     assert np.isnan(h["loss"][3]) and np.all(np.isfinite(np.delete(h["loss"], 3)))
@@ -73,7 +75,29 @@ def test_reduce_lr_rejects_the_step_keeps_the_state_and_halves_the_step_size(red
     assert TrainState._fields[-1] == "lr_scale"
     with np.load(run_dir / "checkpoint.npz") as ckpt:
         leaves = [ckpt[k] for k in sorted(ckpt.files) if k.startswith("leaf_")]
+        names = list(ckpt["names"])
     assert leaves[-1].dtype == np.float32 and leaves[-1] == np.float32(0.5)
+    # leaves carry their paths in the training state, in the .npz and in the HDF5 log's mirror
+    assert len(names) == len(leaves) and names[-1] == "lr_scale" and "step" in names
+    assert {"params.layers.K", "params.layers.b", "params.classifier.W"} <= set(names)
+    assert any(n.startswith("opt_state.") for n in names)
+    with h5py.File(next(run_dir.glob("*.h5")), "r") as f:
+        mirror = f["checkpoint"]
+        assert list(mirror.keys()) == [f"{i:05d} {n}" for i, n in enumerate(names)]
+        for i, (n, leaf) in enumerate(zip(names, leaves)):
+            np.testing.assert_array_equal(mirror[f"{i:05d} {n}"][()], leaf)
+
+
+def test_checkpoint_of_another_configuration_names_the_leaf_that_differs(tmp_path):
+    """Resuming with a state of another shape refuses in one line that names the leaf by its path."""
+    state = {"params": {"layers": {"K": np.zeros((4, 3, 3), np.float32)}}, "step": np.int32(7)}
+    save_checkpoint(tmp_path / "checkpoint.npz", state, {"step": 7})
+    loaded, meta = load_checkpoint(tmp_path, state)
+    assert int(meta["step"]) == 7 and loaded["params"]["layers"]["K"].shape == (4, 3, 3)
+    other = {"params": {"layers": {"K": np.zeros((8, 3, 3), np.float32)}}, "step": np.int32(0)}
+    with pytest.raises(ValueError, match=r"array 0 \(params\.layers\.K\) has shape \(4, 3, 3\) float32, "
+                                         r"this configuration needs \(8, 3, 3\) float32"):
+        load_checkpoint(tmp_path, other)
 
 
 def test_resume_after_a_rejected_step_is_bitwise(tmp_path, reduce_lr_run):

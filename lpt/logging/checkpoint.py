@@ -34,11 +34,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def save_checkpoint(path: str | os.PathLike, state: Any, meta: dict[str, Any]) -> list[np.ndarray]:
-    """Save the pytree ``state`` (its leaves) and scalar ``meta`` atomically as ``.npz``; return the leaves."""
-    leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(state)]
+def named_leaves(state: Any) -> list[tuple[str, np.ndarray]]:
+    """The leaves of the pytree ``state`` with their paths, e.g. ``("params.layers.K", array)``,
+    ``("opt_state.0.mu.layers.K", …)``, in the order :func:`jax.tree_util.tree_leaves` gives them."""
+    flat = jax.tree_util.tree_flatten_with_path(state)[0]
+    return [(jax.tree_util.keystr(path, simple=True, separator="."), np.asarray(x)) for path, x in flat]
+
+
+def save_checkpoint(path: str | os.PathLike, state: Any, meta: dict[str, Any]) -> list[tuple[str, np.ndarray]]:
+    """Save the pytree ``state`` (its leaves, ``leaf_00000``…, and their paths, ``names``) and scalar ``meta``
+    atomically as ``.npz``; return the named leaves (:func:`named_leaves`)."""
+    leaves = named_leaves(state)
     buf = io.BytesIO()
-    np.savez(buf, **{f"leaf_{i:05d}": leaf for i, leaf in enumerate(leaves)},
+    np.savez(buf, **{f"leaf_{i:05d}": leaf for i, (_, leaf) in enumerate(leaves)},
+             names=np.array([name for name, _ in leaves], dtype=str),
              **{f"meta_{k}": np.asarray(v) for k, v in meta.items()})
     atomic_write_bytes(path, buf.getvalue())
     return leaves
@@ -86,8 +95,10 @@ def load_checkpoint(path: str | os.PathLike, template: Any) -> tuple[Any, dict[s
     if len(leaves) != len(ref_leaves):
         raise ValueError(f"checkpoint {p} holds {len(leaves)} arrays but this configuration needs "
                          f"{len(ref_leaves)}: was it written by a run with another model/optimizer/solver?")
+    names = [name for name, _ in named_leaves(template)]
     for i, (a, b) in enumerate(zip(leaves, ref_leaves)):
         if a.shape != np.shape(b) or a.dtype != np.asarray(b).dtype:
-            raise ValueError(f"checkpoint {p}: array {i} has shape {a.shape} {a.dtype}, this configuration needs "
-                             f"{np.shape(b)} {np.asarray(b).dtype}: resume with the configuration of the original run")
+            raise ValueError(f"checkpoint {p}: array {i} ({names[i]}) has shape {a.shape} {a.dtype}, this "
+                             f"configuration needs {np.shape(b)} {np.asarray(b).dtype}: resume with the "
+                             f"configuration of the original run")
     return jax.tree_util.tree_unflatten(treedef, leaves), meta

@@ -3,10 +3,11 @@
 Layout::
 
     attrs:       config (resolved YAML), lpt_version, jax_version, git_revision, grid, devices, created
-    history/     1-D float64 datasets, one row per logged step: step, epoch, loss, objective, train_<metric>,
-                 val_<metric> (NaN when not evaluated), grad_norm, lr, time_s, ...
+    history/     1-D datasets, one row per logged step (step int64, the others float64): step, epoch, loss,
+                 objective, train_<metric>, val_<metric> (NaN when not evaluated), grad_norm, lr, time_s, ...
     mgrit/       fwd_residual, bwd_residual (step × cycle, NaN-padded), fwd_factor, bwd_factor (1-D), fallback
-    checkpoint/  the latest checkpoint: leaves leaf_00000.. of the training state, attrs step, seed, treedef
+    checkpoint/  the latest checkpoint: the training state's leaves, one dataset each named ``<index> <path>``
+                 (``00000 params.classifier.W``, …, ``… opt_state.0.mu.layers.K``, …), attrs step, seed, time_s
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import numpy as np
 import lpt
 
 CHUNK_ROWS = 256
+INTEGER_COLUMNS = {("history", "step")}
+"""Columns stored as int64; every other column is float64 (NaN where a row has no value)."""
 
 DESCRIPTIONS = {
     "history/step": "optimisation steps done (1-based; rows are logged every logging.log_every steps)",
@@ -135,10 +138,11 @@ class RunLog:
     # --- rows ---------------------------------------------------------------------------------------
     def _append_row(self, group: str, name: str, value: np.ndarray) -> None:
         g = self.file[group]
-        value = np.asarray(value, dtype=np.float64)
+        dtype = np.int64 if (group, name) in INTEGER_COLUMNS else np.float64
+        value = np.asarray(value, dtype=dtype)
         if name not in g:
-            g.create_dataset(name, shape=(0, *value.shape), maxshape=(None, *value.shape), dtype=np.float64,
-                             chunks=(CHUNK_ROWS, *value.shape), fillvalue=np.nan)
+            g.create_dataset(name, shape=(0, *value.shape), maxshape=(None, *value.shape), dtype=dtype,
+                             chunks=(CHUNK_ROWS, *value.shape), fillvalue=0 if dtype == np.int64 else np.nan)
             g[name].attrs["description"] = describe(group, name)
         ds = g[name]
         if ds.shape[1:] != value.shape:
@@ -168,13 +172,15 @@ class RunLog:
         self.file.flush()
 
     # --- checkpoint mirror --------------------------------------------------------------------------
-    def write_checkpoint(self, leaves: Sequence[np.ndarray], meta: Mapping[str, Any]) -> None:
-        """Mirror the latest checkpoint in group ``checkpoint/`` (replaced each time)."""
+    def write_checkpoint(self, leaves: Sequence[tuple[str, np.ndarray]], meta: Mapping[str, Any]) -> None:
+        """Mirror the latest checkpoint in group ``checkpoint/`` (replaced each time): one dataset per named leaf
+        (:func:`lpt.logging.checkpoint.named_leaves`), called ``00000 params.layers.K`` etc. (the number keeps
+        the order of the training state's leaves)."""
         if "checkpoint" in self.file:
             del self.file["checkpoint"]
         g = self.file.create_group("checkpoint")
-        for i, leaf in enumerate(leaves):
-            g.create_dataset(f"leaf_{i:05d}", data=np.asarray(leaf))
+        for i, (name, leaf) in enumerate(leaves):
+            g.create_dataset(f"{i:05d} {name}", data=np.asarray(leaf))
         for key, value in meta.items():
             g.attrs[key] = value
         self.file.flush()
