@@ -3,8 +3,10 @@ monotonicity, crossover, best settings, cost curves, α/β fit, the calibration 
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -301,10 +303,16 @@ def test_lpt_model_predicts_from_a_calibration_file(tmp_path):
     proc = _lpt_model(["predict", *overrides, "--file", "cal.json", "--ranks", "4", "--backend", "mpi"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "gradient, layer-parallel" in proc.stdout and "predicted speedup" in proc.stdout
+    predicted_ms = float(re.search(r"training step, layer-parallel\s+([0-9.]+) ms", proc.stdout).group(1))
     proc = _lpt_model(["scaling", "strong", *overrides, "--file", "cal.json", "--ranks-list", "1,2,4",
                        "--csv", "strong.csv"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "strong.csv").read_text().count("\n") == 4
+    # the study's multi-rank points are costed with the calibrated message costs, as `predict` costs them
+    assert "(α = 1.00 us, β = 0.1000 ns/B)" in proc.stdout
+    rows = list(csv.DictReader((tmp_path / "strong.csv").open()))
+    assert float(rows[2]["ranks"]) == 4
+    assert 1e3 * float(rows[2]["parallel_s"]) == pytest.approx(predicted_ms, rel=1e-3, abs=1.5e-3)
     for cmd in (["crossover"], ["best", "--cfactors", "2,4"]):
         proc = _lpt_model([*cmd, *overrides, "--file", "cal.json"], tmp_path)
         assert proc.returncode == 0, proc.stderr

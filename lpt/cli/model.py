@@ -122,7 +122,10 @@ class Setup:
         self.backend = getattr(args, "backend", None) or par.get("name", "single")
         self.value_evals = getattr(args, "value_evals", None) or 0.0  # L-BFGS line-search evaluations per step
 
-    def perf(self, ranks: int = 1):
+    def perf(self, ranks: int = 1, comm_backend: str | None = None):
+        """The model with the layer-step costs measured with ``ranks`` processes on the machine (else one) and
+        the message costs of ``comm_backend`` (default: this run's back-end, none for one rank). Studies over
+        several rank counts pass the back-end their multi-rank points use."""
         from lpt.perfmodel import PerfModel
         from lpt.perfmodel.config import profile_key_for
 
@@ -130,9 +133,15 @@ class Setup:
         key = profile_key_for(self.model, self.dtype, ranks)
         if key not in cal.profiles:  # costs measured with one process on the machine
             key = profile_key_for(self.model, self.dtype, 1)
-        backend = self.backend if ranks > 1 else "single"
-        comm = cal.comm_costs("mpi" if backend == "single" and ranks > 1 else backend)
-        return PerfModel(cal.profile(key), self.batch, comm, value_evals=self.value_evals)
+        if comm_backend is None:
+            backend = self.backend if ranks > 1 else "single"
+            comm_backend = "mpi" if backend == "single" and ranks > 1 else backend
+        return PerfModel(cal.profile(key), self.batch, cal.comm_costs(comm_backend), value_evals=self.value_evals)
+
+    @property
+    def study_backend(self) -> str:
+        """The back-end of the multi-rank points of a study (scaling, crossover): this run's, or mpi."""
+        return self.backend if self.backend != "single" else "mpi"
 
 
     def grid(self, layers: int | None = None, data: int | None = None):
@@ -225,8 +234,8 @@ def cmd_predict(args) -> int:
 
 def cmd_scaling(args) -> int:
     setup = Setup(args)
-    perf = setup.perf(1)
-    backend = setup.backend if setup.backend != "single" else "mpi"
+    backend = setup.study_backend
+    perf = setup.perf(1, comm_backend=backend)
     ranks = args.ranks_list
     if args.kind == "strong":
         rows = perf.strong_scaling(setup.model.depth, ranks, setup.fwd, setup.bwd, data=setup.data_ranks,
@@ -252,9 +261,9 @@ def cmd_scaling(args) -> int:
 
 def cmd_crossover(args) -> int:
     setup = Setup(args)
-    perf = setup.perf(1)
+    backend = setup.study_backend
+    perf = setup.perf(1, comm_backend=backend)
     n = setup.model.depth
-    backend = setup.backend if setup.backend != "single" else "mpi"
     p = perf.crossover_ranks(n, setup.fwd, setup.bwd, backend=backend, warm=setup.warm)
     print(f"N = {n}: " + (f"layer-parallel beats serial from P_layers = {p}" if p else
                           "layer-parallel does not beat serial at any number of layer ranks"))
