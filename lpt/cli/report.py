@@ -1,10 +1,12 @@
 """``lpt-report RUN_DIR… [--out results/NAME]``: summary of runs from their HDF5 logs.
 
 Writes into the output folder: ``summary.md`` (Markdown table), ``summary.csv``, ``loss.png``, ``accuracy.png``
-or ``mse.png`` (validation metric; training dashed), ``residuals.png`` (MGRIT residual per cycle, for runs with
-the layer-parallel solver) and, with ``--scaling FILE`` (JSON rows with ``ranks``, ``measured_s``,
-``predicted_s``, e.g. from scripts/scaling/compare.py), ``scaling.png``. Definitions of the numbers:
-:mod:`lpt.report.summary`.
+or ``mse.png`` (validation metric), for runs with the layer-parallel solver ``convergence.png`` (per training
+step: residual after the last cycle of each solve, convergence factors) and ``residuals.png`` (residual per cycle,
+colour = training step; solves with more than one cycle), and, with ``--scaling FILE`` (JSON rows with
+``ranks``, ``measured_s``, ``predicted_s``, e.g. from scripts/scaling/compare.py), ``scaling.png``. Runs are
+named by the settings that differ between them (``solver.cfactor=4``) unless ``--labels`` are given.
+Definitions of the numbers: :mod:`lpt.report.summary`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run directories (or their run.h5 files)")
     p.add_argument("--out", default="results/report", help="output folder (created)")
-    p.add_argument("--labels", nargs="*", default=None, help="names of the runs in tables and legends")
+    p.add_argument("--labels", nargs="*", default=None,
+                   help="names of the runs in tables and legends (default: the settings that differ between them)")
     p.add_argument("--scaling", default=None, help="JSON file of measured vs predicted scaling rows")
     p.add_argument("--title", default="", help="title of the figures")
     return p
@@ -30,12 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
 def report(runs: Sequence[str], out: str | Path, labels: Sequence[str] | None = None, scaling: str | None = None,
            title: str = "") -> dict[str, Path]:
     """Write the tables and figures of ``runs`` into ``out``; returns the written files by name."""
-    from lpt.report import (markdown_table, plot_curves, plot_residuals, plot_scaling, summarize, unique_labels,
-                            write_csv)
+    from lpt.report import (labels_from_configs, markdown_table, plot_convergence, plot_curves, plot_residuals,
+                            plot_scaling, summarize, write_csv)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    labels = list(labels) if labels else unique_labels(runs)
+    labels = list(labels) if labels else labels_from_configs(runs)
     if len(labels) != len(runs):
         raise ValueError(f"--labels: {len(labels)} names for {len(runs)} runs")
     summaries = [summarize(r, label) for r, label in zip(runs, labels)]
@@ -54,8 +57,9 @@ def report(runs: Sequence[str], out: str | Path, labels: Sequence[str] | None = 
                              ("val_mse", "mse.png", "validation MSE")):
         if plot_curves(summaries, key, out / name, ylabel=label, logy=key.endswith("mse"), title=title):
             files[name] = out / name
-    if plot_residuals(summaries, out / "residuals.png"):
-        files["residuals.png"] = out / "residuals.png"
+    for name, plot in (("convergence.png", plot_convergence), ("residuals.png", plot_residuals)):
+        if plot(summaries, out / name, title=title):
+            files[name] = out / name
     if scaling:
         rows_s = json.loads(Path(scaling).read_text())
         files["scaling.png"] = plot_scaling(rows_s, out / "scaling.png", title=title)
