@@ -4,6 +4,7 @@ heartbeats in batch logs, the end-of-run summary, `status` from the start, resum
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 import h5py
@@ -57,6 +58,24 @@ def test_heartbeat_lines_in_batch_logs(caplog, monkeypatch):
     beats = [m for m in lines if m.startswith("step ")]
     # step 4 at t = 41.5: 31.5 s after the first step's end, 3 steps after it → 10.5 s/step, 96 steps left
     assert beats == ["step 4/100  loss 0.25  10.5 s/step  ETA 16:48"]
+
+
+def test_compilation_is_announced_every_heartbeat_until_the_first_step(caplog):
+    """No silence while the first step compiles: a line every ``heartbeat_s`` seconds, none after the first step."""
+    with caplog.at_level(logging.INFO, logger="lpt"):
+        progress = RunProgress(total=10, start=0, bar=False, heartbeat_s=0.05)
+        time.sleep(0.4)
+        progress.step(1, {"loss": 0.5}, rejected=False)
+        progress._beat.join(timeout=5)
+        assert not progress._beat.is_alive()
+        progress.close()
+    lines = _messages(caplog)
+    first = lines.index(next(m for m in lines if m.startswith("first step done in")))
+    beat = re.compile(r"still compiling the training step \(0:00 so far\) \.\.\.")
+    beats = [i for i, m in enumerate(lines) if beat.fullmatch(m)]
+    # at most one line may race the first step's end; none comes later
+    assert len(beats) >= 2 and all(i <= first + 1 for i in beats)
+    assert lines[0].startswith("compiling the training step")
 
 
 def test_status_is_running_from_the_start(tmp_path, monkeypatch):

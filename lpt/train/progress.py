@@ -1,11 +1,14 @@
 """What a user sees while a run goes: a progress bar on terminals; in batch logs (SLURM output files, pipes)
 a line when the first step — which includes compilation — is done, a heartbeat line every ``heartbeat_s``
-seconds (step, loss, time per step, ETA), and a summary line when the run ends."""
+seconds (step, loss, time per step, ETA), and a summary line when the run ends. While the first step compiles
+(minutes for deep conv presets), a line every ``heartbeat_s`` seconds says so, on terminals and in batch logs
+alike (a daemon thread; XLA compiles without holding Python's lock)."""
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from typing import Any, Mapping
 
@@ -48,12 +51,22 @@ class RunProgress:
         self.logged = 0
         self.factors: dict[str, list[float]] = {"fwd": [], "bwd": []}
         log.info("compiling the training step (the first step includes compilation) ...")
+        self._first_done = threading.Event()
+        self._beat = threading.Thread(target=self._compile_heartbeat, name="lpt-compile-heartbeat", daemon=True)
+        self._beat.start()
+
+    def _compile_heartbeat(self) -> None:
+        """A line every ``heartbeat_s`` seconds until the first step is done (or the run ends)."""
+        start = time.monotonic()
+        while not self._first_done.wait(self.heartbeat_s):
+            log.info("still compiling the training step (%s so far) ...", _duration(time.monotonic() - start))
 
     def step(self, done: int, metrics: Mapping[str, Any], rejected: bool) -> None:
         """After step ``done`` (whose rejection flag the loop has already fetched)."""
         now = time.perf_counter()
         self.rejected += int(rejected)
         if self.first_s is None:
+            self._first_done.set()
             self.first_s = now - self.t0
             log.info("first step done in %.1f s (compilation included)", self.first_s)
             self.last_beat = now
@@ -97,4 +110,5 @@ class RunProgress:
         return line
 
     def close(self) -> None:
+        self._first_done.set()
         self.bar.close()
