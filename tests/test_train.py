@@ -125,7 +125,7 @@ def test_train_step_compiles_once(optimizer, tmp_path):
 def test_mgrit_training_matches_serial_accuracy(tmp_path):
     """`+experiment=peaks solver=mgrit solver.control=adaptive` (one-shot, warm start, cycles until the relative
     residual is 1e-2, bias checks) vs `solver=serial`, same seed and steps: validation accuracies within 1
-    percentage point (1000 validation points; measured 0.4 pt here, and 0.4 pt with seed 2).
+    percentage point (1000 validation points; measured 0.3–0.4 pt here, and 0.4 pt with seed 2).
 
     The main job's full budget is used: over shorter budgets both trainings are still in their chaotic phase
     and accuracies differ by ±2 points between any two nearby runs (serial included)."""
@@ -147,9 +147,18 @@ def test_mgrit_training_matches_serial_accuracy(tmp_path):
         assert np.all((k >= 2) & ((last <= 1e-2) | (k == 6)))
     # the adjoint needs more cycles than the forward solve once training is under way (README: one-shot accuracy)
     assert m["bwd_cycles"][200:].mean() > m["fwd_cycles"][200:].mean()
-    # bias checks every 50 steps, all with the one-shot gradient close to the exact one
-    cos = m["grad_cos"][np.isfinite(m["grad_cos"])]
-    assert cos.shape == (20,) and np.all(cos > 0.95) and np.all(m["mode"] == 0)
+    # bias checks every 50 steps (steps 50, 100, …, 1000); the control tightens (mode + 1 from the next step on)
+    # exactly after the checks whose cosine is below control_min_cos = 0.95
+    checks = np.flatnonzero(np.isfinite(m["grad_cos"]))
+    np.testing.assert_array_equal(checks, np.arange(49, 1000, 50))
+    cos = m["grad_cos"][checks]
+    mode = np.zeros(1000, int)
+    for first_tighter in checks[cos < 0.95] + 1:  # the first step run with the tighter tolerance
+        mode[first_tighter:] += 1
+    np.testing.assert_array_equal(m["mode"], mode)
+    # the one-shot gradient is close to the exact one over the run; the bias grows near the minimum (Jiang et
+    # al.), so a check near the end may fall below 0.95 (seen: 0.940 at step 1000), not more than two
+    assert np.median(cos) > 0.99 and np.sum(cos < 0.95) <= 2
     assert yaml.safe_load(rec.attrs["config"])["solver"]["control"] == "adaptive"
 
 

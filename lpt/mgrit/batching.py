@@ -9,7 +9,7 @@ batch size, the batch ``vmap``-ed) run at the serial speed. ``solver.interval_ba
 - ``auto``: all intervals on accelerators and for flat (dense) states; on CPU, image states (conv layers)
   in batches whose states fit :data:`CPU_BATCH_BYTES` (``scripts/bench_layers.py``, relaxation / serial per
   layer step, 64 intervals: conv2, 8 channels, 32×32, batch 10: 3.1 with one vmap, 1.16 one interval at a
-  time; dense width 8, batch 5000: 1.2–1.3 with one vmap; before the F-relaxation stopped stacking and
+  time; dense width 8, batch 5000: 1.2–1.55 with one vmap; before the F-relaxation stopped stacking and
   slicing its outputs, 4.0 with one vmap and 5.3 in batches of 3 — so dense stays one vmap);
 - ``0``: all intervals (one ``vmap``);
 - ``k ≥ 1``: k intervals per vectorised call.
