@@ -18,26 +18,40 @@ import jax
 import jax.numpy as jnp
 
 
+def build_step(preset: str | None, overrides: list[str], donate: bool = True):
+    """The training step of ``+experiment=PRESET`` (None: the default run) with ``overrides``, as ``lpt-train``
+    builds it (state donated unless ``donate`` is False): (step, state, x, y) for the first batch."""
+    from lpt.cli.compose import compose_config
+    from lpt.train import build_dataset, build_model, make_optimizer, make_solver, make_train_step
+    from lpt.train.state import init_state
+
+    cfg = compose_config([*([f"+experiment={preset}"] if preset else []), *overrides])
+    if cfg.get("dtype") == "float64":
+        jax.config.update("jax_enable_x64", True)
+    data = build_dataset(cfg)
+    model = build_model(cfg["model"], data)
+    batch = cfg["train"]["batch_size"] or data.x_train.shape[0]
+    solver = make_solver(cfg["solver"], full_batch=batch == data.x_train.shape[0])
+    opt = make_optimizer(cfg["optimizer"])
+    step = make_train_step(model, solver, opt, lr=cfg["optimizer"]["lr"], donate=donate,
+                           line_search=cfg["optimizer"]["name"] == "lbfgs")
+    dtype = jnp.dtype(cfg.get("dtype", "float32"))
+    params = model.init(jax.random.PRNGKey(cfg["seed"]), dtype)
+    x = jnp.asarray(data.x_train[:batch], dtype)
+    y = jnp.asarray(data.y_train[:batch], dtype if data.task == "regression" else jnp.int32)
+    state = init_state(params, opt, solver.init_state(model, params, x), jnp.asarray(1.0, jnp.float32),
+                       count_rejections=True)
+    return step, state, x, y
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("preset")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. solver=serial")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
-
-    from lpt.cli.compose import compose_config
-    from lpt.train import TrainState, build_dataset, build_model, make_optimizer, make_solver, make_train_step
-
-    cfg = compose_config([f"+experiment={args.preset}", *args.overrides])
-    data = build_dataset(cfg)
-    model = build_model(cfg["model"], data)
-    batch = cfg["train"]["batch_size"] or data.x_train.shape[0]
-    solver = make_solver(cfg["solver"], full_batch=batch == data.x_train.shape[0])
-    opt = make_optimizer(cfg["optimizer"])
-    step = make_train_step(model, solver, opt, lr=cfg["optimizer"]["lr"], line_search=cfg["optimizer"]["name"] == "lbfgs")
-    params = model.init(jax.random.PRNGKey(cfg["seed"]))
-    x, y = jnp.asarray(data.x_train[:batch]), jnp.asarray(data.y_train[:batch])
-    state = TrainState(params, opt.init(params), solver.init_state(model, params, x), jnp.asarray(0, jnp.int32))
+    step, state, x, y = build_step(args.preset, args.overrides)
+    batch = x.shape[0]
     start = time.perf_counter()
     state = jax.block_until_ready(step(state, x, y)[0])
     first = time.perf_counter() - start

@@ -71,14 +71,16 @@ def test_reduce_lr_rejects_the_step_keeps_the_state_and_halves_the_step_size(red
     np.testing.assert_array_equal(h["lr"] / h["lr"][0], [1] * 4 + [0.5] * 6)
     assert rec.attrs["status"] == "completed"
     assert "step 4 rejected: non-finite values" in warnings
-    # the reduced step size is part of the checkpointed state (its last leaf)
-    assert TrainState._fields[-1] == "lr_scale"
+    # the reduced step size and the count of consecutive rejections (0 again after step 5) are part of the
+    # checkpointed state (its last two leaves)
+    assert TrainState._fields[-2:] == ("lr_scale", "rejections")
     with np.load(run_dir / "checkpoint.npz") as ckpt:
         leaves = [ckpt[k] for k in sorted(ckpt.files) if k.startswith("leaf_")]
         names = list(ckpt["names"])
-    assert leaves[-1].dtype == np.float32 and leaves[-1] == np.float32(0.5)
+    assert leaves[-2].dtype == np.float32 and leaves[-2] == np.float32(0.5)
+    assert leaves[-1].dtype == np.int32 and leaves[-1] == 0
     # leaves carry their paths in the training state, in the .npz and in the HDF5 log's mirror
-    assert len(names) == len(leaves) and names[-1] == "lr_scale" and "step" in names
+    assert len(names) == len(leaves) and names[-2:] == ["lr_scale", "rejections"] and "step" in names
     assert {"params.layers.K", "params.layers.b", "params.classifier.W"} <= set(names)
     assert any(n.startswith("opt_state.") for n in names)
     with h5py.File(next(run_dir.glob("*.h5")), "r") as f:

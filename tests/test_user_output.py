@@ -52,7 +52,7 @@ def test_heartbeat_lines_in_batch_logs(caplog, monkeypatch):
     with caplog.at_level(logging.INFO, logger="lpt"):
         progress = RunProgress(total=100, start=0, bar=False, heartbeat_s=30.0)
         for done in range(1, 6):
-            progress.step(done, {"loss": 0.25}, rejected=False)
+            progress.step(done, {"loss": 0.25})
     lines = _messages(caplog)
     assert lines[1] == "first step done in 10.0 s (compilation included)"
     beats = [m for m in lines if m.startswith("step ")]
@@ -65,7 +65,7 @@ def test_compilation_is_announced_every_heartbeat_until_the_first_step(caplog):
     with caplog.at_level(logging.INFO, logger="lpt"):
         progress = RunProgress(total=10, start=0, bar=False, heartbeat_s=0.05)
         time.sleep(0.4)
-        progress.step(1, {"loss": 0.5}, rejected=False)
+        progress.step(1, {"loss": 0.5})
         progress._beat.join(timeout=5)
         assert not progress._beat.is_alive()
         progress.close()
@@ -90,6 +90,7 @@ def test_status_is_running_from_the_start(tmp_path, monkeypatch):
     monkeypatch.setattr(loop.RunProgress, "step", lambda self, done, *a: (events.append(("step", done)),
                                                                           step(self, done, *a))[1])
     run(compose_config(SHORT), tmp_path / "run")
+    events = [e for e in events if e[0] in ("status", "step")]  # not the other attributes (depth, …)
     assert events[0] == ("status", "running") and events[1] == ("step", 1)
     assert events[-1] == ("status", "completed")
     with h5py.File(tmp_path / "run" / "run.h5", "r") as f:
@@ -158,3 +159,33 @@ def test_every_logged_dataset_is_described(tmp_path):
         assert not missing, missing
         assert "compilation included" in f["history/time_s"].attrs["description"]
         assert f["mgrit/bwd_factor"].attrs["description"].startswith("adjoint solve: convergence factor")
+
+
+class _Attrs:
+    def __init__(self):
+        self.attrs = {}
+
+    def set_attr(self, key, value):
+        self.attrs[key] = value
+
+
+@pytest.mark.parametrize("depth, padded, level", [(1024, 1024, logging.INFO), (1025, 2048, logging.WARNING),
+                                                  (1100, 2048, logging.WARNING)])
+def test_the_header_states_the_real_and_the_padded_depth(depth, padded, level, caplog):
+    """MGRIT pads the depth to whole intervals on every level; the run says by how much (a warning with the
+    nearest depths that need no padding when it costs more than 5 %) and the log keeps both depths."""
+    from lpt.train.loop import _report_padding
+    from lpt.train.solver import make_solver
+
+    cfg = compose_config(["solver=mgrit", "solver.cfactor=4"] if depth == 1100 else ["solver=mgrit"])
+    solver = make_solver(cfg["solver"], full_batch=True)
+    log = _Attrs()
+    with caplog.at_level(logging.INFO, logger="lpt"):
+        _report_padding(solver, depth, log)
+    assert log.attrs == {"depth": depth, "padded_depth": padded}
+    (record,) = [r for r in caplog.records if "pads depth" in r.getMessage()]
+    assert record.levelno == level
+    assert f"pads depth {depth} to {padded} layer steps ({padded - depth} identity steps" in record.getMessage()
+    if level == logging.WARNING:
+        below = max(d for d in range(1, depth) if solver.layouts(d)[0].n_pad == d)
+        assert record.getMessage().endswith(f"depth {below} or {padded} needs none")

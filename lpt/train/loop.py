@@ -23,6 +23,7 @@ from lpt.parallel import GridError, ProcessorGrid
 from lpt.parallel.faults import agree_max
 from lpt.parallel.runtime import Runtime
 from lpt.train.build import ConfigError, LoopSettings, build_dataset, build_model, check_batch, check_dtype
+from lpt.train.memory import device_memory, estimate_step_memory, gib, memory_message
 from lpt.train.nonfinite import NonFiniteGuard, inject_nan
 from lpt.train.optim import make_optimizer, needs_value_fn
 from lpt.train.progress import RunProgress
@@ -117,7 +118,22 @@ def _setup(cfg: Mapping[str, Any]):
     solver = runtime.with_comm(make_solver(cfg["solver"], full_batch=full_batch))
     if hasattr(solver, "layouts"):
         solver.layouts(model.depth)  # too many layer ranks for this depth: refused before any work
+    _check_memory(cfg, model, solver, optimizer, data, dtype, loop, runtime)
     return dtype, runtime, loop, seed, data, model, optimizer, full_batch, solver
+
+
+def _check_memory(cfg, model, solver, optimizer, data, dtype, loop: LoopSettings, runtime: Runtime) -> None:
+    """Stop before compiling when the step cannot fit in the device's memory (:mod:`lpt.train.memory`)."""
+    batch = loop.batch_size or data.x_train.shape[0]
+    x = jax.ShapeDtypeStruct((batch, *data.x_train.shape[1:]), jnp.dtype(dtype))
+    estimate = estimate_step_memory(model, solver, optimizer, x, line_search=needs_value_fn(cfg["optimizer"]),
+                                    data_ranks=runtime.grid.data)
+    available = device_memory()
+    message = memory_message(estimate, available, cfg)
+    if message is not None:
+        raise ConfigError(message)
+    log.info("memory: about %s per device for the training step (estimate), of %s", gib(estimate.total),
+             gib(available))
 
 
 def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, full_batch, solver) -> RunResult:
@@ -143,7 +159,7 @@ def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, ful
 
     params = model.init(jax.random.PRNGKey(seed), jnp.dtype(dtype))
     state = init_state(params, optimizer, runtime.init_solver_state(solver, model, params, x_train[:batch]),
-                       jnp.asarray(1.0, jnp.float32))
+                       jnp.asarray(1.0, jnp.float32), count_rejections=True)
     elapsed = 0.0
     if resume:
         try:
@@ -175,7 +191,6 @@ def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, ful
     runlog.set_attr("status", "running")  # until the run ends: completed, interrupted or failed
     step_options = dict(lr=float(cfg["optimizer"]["lr"]), line_search=needs_value_fn(cfg["optimizer"]),
                         comm=runtime.comm, wrap=runtime.wrap_step(solver, model, params, x_train[:batch]))
-    train_step = make_train_step(model, solver, optimizer, **step_options)
     evaluate = make_evaluate(model, loop.eval_chunk)
     metric = "acc" if data.task == "classification" else "mse"
     # every validation column gets a row per logged step (NaN where not evaluated), so columns stay aligned
@@ -195,11 +210,14 @@ def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, ful
         return ckpt_path
 
     guard = NonFiniteGuard(loop, lambda: make_train_step(model, SerialSolver(), optimizer, **step_options),
-                           save_last_good)
+                           save_last_good, lr_scale=float(state.lr_scale), rejections=int(state.rejections))
+    # the state is donated: the step replaces it in place instead of holding it twice
+    train_step = make_train_step(model, solver, optimizer, **step_options, faults=guard.policy(), donate=True)
 
     log.info("%s: N=%d width=%d %s/%s, solver=%s, optimizer=%s, %d training samples, batch %d, steps %d",
              data.name, model.depth, model.width, model.layer, model.activation, cfg["solver"]["name"],
              cfg["optimizer"]["name"], n, batch, loop.steps)
+    _report_padding(solver, model.depth, runlog)
     stability.start(state.params)
     progress = RunProgress(loop.steps, start, bar=loop.progress and runtime.is_root)
     perm_cache: dict = {}
@@ -207,9 +225,45 @@ def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, ful
     final: dict[str, float] = {}
     # SIGTERM, SIGINT, SIGUSR1: finish the step, checkpoint, exit 128 + signal (on MPI: all ranks at one step)
     stop = StopRequest(agree=agree_max() if runtime.grid.backend == "mpi" else None)
+    pending: list = []  # (step, metrics, stats, non-finite or None) of the steps since the last row, on the device
+
+    def log_rows(evaluate_now: bool) -> None:
+        """Rows of the steps since the last row (one fetch from the device): each rejected step's, then the last
+        step's (with the validation metrics when ``evaluate_now``). Sets the guard's halt if a step ended the run."""
+        nonlocal final
+        entries, last = jax.device_get(pending), pending[-1][0]
+        pending.clear()
+        for done, metrics, stats, nonfinite in entries:
+            if nonfinite is None:
+                nonfinite = guard.review(done, metrics)
+            if done != last and not nonfinite:
+                continue
+            if raise_on_divergence and bool(stats.get("diverged", False)):
+                raise FloatingPointError(f"MGRIT diverged at step {done} (residuals {stats.get('fwd_residual')}); "
+                                         f"set solver.on_divergence=serial to fall back to serial propagation")
+            row = {"step": done, "epoch": done * batch / n, **{k: float(v) for k, v in metrics.items()},
+                   "nonfinite": float(nonfinite), **not_evaluated}
+            evaluated = evaluate_now and done == last and not guard.halted
+            stats = {**stats, **stability.row(state.params if evaluated else None)}
+            if evaluated:
+                row.update({f"val_{k}": v for k, v in evaluate(state.params, x_val, y_val).items()})
+                final = dict(row)
+                log.info("step %d/%d  loss %.4g  train_%s %.4g  val_%s %.4g", done, loop.steps, row["loss"],
+                         metric, row[f"train_{metric}"], metric, row[f"val_{metric}"])
+            row["time_s"] = time.perf_counter() - t0
+            runlog.append(row, {k: np.asarray(v, np.float64) for k, v in stats.items()})
+            progress.logged_row(row, stats)
+            if guard.halted:  # the later steps left the state as it was
+                break
+        progress.rejected = guard.rejected
+
     try:
         for step in range(start, loop.steps):
             if stop.should_stop():
+                if pending:
+                    log_rows(False)
+                if guard.halted:
+                    raise guard.stop(state)
                 checkpoint(state, time.perf_counter() - t0)
                 runlog.set_attr("status", f"interrupted: {stop.name}")
                 log.warning("interrupted by %s after step %d: checkpoint written to %s", stop.name, step, ckpt_path)
@@ -220,35 +274,22 @@ def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, ful
                 idx = jnp.asarray(_batch_indices(seed, step, n, batch, perm_cache))
                 xb, yb = x_train[idx], y_train[idx]
             xb, yb = runtime.local_batch(xb, yb)
-            prev = state
             x_in = inject_nan(xb) if step + 1 == loop.inject_nan_at_step else xb  # test hook, normally xb
             state, metrics, stats = train_step(state, x_in, yb)
-            state, metrics, nonfinite = guard.check(prev, state, metrics, xb, yb, step + 1)
             done = step + 1
-            progress.step(done, metrics, nonfinite and bool(metrics["rejected"]))
+            nonfinite = None  # known on the host only under on_nonfinite=serial; else read with the next row
+            if guard.eager:
+                state, metrics, nonfinite = guard.check(state, metrics, xb, yb, done)
+            pending.append((done, metrics, stats, nonfinite))
+            progress.step(done, metrics)
             evaluate_now = done % loop.eval_every == 0 or done == loop.steps
             if not (evaluate_now or done % loop.log_every == 0 or nonfinite):
                 continue
-            metrics, stats = jax.device_get((metrics, stats))
-            if raise_on_divergence and bool(stats.get("diverged", False)):
-                raise FloatingPointError(f"MGRIT diverged at step {done} (residuals {stats.get('fwd_residual')}); "
-                                         f"set solver.on_divergence=serial to fall back to serial propagation")
-            row = {"step": done, "epoch": done * batch / n, **{k: float(v) for k, v in metrics.items()},
-                   "nonfinite": float(nonfinite), **not_evaluated}
-            stats = {**stats, **stability.row(state.params if evaluate_now else None)}
-            if evaluate_now:
-                val = evaluate(state.params, x_val, y_val)
-                row.update({f"val_{k}": v for k, v in val.items()})
-                final = {k: v for k, v in row.items()}
-                log.info("step %d/%d  loss %.4g  train_%s %.4g  val_%s %.4g", done, loop.steps, row["loss"],
-                         metric, row[f"train_{metric}"], metric, row[f"val_{metric}"])
-            row["time_s"] = time.perf_counter() - t0
-            runlog.append(row, {k: np.asarray(v, np.float64) for k, v in stats.items()})
-            if guard.failure is not None:  # on_nonfinite=stop or too many rejections: last good state saved
-                raise guard.failure
-            progress.logged_row(row, stats)
+            log_rows(evaluate_now)
+            if guard.halted:  # on_nonfinite=stop or too many rejections: the last good state is saved
+                raise guard.stop(state)
             if done % loop.checkpoint_every == 0 or done == loop.steps:
-                checkpoint(state, row["time_s"])
+                checkpoint(state, time.perf_counter() - t0)
         runlog.set_attr("status", "completed")
         if runtime.is_root:
             progress.summary(loop.steps, final, run_dir / LOG_NAME)
@@ -263,6 +304,39 @@ def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, ful
         runlog.close()
         lock.release()
     return RunResult(run_dir=run_dir, log_path=run_dir / LOG_NAME, final=final)
+
+
+PADDING_WARN = 0.05
+"""Padding (identity steps the MGRIT layout adds, relative to the depth) above which the run warns."""
+
+
+def _report_padding(solver, depth: int, runlog) -> None:
+    """The real and the padded depth of an MGRIT run: logged (a warning above :data:`PADDING_WARN` more work,
+    with the nearest depths that need no padding) and kept as the log's attributes ``depth`` and
+    ``padded_depth``."""
+    if not hasattr(solver, "layouts"):
+        runlog.set_attr("depth", depth)
+        runlog.set_attr("padded_depth", depth)
+        return
+    fwd = solver.layouts(depth)[0]
+    runlog.set_attr("depth", depth)
+    runlog.set_attr("padded_depth", fwd.n_pad)
+    extra = fwd.n_pad / depth - 1
+    line = (f"MGRIT pads depth {depth} to {fwd.n_pad} layer steps ({fwd.n_pad - depth} identity steps, "
+            f"{100 * extra:.3g} % more work per cycle), so that every level of the hierarchy and each of the "
+            f"{fwd.chunks} layer chunk(s) hold whole intervals")
+    if extra <= PADDING_WARN:
+        log.info("%s", line)
+        return
+    below = next((d for d in range(depth - 1, 0, -1) if _unpadded(solver, d)), None)
+    log.warning("%s; depth %s needs none", line, " or ".join(str(d) for d in (below, fwd.n_pad) if d))
+
+
+def _unpadded(solver, depth: int) -> bool:
+    try:
+        return solver.layouts(depth)[0].n_pad == depth
+    except ValueError:  # too shallow for the layer ranks
+        return False
 
 
 class _StabilityCheck:

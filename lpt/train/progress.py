@@ -46,7 +46,7 @@ class RunProgress:
         self.t0 = time.perf_counter()
         self.first_s: float | None = None
         self.last_beat = self.t0
-        self.rejected = 0
+        self.rejected = 0  # set by the loop from its fault guard
         self.fallbacks = 0
         self.logged = 0
         self.factors: dict[str, list[float]] = {"fwd": [], "bwd": []}
@@ -61,10 +61,11 @@ class RunProgress:
         while not self._first_done.wait(self.heartbeat_s):
             log.info("still compiling the training step (%s so far) ...", _duration(time.monotonic() - start))
 
-    def step(self, done: int, metrics: Mapping[str, Any], rejected: bool) -> None:
-        """After step ``done`` (whose rejection flag the loop has already fetched)."""
+    def step(self, done: int, metrics: Mapping[str, Any]) -> None:
+        """After step ``done`` was dispatched (only the first step is waited for, to time it)."""
+        if self.first_s is None:
+            jax.block_until_ready(metrics["loss"])
         now = time.perf_counter()
-        self.rejected += int(rejected)
         if self.first_s is None:
             self._first_done.set()
             self.first_s = now - self.t0

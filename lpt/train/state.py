@@ -13,15 +13,28 @@ from lpt.train.solver import Solver
 
 
 class TrainState(NamedTuple):
-    """Everything a checkpoint holds besides metadata: θ, optimiser state, solver warm-start state, step, and
-    the step-size scale s of θ ← θ + s·Δθ (1 until a rejected step multiplies it by ``train.lr_factor``;
-    None: s = 1 fixed)."""
+    """Everything a checkpoint holds besides metadata: θ, optimiser state, solver warm-start state, step, the
+    step-size scale s of θ ← θ + s·Δθ (1 until a rejected step multiplies it by ``train.lr_factor``; None: s = 1
+    fixed) and the number of consecutive rejected steps (None: not counted)."""
 
     params: Params
     opt_state: Any
     solver_state: Any
     step: jnp.ndarray  # int32 scalar: number of completed (accepted or rejected) optimisation steps
     lr_scale: Any = None  # float32 scalar s, or None
+    rejections: Any = None  # int32 scalar: consecutive rejected steps before this state, or None
+
+
+class FaultPolicy(NamedTuple):
+    """What the compiled step itself does with a rejected step (``train.on_nonfinite``), so that the loop need
+    not wait for each step's flag: ``scale_lr`` multiplies s by ``lr_factor`` (reduce_lr); the
+    ``halt_after``-th consecutive rejection (1 for stop, ``train.max_rejections`` otherwise) returns the state
+    before it unchanged, and every later step leaves the state as it is (the run is over; the loop stops at its
+    next look at the flags)."""
+
+    scale_lr: bool
+    lr_factor: float
+    halt_after: int
 
 
 def strong_types(tree: Any) -> Any:
@@ -31,10 +44,25 @@ def strong_types(tree: Any) -> Any:
 
 
 def init_state(params: Params, optimizer: optax.GradientTransformation, solver_state: Any = (),
-               lr_scale: Any = None) -> TrainState:
+               lr_scale: Any = None, count_rejections: bool = False) -> TrainState:
     """The training state at step 0 (types fixed, so the jitted step compiles once)."""
-    return TrainState(params, strong_types(optimizer.init(params)), strong_types(solver_state),
-                      jnp.asarray(0, jnp.int32), lr_scale)
+    return own_buffers(TrainState(params, strong_types(optimizer.init(params)), strong_types(solver_state),
+                                  jnp.asarray(0, jnp.int32), lr_scale,
+                                  jnp.asarray(0, jnp.int32) if count_rejections else None))
+
+
+def own_buffers(tree: Any) -> Any:
+    """``tree`` with every leaf that occurs twice (the same array object, e.g. one zero array that two optimiser
+    moments start from) replaced by a copy: a donated state must not hand one buffer over twice."""
+    seen: set[int] = set()
+
+    def own(x):
+        if id(x) in seen:
+            return jnp.array(x, copy=True)
+        seen.add(id(x))
+        return x
+
+    return jax.tree_util.tree_map(own, tree)
 
 
 def all_finite(tree: Any) -> jnp.ndarray:
@@ -52,7 +80,8 @@ def current_lr(opt_state: Any, default: float) -> jnp.ndarray:
 
 def make_train_step(model: ResNet, solver: Solver, optimizer: optax.GradientTransformationExtraArgs,
                     *, lr: float, line_search: bool, comm: Any = None,
-                    wrap: Callable[[Callable], Callable] | None = None) -> Callable:
+                    wrap: Callable[[Callable], Callable] | None = None, faults: FaultPolicy | None = None,
+                    donate: bool = False) -> Callable:
     """Build the jitted step ``(state, x, y) -> (state, metrics, stats)``.
 
     The step computes (objective, gradient) with the solver, applies the optimiser update θ ← θ + s·Δθ and
@@ -65,6 +94,10 @@ def make_train_step(model: ResNet, solver: Solver, optimizer: optax.GradientTran
     With data-parallel ranks (``comm.data`` > 1) each rank holds its own samples: objective, gradient and
     metrics are averaged over the ranks before the update, so parameters stay identical everywhere. ``wrap``
     adapts the per-chunk step to the back-end (``shard_map`` on a device mesh).
+
+    With ``faults`` (and a state that counts ``rejections``) the step applies the policy itself
+    (:class:`FaultPolicy`). With ``donate`` the input state's buffers are given to the output (the caller must
+    not use the state it passed in again): the step does not hold the state twice.
     """
     data_mean = _data_mean(comm)
 
@@ -80,8 +113,8 @@ def make_train_step(model: ResNet, solver: Solver, optimizer: optax.GradientTran
         updates = jax.tree_util.tree_map(lambda u: u * scale.astype(u.dtype), updates)
         params = optax.apply_updates(state.params, updates)
         ok = _everywhere(comm, all_finite((obj, grads, params, solver_state)))  # the same decision on all ranks
-        new = TrainState(params, opt_state, solver_state, state.step + 1, state.lr_scale)
-        kept = TrainState(state.params, state.opt_state, state.solver_state, state.step + 1, state.lr_scale)
+        new = TrainState(params, opt_state, solver_state, state.step + 1, state.lr_scale, state.rejections)
+        kept = state._replace(step=state.step + 1)
         metrics = {
             "objective": obj,
             "loss": aux["loss"],
@@ -90,9 +123,30 @@ def make_train_step(model: ResNet, solver: Solver, optimizer: optax.GradientTran
             **{f"train_{k}": data_mean(v) for k, v in model.metrics(aux["outputs"], y).items()},
             "rejected": ~ok,
         }
-        return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, kept), metrics, stats
+        return _select(ok, new, kept, state, faults), metrics, stats
 
-    return jax.jit(wrap(train_step) if wrap else train_step)
+    step = wrap(train_step) if wrap else train_step
+    return jax.jit(step, donate_argnums=0) if donate else jax.jit(step)
+
+
+def _where(ok: jnp.ndarray, a: Any, b: Any) -> Any:
+    return jax.tree_util.tree_map(lambda u, v: jnp.where(ok, u, v), a, b)
+
+
+def _select(ok: jnp.ndarray, new: TrainState, kept: TrainState, state: TrainState,
+            faults: FaultPolicy | None) -> TrainState:
+    """The state after a step: ``new`` if ``ok``, else ``kept`` (the input state, step advanced) or, with a
+    fault policy, what :class:`FaultPolicy` says."""
+    if faults is None or state.rejections is None:
+        return _where(ok, new, kept)
+    count = state.rejections
+    if faults.scale_lr and state.lr_scale is not None:
+        kept = kept._replace(lr_scale=state.lr_scale * jnp.float32(faults.lr_factor))
+    kept = kept._replace(rejections=count + 1)
+    halting = count + 1 >= faults.halt_after  # this rejection ends the run: the state before it is the last good
+    kept = _where(halting, state._replace(rejections=count + 1), kept)
+    out = _where(ok, new._replace(rejections=jnp.zeros_like(count)), kept)
+    return _where(count >= faults.halt_after, state, out)  # halted before: nothing changes any more
 
 
 def line_search_value(model: ResNet, solver: Solver, x: jnp.ndarray, y: jnp.ndarray, solver_state: Any,

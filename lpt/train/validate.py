@@ -20,6 +20,7 @@ import numpy as np
 
 from lpt.data import Dataset
 from lpt.train.build import ConfigError, LoopSettings, build_model, check_dtype
+from lpt.train.memory import device_memory, gib
 from lpt.train.optim import make_optimizer
 from lpt.train.solver import make_solver
 
@@ -184,9 +185,9 @@ def _check_dataset_sizes(ds_cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"dataset.name={ds_cfg.get('name')!r} must name a data set (e.g. peaks, mnist)")
     for key in ("n_train", "n_val"):
         value = ds_cfg.get(key)
-        if _is_int(value) and value * 4 > MEMORY_CHECK_FROM and value * 4 > _memory_bytes():
-            raise ConfigError(f"dataset.{key}={value} samples need at least {_gib(value * 4)} of memory, more than "
-                              f"the {_gib(_memory_bytes())} of this machine; choose fewer samples")
+        if _is_int(value) and value * 4 > MEMORY_CHECK_FROM and value * 4 > device_memory():
+            raise ConfigError(f"dataset.{key}={value} samples need at least {gib(value * 4)} of memory, more than "
+                              f"the {gib(device_memory())} of this machine; choose fewer samples")
 
 
 def _check_memory(cfg: Mapping[str, Any], loop: LoopSettings, model) -> None:
@@ -210,25 +211,8 @@ def _check_memory(cfg: Mapping[str, Any], loop: LoopSettings, model) -> None:
     states = (depth + 1) * batch * width
     itemsize = 8 if cfg.get("dtype") == "float64" else 4
     need = itemsize * (weights + states)
-    if need > MEMORY_CHECK_FROM and need > _memory_bytes():
+    if need > MEMORY_CHECK_FROM and need > device_memory():
         raise ConfigError(
-            f"model.depth={depth}, model.width={width} (batch {batch}) need at least {_gib(need)} for layer "
-            f"weights and states, more than the {_gib(_memory_bytes())} of this machine; choose a smaller "
+            f"model.depth={depth}, model.width={width} (batch {batch}) need at least {gib(need)} for layer "
+            f"weights and states, more than the {gib(device_memory())} of this machine; choose a smaller "
             f"model.depth, model.width or train.batch_size")
-
-
-def _memory_bytes() -> int:
-    """Memory of the accelerator if JAX reports it, else the host's physical memory."""
-    try:
-        import jax
-
-        stats = jax.devices()[0].memory_stats() or {}
-        if stats.get("bytes_limit"):
-            return int(stats["bytes_limit"])
-    except Exception:  # noqa: BLE001 - no device statistics: fall back to host memory
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def _gib(nbytes: float) -> str:
-    return f"{nbytes / 2**30:.3g} GiB"

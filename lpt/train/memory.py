@@ -1,0 +1,95 @@
+"""Memory a training step needs on one device, estimated before anything is compiled, and the check that stops
+a run that cannot fit (issue 13, item 4).
+
+The estimate is exact for the training state (parameters, optimiser state including the L-BFGS history, MGRIT
+warm-start states of this device's layer chunk: their shapes by :func:`jax.eval_shape`) and the gradient, plus
+``k`` arrays of layer states (N_local + 1) × batch × state size (the state size includes the image of conv
+states), with ``k`` calibrated against XLA's memory analysis of the compiled step on CPU (argument + output −
+aliased + temporary bytes; ``scripts/bench_memory.py`` prints it): :data:`STATE_ARRAYS`. On the configurations
+of ``tests/test_memory.py`` the estimate is within 35 % of XLA's figure.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+STATE_ARRAYS = {("serial", "dense"): 1.1, ("serial", "conv"): 2.7, ("mgrit", "dense"): 11.0, ("mgrit", "conv"): 8.0}
+"""Arrays of layer states (N + 1) × batch × state size that a step holds at its peak besides the training state,
+by solver and layer kind: backpropagation through the serial scan keeps about one (dense) or three (conv: the
+residuals of the convolutions); the MGRIT step (forward and adjoint states of every level, FAS right-hand
+sides, relaxation temporaries, the layer-gradient pass) eight to eleven. Measured on CPU with XLA's analysis:
+dense 1.07 / 11.2 (peaks, N = 64), conv 2.4–3.0 / 7.3–8.6 (MNIST, conv and conv2, N = 16 and 64)."""
+LINE_SEARCH_ARRAYS = 2.0
+"""More arrays of layer states for the L-BFGS line search (its trial forward solves)."""
+
+
+class MemoryEstimate(NamedTuple):
+    """Bytes on one device: training ``state``, ``gradient``, ``layer_states`` (the k arrays), ``total``."""
+
+    state: int
+    gradient: int
+    layer_states: int
+
+    @property
+    def total(self) -> int:
+        return self.state + self.gradient + self.layer_states
+
+
+def _nbytes(tree: Any) -> int:
+    return sum(math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def estimate_step_memory(model, solver, optimizer, x: jax.ShapeDtypeStruct, *, line_search: bool = False,
+                         data_ranks: int = 1) -> MemoryEstimate:
+    """The estimate for a step on a batch shaped like ``x`` (the whole batch; ``data_ranks`` share it)."""
+    batch = x.shape[0] // data_ranks
+    local = jax.ShapeDtypeStruct((batch, *x.shape[1:]), x.dtype)
+    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x.dtype))
+    opt_state = jax.eval_shape(optimizer.init, params)
+    solver_state = jax.eval_shape(lambda p, xb: solver.init_state(model, p, xb), params, local)
+    net = getattr(model, "resnet", model)  # a parareal net: the states of the ResNet it cuts
+    y0 = jax.eval_shape(net.open, jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), x.dtype)), local)
+    if hasattr(solver, "layouts"):
+        steps, kind = solver.layouts(model.depth)[0].n_local, "mgrit"
+    else:
+        steps, kind = model.depth, "serial"
+    layer = "conv" if net.layer in ("conv", "conv2") else "dense"
+    arrays = STATE_ARRAYS[kind, layer] + (LINE_SEARCH_ARRAYS if line_search and kind == "mgrit" else 0.0)
+    layer_states = int(arrays * (steps + 1) * _nbytes(y0))
+    return MemoryEstimate(_nbytes((params, opt_state, solver_state)), _nbytes(params), layer_states)
+
+
+def memory_message(estimate: MemoryEstimate, available: int, cfg) -> str | None:
+    """The one line that stops a run whose estimate exceeds ``available`` bytes (None: it fits)."""
+    if estimate.total <= available:
+        return None
+    grid = cfg["parallel"]
+    advice = [f"a smaller train.batch_size (now {cfg['train'].get('batch_size') or 'the full training set'})"]
+    if cfg["solver"].get("name") == "mgrit":
+        advice.append(f"more layer ranks (parallel.layers={grid.get('layers', 1)})")
+    advice.append(f"a smaller model.depth ({cfg['model'].get('depth')}) or model.width ({cfg['model'].get('width')})")
+    if cfg["optimizer"].get("name") == "lbfgs":
+        advice.append(f"a shorter optimizer.memory_size ({cfg['optimizer'].get('memory_size', 10)})")
+    return (f"the training step needs about {gib(estimate.total)} per device (training state "
+            f"{gib(estimate.state)}, layer states {gib(estimate.layer_states)}), more than the {gib(available)} "
+            f"of this device: choose " + ", ".join(advice))
+
+
+def device_memory() -> int:
+    """Memory of the accelerator if JAX reports it, else the host's physical memory."""
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+        if stats.get("bytes_limit"):
+            return int(stats["bytes_limit"])
+    except Exception:  # noqa: BLE001 - no device statistics: fall back to host memory
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.3g} GiB"

@@ -1,0 +1,74 @@
+"""The memory check before compilation (:mod:`lpt.train.memory`): the estimate against XLA's memory analysis of
+the compiled step, and the one line that stops a run that cannot fit (issue 13, item 4)."""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+import pytest
+
+from conftest import REPO_ROOT
+from lpt.cli.compose import compose_config
+from lpt.train import ConfigError, build_dataset, build_model, make_optimizer, make_solver, run
+from lpt.train.memory import estimate_step_memory
+from lpt.train.optim import needs_value_fn
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+from time_preset_step import build_step  # noqa: E402
+
+CONFIGS = [
+    (None, "model.depth=64 solver=serial"),
+    (None, "model.depth=64 solver=mgrit"),
+    (None, "model.depth=128 model.width=16 solver=mgrit solver.warm_start=false"),
+    (None, "model.depth=64 solver=mgrit optimizer=lbfgs"),
+    ("mnist_torchbraid", "dataset.n_train=200 model.depth=16"),
+    ("mnist_torchbraid", "dataset.n_train=200 model.depth=16 solver=serial model.layer=conv"),
+]
+
+
+@pytest.mark.slow(seconds=60)
+@pytest.mark.parametrize("preset, overrides", CONFIGS)
+def test_the_estimate_is_within_35_percent_of_xla(preset, overrides, shared_data):
+    """float32 as users run it (this session enables float64 for other tests)."""
+    with jax.enable_x64(False):
+        _compare(preset, overrides)
+
+
+def _compare(preset, overrides):
+    step, state, x, y = build_step(preset, overrides.split())
+    mem = step.lower(state, x, y).compile().memory_analysis()
+    xla = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+           + mem.temp_size_in_bytes)
+    cfg = compose_config([*([f"+experiment={preset}"] if preset else []), *overrides.split()])
+    data = build_dataset(cfg)
+    model = build_model(cfg["model"], data)
+    solver = make_solver(cfg["solver"], full_batch=x.shape[0] == data.x_train.shape[0])
+    estimate = estimate_step_memory(model, solver, make_optimizer(cfg["optimizer"]),
+                                    jax.ShapeDtypeStruct(x.shape, x.dtype), line_search=needs_value_fn(cfg["optimizer"]))
+    # the training state is counted exactly (but for the step counter, step-size scale and rejection count)
+    assert estimate.state == sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(state)) - 3 * 4
+    assert 0.65 < estimate.total / xla < 1.35, (estimate, xla)
+
+
+def test_a_run_that_cannot_fit_stops_before_compiling_with_one_line(monkeypatch, tmp_path, shared_data):
+    """indian_pines_512 (full batch of 4000 samples, N = 512, width 200, L-BFGS with 20 pairs) on a 24 GB
+    machine: XLA's analysis of its step is 32.9 GB (scripts/bench_memory.py)."""
+    import lpt.train.loop as loop
+
+    monkeypatch.setattr(loop, "device_memory", lambda: 24 * 10**9)
+    compiled = []
+    monkeypatch.setattr(loop, "make_train_step", lambda *a, **k: compiled.append(1))
+    with pytest.raises(ConfigError) as err:
+        run(compose_config(["+experiment=indian_pines_512", f"data_dir={shared_data}"]), tmp_path)
+    message = str(err.value)
+    assert "\n" not in message and not compiled
+    assert message.startswith("the training step needs about 26.4 GiB per device (training state 6.44 GiB, "
+                              "layer states 19.9 GiB), more than the 22.4 GiB of this device: choose a smaller "
+                              "train.batch_size (now the full training set), more layer ranks (parallel.layers=1)")
+    # the same run on a larger device passes the check (and would compile next)
+    monkeypatch.setattr(loop, "device_memory", lambda: 64 * 2**30)
+    with pytest.raises(TypeError):  # the stand-in for make_train_step returns nothing to call
+        run(compose_config(["+experiment=indian_pines_512", f"data_dir={shared_data}", "train.steps=1"]),
+            tmp_path / "big")
+    assert compiled
