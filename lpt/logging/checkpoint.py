@@ -34,11 +34,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def named_leaves(state: Any) -> list[tuple[str, np.ndarray]]:
-    """The leaves of the pytree ``state`` with their paths, e.g. ``("params.layers.K", array)``,
-    ``("opt_state.0.mu.layers.K", …)``, in the order :func:`jax.tree_util.tree_leaves` gives them."""
+def leaf_names(state: Any) -> list[str]:
+    """The paths of the leaves of the pytree ``state``, e.g. ``"params.layers.K"``, ``"opt_state.0.mu.layers.K"``,
+    in the order :func:`jax.tree_util.tree_leaves` gives them (no leaf is read)."""
     flat = jax.tree_util.tree_flatten_with_path(state)[0]
-    return [(jax.tree_util.keystr(path, simple=True, separator="."), np.asarray(x)) for path, x in flat]
+    return [jax.tree_util.keystr(path, simple=True, separator=".") for path, _ in flat]
+
+
+def named_leaves(state: Any) -> list[tuple[str, np.ndarray]]:
+    """The leaves of the pytree ``state`` as numpy arrays with their paths (:func:`leaf_names`)."""
+    return list(zip(leaf_names(state), (np.asarray(x) for x in jax.tree_util.tree_leaves(state))))
 
 
 def save_checkpoint(path: str | os.PathLike, state: Any, meta: dict[str, Any]) -> list[tuple[str, np.ndarray]]:
@@ -95,10 +100,11 @@ def load_checkpoint(path: str | os.PathLike, template: Any) -> tuple[Any, dict[s
     if len(leaves) != len(ref_leaves):
         raise ValueError(f"checkpoint {p} holds {len(leaves)} arrays but this configuration needs "
                          f"{len(ref_leaves)}: was it written by a run with another model/optimizer/solver?")
-    names = [name for name, _ in named_leaves(template)]
+    names = leaf_names(template)
     for i, (a, b) in enumerate(zip(leaves, ref_leaves)):
-        if a.shape != np.shape(b) or a.dtype != np.asarray(b).dtype:
+        dtype = np.dtype(b.dtype) if hasattr(b, "dtype") else np.asarray(b).dtype  # not read: it may be sharded
+        if a.shape != np.shape(b) or a.dtype != dtype:
             raise ValueError(f"checkpoint {p}: array {i} ({names[i]}) has shape {a.shape} {a.dtype}, this "
-                             f"configuration needs {np.shape(b)} {np.asarray(b).dtype}: resume with the "
+                             f"configuration needs {np.shape(b)} {dtype}: resume with the "
                              f"configuration of the original run")
     return jax.tree_util.tree_unflatten(treedef, leaves), meta

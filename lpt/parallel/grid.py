@@ -21,14 +21,21 @@ class ProcessorGrid:
     """``data`` × ``layers`` workers on back-end ``backend``.
 
     Attributes:
-        backend: single (one device), mesh (devices of one process), mpi (one process per device).
+        backend: single (one device), mesh (devices of one or more JAX processes), mpi (one process per device).
         data: data-parallel size (ranks hold different samples and sum the gradient).
         layers: layer-parallel size (contiguous layer chunks).
+        processes: JAX processes of a ``mesh`` grid (> 1: JAX's multi-controller runtime, one global mesh over
+            the devices of all processes, started by :meth:`connect`).
+        coordinator, process_id: ``host:port`` of process 0 and this process's number; None: detected by
+            ``jax.distributed.initialize`` (SLURM, Open MPI's mpirun).
     """
 
     backend: Backend = "single"
     data: int = 1
     layers: int = 1
+    processes: int = 1
+    coordinator: str | None = None
+    process_id: int | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -37,6 +44,20 @@ class ProcessorGrid:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise GridError(f"parallel.{key}={value!r} must be a positive integer")
+        if not isinstance(self.processes, int) or isinstance(self.processes, bool) or self.processes < 1:
+            raise GridError(f"parallel.processes={self.processes!r} must be a positive integer")
+        if self.processes > 1 and self.backend != "mesh":
+            raise GridError(f"parallel.processes={self.processes} starts JAX's multi-process runtime, which needs "
+                            f"parallel=mesh (one global mesh); parallel={self.backend} runs "
+                            + ("one process per MPI rank by itself" if self.backend == "mpi" else "in one process"))
+        if self.coordinator is not None and (not isinstance(self.coordinator, str)
+                                             or not self.coordinator.rpartition(":")[2].isdigit()):
+            raise GridError(f"parallel.coordinator={self.coordinator!r} must be host:port of process 0 "
+                            f"(e.g. node001:12355), or null to detect it (SLURM, mpirun)")
+        if self.process_id is not None and (not isinstance(self.process_id, int) or isinstance(self.process_id, bool)
+                                            or not 0 <= self.process_id < self.processes):
+            raise GridError(f"parallel.process_id={self.process_id!r} must be an integer in [0, "
+                            f"{self.processes - 1}] (parallel.processes={self.processes}), or null to detect it")
         if self.backend == "single" and (self.data, self.layers) != (1, 1):
             raise GridError(f"parallel=single runs on one device: parallel.data × parallel.layers must be 1 × 1, "
                             f"got {self.data} × {self.layers}; use parallel=mesh (devices) or parallel=mpi (ranks)")
@@ -47,7 +68,32 @@ class ProcessorGrid:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "ProcessorGrid":
-        return cls(backend=cfg.get("name", "single"), data=cfg.get("data", 1), layers=cfg.get("layers", 1))
+        return cls(backend=cfg.get("name", "single"), data=cfg.get("data", 1), layers=cfg.get("layers", 1),
+                   processes=cfg.get("processes", 1), coordinator=cfg.get("coordinator"),
+                   process_id=cfg.get("process_id"))
+
+    def connect(self) -> None:
+        """Join the JAX processes of a multi-process mesh (``processes`` > 1; CPU collectives over gloo).
+
+        Must run before anything asks JAX for its devices; idempotent."""
+        if self.processes == 1:
+            return
+        import jax
+
+        if jax.distributed.is_initialized():
+            return
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        try:
+            jax.distributed.initialize(coordinator_address=self.coordinator, num_processes=self.processes,
+                                       process_id=self.process_id)
+        except (RuntimeError, ValueError) as exc:
+            raise GridError(f"parallel.processes={self.processes}: the JAX processes could not connect "
+                            f"(parallel.coordinator={self.coordinator}, parallel.process_id={self.process_id}): "
+                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; start every process "
+                            f"with the same coordinator host:port and its own process_id, or under srun/mpirun "
+                            f"with both null") from exc
+        if jax.process_count() != self.processes:
+            raise GridError(f"parallel.processes={self.processes}, but {jax.process_count()} JAX processes joined")
 
     def check_resources(self) -> None:
         """The grid must match the devices (mesh) or ranks (mpi) there are."""

@@ -34,8 +34,38 @@ class Runtime:
 
     @property
     def is_root(self) -> bool:
-        """Whether this process writes logs and checkpoints (all but MPI ranks > 0)."""
+        """Whether this process writes logs and checkpoints (all but MPI ranks > 0 and JAX processes > 0)."""
+        if self.grid.processes > 1:
+            return jax.process_index() == 0
         return self.grid.backend != "mpi" or getattr(self.comm, "rank", 0) == 0
+
+    def host_state(self, tree: Any) -> Any:
+        """``tree`` with every array that this process does not hold whole gathered from all processes (a
+        collective of a multi-process mesh: every process must call it); the others as they are."""
+        if self.grid.processes == 1:
+            return tree
+        from jax.experimental import multihost_utils
+
+        def whole(a):
+            if isinstance(a, jax.Array) and not a.is_fully_addressable and not a.is_fully_replicated:
+                return multihost_utils.process_allgather(a, tiled=True)
+            return a
+
+        return jax.tree_util.tree_map(whole, tree)
+
+    def agree_stop(self) -> Callable[[int], int] | None:
+        """How the processes agree on a stop signal (the largest signal number any received), or None for one
+        process: MPI ranks by an allreduce, the processes of a multi-process mesh by a gather."""
+        if self.grid.backend == "mpi":
+            from lpt.parallel.faults import agree_max
+
+            return agree_max()
+        if self.grid.processes > 1:
+            import numpy as np
+            from jax.experimental import multihost_utils
+
+            return lambda signum: int(np.max(multihost_utils.process_allgather(np.int32(signum))))
+        return None
 
     def with_comm(self, solver: Any) -> Any:
         """The solver working on this run's layer chunks (solvers without chunks are returned as they are)."""

@@ -20,7 +20,6 @@ from lpt.logging import (CHECKPOINT_NAME, LOG_NAME, RunDirBusy, RunDirLock, RunL
 from lpt.logging.null import NullLog
 from lpt.model import ModelError
 from lpt.parallel import GridError, ProcessorGrid
-from lpt.parallel.faults import agree_max
 from lpt.parallel.runtime import Runtime
 from lpt.train.build import ConfigError, LoopSettings, build_dataset, build_model, check_batch, check_dtype
 from lpt.train.memory import device_memory, estimate_step_memory, gib, memory_message
@@ -99,6 +98,10 @@ def run(cfg: Mapping[str, Any], run_dir: str | Path) -> RunResult:
 def _setup(cfg: Mapping[str, Any]):
     """Check the configuration and build data, model, loop settings, optimiser and solver (no compilation)."""
     validate_config(cfg)
+    try:
+        ProcessorGrid.from_config(cfg["parallel"]).connect()  # several JAX processes: before any device is used
+    except GridError as exc:
+        raise ConfigError(str(exc)) from exc
     dtype = check_dtype(cfg.get("dtype", "float32"))
     if dtype == "float64":
         jax.config.update("jax_enable_x64", True)
@@ -199,6 +202,7 @@ def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, ful
     stability = _StabilityCheck(solver, model, x_train, warn=runtime.is_root)
 
     def checkpoint(st: TrainState, time_s: float) -> None:
+        st = runtime.host_state(st)  # several JAX processes: every process takes part in gathering the chunks
         if not runtime.is_root:
             return
         meta = {"step": int(st.step), "seed": seed, "time_s": time_s}
@@ -224,7 +228,10 @@ def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, ful
     t0 = time.perf_counter() - elapsed
     final: dict[str, float] = {}
     # SIGTERM, SIGINT, SIGUSR1: finish the step, checkpoint, exit 128 + signal (on MPI: all ranks at one step)
-    stop = StopRequest(agree=agree_max() if runtime.grid.backend == "mpi" else None)
+    # several JAX processes agree at the steps that log a row (a gather, which waits for the step); MPI ranks at
+    # every step (an allreduce on the host)
+    stop = StopRequest(agree=runtime.agree_stop())
+    stop_every = loop.log_every if runtime.grid.processes > 1 else 1
     pending: list = []  # (step, metrics, stats, non-finite or None) of the steps since the last row, on the device
 
     def log_rows(evaluate_now: bool) -> None:
@@ -259,7 +266,7 @@ def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, ful
 
     try:
         for step in range(start, loop.steps):
-            if stop.should_stop():
+            if (step - start) % stop_every == 0 and stop.should_stop():
                 if pending:
                     log_rows(False)
                 if guard.halted:
