@@ -39,19 +39,64 @@ class Runtime:
             return jax.process_index() == 0
         return self.grid.backend != "mpi" or getattr(self.comm, "rank", 0) == 0
 
-    def host_state(self, tree: Any) -> Any:
-        """``tree`` with every array that this process does not hold whole gathered from all processes (a
-        collective of a multi-process mesh: every process must call it); the others as they are."""
-        if self.grid.processes == 1:
-            return tree
-        from jax.experimental import multihost_utils
+    def host_state(self, state: Any, batch_axis: int = 0) -> Any:
+        """The training state ``state`` whole, for a checkpoint: warm-start states of all layer chunks (and
+        data ranks) joined as the mesh joins them (chunk blocks along the layer axis, sample blocks along the
+        batch axis). A collective: every process calls it. MPI ranks other than 0 get their own blocks back."""
+        if self.grid.processes > 1:
+            from jax.experimental import multihost_utils
+
+            def whole(a):
+                if isinstance(a, jax.Array) and not a.is_fully_addressable and not a.is_fully_replicated:
+                    return multihost_utils.process_allgather(a, tiled=True)
+                return a
+
+            return jax.tree_util.tree_map(whole, state)
+        if self.grid.backend != "mpi" or self.grid.size == 1:
+            return state
+        import numpy as np
+
+        def join(a):
+            if getattr(a, "ndim", 0) < 2:  # replicated scalars (valid, mode, count)
+                return a
+            samples = self.comm.data_comm.gather(np.asarray(a), root=0)
+            if samples is None:
+                return a
+            chunks = self.comm.layer_comm.gather(np.concatenate(samples, axis=1 + batch_axis), root=0)
+            return a if chunks is None else np.concatenate(chunks, axis=0)
+
+        return state._replace(solver_state=jax.tree_util.tree_map(join, state.solver_state))
+
+    def checkpoint_template(self, state: Any, batch_axis: int = 0) -> Any:
+        """What :meth:`host_state` makes of ``state``, as shapes (to load a checkpoint into)."""
+        if self.grid.backend != "mpi" or self.grid.size == 1:
+            return state
 
         def whole(a):
-            if isinstance(a, jax.Array) and not a.is_fully_addressable and not a.is_fully_replicated:
-                return multihost_utils.process_allgather(a, tiled=True)
-            return a
+            if getattr(a, "ndim", 0) < 2:
+                return a
+            shape = list(a.shape)
+            shape[0] *= self.grid.layers
+            shape[1 + batch_axis] *= self.grid.data
+            return jax.ShapeDtypeStruct(tuple(shape), a.dtype)
 
-        return jax.tree_util.tree_map(whole, tree)
+        return state._replace(solver_state=jax.tree_util.tree_map(whole, state.solver_state))
+
+    def local_state(self, state: Any, batch_axis: int = 0) -> Any:
+        """This MPI rank's blocks of a whole state (a loaded checkpoint); other back-ends take it whole."""
+        if self.grid.backend != "mpi" or self.grid.size == 1:
+            return state
+        layer, data = self.comm.layer_comm.Get_rank(), self.comm.data_comm.Get_rank()
+
+        def block(a):
+            if getattr(a, "ndim", 0) < 2:
+                return a
+            rows, cols = a.shape[0] // self.grid.layers, a.shape[1 + batch_axis] // self.grid.data
+            a = a[layer * rows:(layer + 1) * rows]
+            index = (slice(None),) * (1 + batch_axis) + (slice(data * cols, (data + 1) * cols),)
+            return a[index]
+
+        return state._replace(solver_state=jax.tree_util.tree_map(block, state.solver_state))
 
     def agree_stop(self) -> Callable[[int], int] | None:
         """How the processes agree on a stop signal (the largest signal number any received), or None for one

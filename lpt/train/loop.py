@@ -164,21 +164,20 @@ def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, ful
     state = init_state(params, optimizer, runtime.init_solver_state(solver, model, params, x_train[:batch]),
                        jnp.asarray(1.0, jnp.float32), count_rejections=True)
     elapsed = 0.0
+    batch_axis = getattr(model, "state_batch_axis", 0)  # of the warm-start states, for checkpoints
     if resume:
         try:
-            state, meta = load_checkpoint(ckpt_path, state)
+            state, meta = load_checkpoint(ckpt_path, runtime.checkpoint_template(state, batch_axis))
         except ValueError as exc:  # another model/optimizer/solver than the checkpoint's
             lock.release()
             raise ConfigError(str(exc)) from exc
+        state = runtime.local_state(state, batch_axis)  # MPI: this rank's blocks of the warm-start states
         elapsed = float(meta.get("time_s", 0.0))
         if int(state.step) >= loop.steps:
             lock.release()
             raise ConfigError(f"resume={cfg.get('resume')}: the checkpoint in {run_dir} is at step {int(state.step)}, "
                               f"and train.steps={loop.steps} asks for no more; set train.steps above "
                               f"{int(state.step)} to continue training")
-        if runtime.grid.backend == "mpi" and runtime.grid.size > 1:
-            # the checkpoint holds rank 0's chunk of the warm-start states only: start them afresh
-            state = state._replace(solver_state=runtime.init_solver_state(solver, model, params, x_train[:batch]))
         log.info("resuming %s from step %d", run_dir, int(state.step))
 
     config_yaml = yaml.safe_dump(dict(cfg), sort_keys=False)
@@ -202,7 +201,7 @@ def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, ful
     stability = _StabilityCheck(solver, model, x_train, warn=runtime.is_root)
 
     def checkpoint(st: TrainState, time_s: float) -> None:
-        st = runtime.host_state(st)  # several JAX processes: every process takes part in gathering the chunks
+        st = runtime.host_state(st, batch_axis)  # every process takes part in gathering the layer chunks
         if not runtime.is_root:
             return
         meta = {"step": int(st.step), "seed": seed, "time_s": time_s}
