@@ -29,33 +29,40 @@ def make_optimizer(cfg: Mapping[str, Any]) -> optax.GradientTransformationExtraA
 
     Keys: ``name`` (sgd | adam | lbfgs), ``lr``; sgd: ``momentum``, ``nesterov``; adam: ``b1``, ``b2``, ``eps``;
     lbfgs: ``memory_size`` (its step size comes from a zoom line search; ``lr`` scales the search start);
-    all: ``weight_decay`` (decoupled, 0 = off), ``clip_norm`` (global gradient-norm clipping, 0 = off).
+    sgd and adam: ``weight_decay`` (decoupled: added to the update direction after momentum and Adam's
+    scaling, times ``lr``; 0 = off); all: ``clip_norm`` (global gradient-norm clipping, 0 = off).
     """
     name = cfg.get("name")
     lr = _positive(cfg, "lr")
+    decay = float(cfg.get("weight_decay", 0.0) or 0.0)
+    if decay < 0:
+        raise ValueError(f"optimizer.weight_decay={decay!r} must be ≥ 0 (0 = off)")
+    # decoupled weight decay (Loshchilov & Hutter): θ ← θ − lr·(direction + weight_decay·θ), the decay added after
+    # the momentum / adaptive scaling, so it is neither averaged in the momentum nor divided by Adam's √v
+    decayed = [optax.add_decayed_weights(decay)] if decay > 0 else []
     if name == "sgd":
-        core = optax.sgd(lr, momentum=_fraction(cfg, "momentum", 0.9) or None, nesterov=bool(cfg.get("nesterov", False)))
+        momentum = _fraction(cfg, "momentum", 0.9)
+        core = optax.chain(*([optax.trace(momentum, bool(cfg.get("nesterov", False)))] if momentum else []), *decayed,
+                           optax.scale_by_learning_rate(lr))
     elif name == "adam":
-        core = optax.adam(lr, b1=_fraction(cfg, "b1", 0.9), b2=_fraction(cfg, "b2", 0.999), eps=float(cfg.get("eps", 1e-8)))
+        core = optax.chain(optax.scale_by_adam(b1=_fraction(cfg, "b1", 0.9), b2=_fraction(cfg, "b2", 0.999),
+                                               eps=float(cfg.get("eps", 1e-8))), *decayed,
+                           optax.scale_by_learning_rate(lr))
     elif name == "lbfgs":
         memory = cfg.get("memory_size", 10)
         if not isinstance(memory, int) or memory < 1:
             raise ValueError(f"optimizer.memory_size={memory!r} must be a positive integer")
+        if decay > 0:
+            raise ValueError(f"optimizer.weight_decay={decay!r} is not available with optimizer=lbfgs (its line "
+                             f"search minimises the objective, which a decay outside it would not match); "
+                             f"regularise in the objective instead: model.gamma_tik")
         core = optax.lbfgs(learning_rate=lr, memory_size=memory)
     else:
         raise ValueError(f"optimizer.name={name!r} is not a known optimizer; choose one of {list(OPTIMIZERS)}")
-    parts = []
     clip = float(cfg.get("clip_norm", 0.0) or 0.0)
     if clip < 0:
         raise ValueError(f"optimizer.clip_norm={clip!r} must be ≥ 0 (0 = off)")
-    if clip > 0:
-        parts.append(optax.clip_by_global_norm(clip))
-    decay = float(cfg.get("weight_decay", 0.0) or 0.0)
-    if decay < 0:
-        raise ValueError(f"optimizer.weight_decay={decay!r} must be ≥ 0 (0 = off)")
-    if decay > 0:
-        parts.append(optax.add_decayed_weights(decay))
-    return optax.chain(*parts, core) if parts else core
+    return optax.chain(optax.clip_by_global_norm(clip), core) if clip > 0 else core
 
 
 def needs_value_fn(cfg: Mapping[str, Any]) -> bool:
