@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from lpt.train.memory import device_memory, estimate_step_memory, gib, memory_me
 from lpt.train.nonfinite import NonFiniteGuard, inject_nan
 from lpt.train.optim import make_optimizer, needs_value_fn
 from lpt.train.progress import RunProgress
-from lpt.train.signals import Interrupted, StopRequest
+from lpt.train.signals import Interrupted, StopRequest, StopWhileCompiling
 from lpt.train.solver import SerialSolver, make_solver
 from lpt.train.state import TrainState, init_state, make_evaluate, make_train_step
 from lpt.train.validate import validate_config
@@ -231,6 +232,10 @@ def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, ful
     # every step (an allreduce on the host)
     stop = StopRequest(agree=runtime.agree_stop())
     stop_every = loop.log_every if runtime.grid.processes > 1 else 1
+    hint = (f"continue from the checkpoint with resume={run_dir}" if start
+            else "nothing was trained; run the command again to start afresh")
+    compiling = StopWhileCompiling(stop, lambda signum: runlog.set_attr(
+        "status", f"interrupted: {signal.Signals(signum).name}"), hint)
     pending: list = []  # (step, metrics, stats, non-finite or None) of the steps since the last row, on the device
 
     def log_rows(evaluate_now: bool) -> None:
@@ -282,6 +287,7 @@ def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, ful
             xb, yb = runtime.local_batch(xb, yb)
             x_in = inject_nan(xb) if step + 1 == loop.inject_nan_at_step else xb  # test hook, normally xb
             state, metrics, stats = train_step(state, x_in, yb)
+            compiling.done()
             done = step + 1
             nonfinite = None  # known on the host only under on_nonfinite=serial; else read with the next row
             if guard.eager:
@@ -305,6 +311,7 @@ def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, ful
         runlog.set_attr("status", f"failed: {type(exc).__name__}")
         raise
     finally:
+        compiling.done()
         stop.restore()
         progress.close()
         runlog.close()

@@ -11,7 +11,10 @@ twice raises KeyboardInterrupt).
 from __future__ import annotations
 
 import logging
+import os
+import select
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Callable
@@ -92,3 +95,57 @@ class StopRequest:
         previous, self._previous = self._previous, {}
         for sig, handler in previous.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+class StopWhileCompiling:
+    """A stop signal while the first step is traced and compiled (minutes for deep conv presets) ends the run at
+    once, instead of after the first step: no step has been taken, so there is nothing to save.
+
+    While XLA compiles, the main thread runs no Python code, so the handlers of :class:`StopRequest` wait for
+    the compilation. The signal's number also reaches a pipe (:func:`signal.set_wakeup_fd`) that a daemon thread
+    watches until :meth:`done`; on a stop signal it calls ``on_stop(signum)`` (the loop marks its log
+    ``interrupted``), prints one line on stderr and ends the process with 128 + signal number. Inert where
+    :class:`StopRequest` installed no handlers (not the main thread).
+    """
+
+    def __init__(self, stop: StopRequest, on_stop: Callable[[int], None], resume_hint: str):
+        self._done = threading.Event()
+        self._old_fd = None
+        if not stop._previous:
+            return
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._old_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        self._on_stop, self._hint = on_stop, resume_hint
+        threading.Thread(target=self._watch, name="lpt-stop-while-compiling", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            ready, _, _ = select.select([self._read], [], [], 0.2)
+            if not ready or self._done.is_set():
+                continue
+            for signum in os.read(self._read, 64):
+                if signum in STOP_SIGNALS and not self._done.is_set():
+                    self._stop(signum)
+
+    def _stop(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        try:
+            self._on_stop(signum)
+            log.warning("interrupted by %s while compiling the first step: no step was taken, nothing to save", name)
+            sys.stderr.write(f"lpt-train: interrupted by {name} while compiling the first step; {self._hint}\n")
+            sys.stderr.flush()
+            for handler in logging.getLogger("lpt").handlers + logging.getLogger().handlers:
+                handler.flush()
+        finally:
+            os._exit(128 + signum)
+
+    def done(self) -> None:
+        """The first step is compiled: later signals stop the run after their step, as :class:`StopRequest` says
+        (call from the main thread; idempotent)."""
+        if self._done.is_set():
+            return
+        self._done.set()
+        if self._old_fd is not None:
+            signal.set_wakeup_fd(self._old_fd)
+            self._old_fd = None
