@@ -93,10 +93,25 @@ def run(cfg: Mapping[str, Any], run_dir: str | Path) -> RunResult:
         raise
     except ValueError as exc:  # option checks of the optimiser and solver modules
         raise ConfigError(str(exc)) from exc
-    return _train(cfg, run_dir, *setup)
+    return _Run(cfg, run_dir, setup).train()
 
 
-def _setup(cfg: Mapping[str, Any]):
+@dataclass(frozen=True)
+class _Setup:
+    """What :func:`_setup` builds from a checked configuration (nothing compiled yet)."""
+
+    dtype: str
+    runtime: Runtime
+    loop: LoopSettings
+    seed: int
+    data: Any
+    model: Any
+    optimizer: Any
+    full_batch: bool
+    solver: Any
+
+
+def _setup(cfg: Mapping[str, Any]) -> _Setup:
     """Check the configuration and build data, model, loop settings, optimiser and solver (no compilation)."""
     validate_config(cfg)
     try:
@@ -123,7 +138,7 @@ def _setup(cfg: Mapping[str, Any]):
     if hasattr(solver, "layouts"):
         solver.layouts(model.depth)  # too many layer ranks for this depth: refused before any work
     _check_memory(cfg, model, solver, optimizer, data, dtype, loop, runtime)
-    return dtype, runtime, loop, seed, data, model, optimizer, full_batch, solver
+    return _Setup(dtype, runtime, loop, seed, data, model, optimizer, full_batch, solver)
 
 
 def _check_memory(cfg, model, solver, optimizer, data, dtype, loop: LoopSettings, runtime: Runtime) -> None:
@@ -140,183 +155,224 @@ def _check_memory(cfg, model, solver, optimizer, data, dtype, loop: LoopSettings
              gib(available))
 
 
-def _train(cfg, run_dir, dtype, runtime, loop, seed, data, model, optimizer, full_batch, solver) -> RunResult:
+class _Run:
+    """One training run: its directory and lock, arrays, state, log and compiled steps (built by ``__init__``),
+    and the loop (:meth:`train`) with its pieces: the batch of a step, the rows since the last one, checkpoints,
+    the stop on a signal."""
 
-    run_dir = Path(run_dir)
-    resume = resolve_resume(cfg.get("resume"), run_dir)
-    ckpt_path = resume
-    if ckpt_path is not None:
-        run_dir = ckpt_path.parent
-    ckpt_path = run_dir / CHECKPOINT_NAME
-    try:
-        # held until the run ends by the process that writes files: two runs never write the same files
-        lock = RunDirLock(run_dir) if runtime.is_root else NullLog()
-    except RunDirBusy as exc:
-        raise ConfigError(str(exc)) from exc
-
-    x_train = jnp.asarray(data.x_train, dtype)
-    y_train = jnp.asarray(data.y_train, dtype if data.task == "regression" else jnp.int32)
-    x_val = jnp.asarray(data.x_val, dtype)
-    y_val = jnp.asarray(data.y_val, dtype if data.task == "regression" else jnp.int32)
-    n = x_train.shape[0]
-    batch = n if full_batch else loop.batch_size
-
-    params = model.init(jax.random.PRNGKey(seed), jnp.dtype(dtype))
-    state = init_state(params, optimizer, runtime.init_solver_state(solver, model, params, x_train[:batch]),
-                       jnp.asarray(1.0, jnp.float32), count_rejections=True)
-    elapsed = 0.0
-    batch_axis = getattr(model, "state_batch_axis", 0)  # of the warm-start states, for checkpoints
-    if resume:
+    def __init__(self, cfg: Mapping[str, Any], run_dir, setup: _Setup):
+        self.cfg, self.s = cfg, setup
+        self._open_run_dir(Path(run_dir))
         try:
-            state, meta = load_checkpoint(ckpt_path, runtime.checkpoint_template(state, batch_axis))
-        except ValueError as exc:  # another model/optimizer/solver than the checkpoint's
-            lock.release()
+            self._arrays()
+            self._initial_state()
+            self._open_log()
+            self._build_steps()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open_run_dir(self, run_dir: Path) -> None:
+        """The run directory (a resumed run's own), its checkpoint path, and the lock of the writing process."""
+        self.resume = resolve_resume(self.cfg.get("resume"), run_dir)
+        self.run_dir = self.resume.parent if self.resume is not None else run_dir
+        self.ckpt_path = self.run_dir / CHECKPOINT_NAME
+        try:
+            # held until the run ends by the process that writes files: two runs never write the same files
+            self.lock = RunDirLock(self.run_dir) if self.s.runtime.is_root else NullLog()
+        except RunDirBusy as exc:
             raise ConfigError(str(exc)) from exc
-        state = runtime.local_state(state, batch_axis)  # MPI: this rank's blocks of the warm-start states
-        elapsed = float(meta.get("time_s", 0.0))
-        if int(state.step) >= loop.steps:
-            lock.release()
-            raise ConfigError(f"resume={cfg.get('resume')}: the checkpoint in {run_dir} is at step {int(state.step)}, "
-                              f"and train.steps={loop.steps} asks for no more; set train.steps above "
-                              f"{int(state.step)} to continue training")
-        log.info("resuming %s from step %d", run_dir, int(state.step))
 
-    config_yaml = yaml.safe_dump(dict(cfg), sort_keys=False)
-    if not runtime.is_root:  # MPI ranks > 0: no files, no console output
-        log.setLevel(logging.WARNING)
-    grid = runtime.grid
-    runlog = (RunLog(run_dir / LOG_NAME, config_yaml=config_yaml, grid=(grid.data, grid.layers),
-                     devices=f"{grid.backend}: " + ", ".join(str(d) for d in jax.devices()[: grid.size]),
-                     resume=bool(resume)) if runtime.is_root else NullLog())
-    start = int(state.step)
-    if resume:
-        runlog.truncate(start)
-    runlog.set_attr("status", "running")  # until the run ends: completed, interrupted or failed
-    step_options = dict(lr=float(cfg["optimizer"]["lr"]), line_search=needs_value_fn(cfg["optimizer"]),
-                        comm=runtime.comm, wrap=runtime.wrap_step(solver, model, params, x_train[:batch]))
-    evaluate = make_evaluate(model, loop.eval_chunk)
-    metric = "acc" if data.task == "classification" else "mse"
-    # every validation column gets a row per logged step (NaN where not evaluated), so columns stay aligned
-    not_evaluated = {f"val_{k}": math.nan for k in (("acc", "loss") if metric == "acc" else ("mse", "rel_err"))}
-    raise_on_divergence = getattr(solver, "on_divergence", "serial") == "error"
-    stability = _StabilityCheck(solver, model, x_train, warn=runtime.is_root)
+    def _arrays(self) -> None:
+        data, dtype = self.s.data, self.s.dtype
+        label = dtype if data.task == "regression" else jnp.int32
+        self.x_train, self.y_train = jnp.asarray(data.x_train, dtype), jnp.asarray(data.y_train, label)
+        self.x_val, self.y_val = jnp.asarray(data.x_val, dtype), jnp.asarray(data.y_val, label)
+        self.n = self.x_train.shape[0]
+        self.batch = self.n if self.s.full_batch else self.s.loop.batch_size
+        self.perm_cache: dict = {}
 
-    def checkpoint(st: TrainState, time_s: float) -> None:
-        st = runtime.host_state(st, batch_axis)  # every process takes part in gathering the layer chunks
-        if not runtime.is_root:
+    def _initial_state(self) -> None:
+        """The state at step 0, or the checkpoint's (``resume``); ``elapsed`` seconds of the run before."""
+        s = self.s
+        self.params = s.model.init(jax.random.PRNGKey(s.seed), jnp.dtype(s.dtype))
+        solver_state = s.runtime.init_solver_state(s.solver, s.model, self.params, self.x_train[:self.batch])
+        self.state = init_state(self.params, s.optimizer, solver_state, jnp.asarray(1.0, jnp.float32),
+                                count_rejections=True)
+        self.elapsed = 0.0
+        self.batch_axis = getattr(s.model, "state_batch_axis", 0)  # of the warm-start states, for checkpoints
+        if self.resume:
+            try:
+                state, meta = load_checkpoint(self.ckpt_path,
+                                              s.runtime.checkpoint_template(self.state, self.batch_axis))
+            except ValueError as exc:  # another model/optimizer/solver than the checkpoint's
+                raise ConfigError(str(exc)) from exc
+            self.state = s.runtime.local_state(state, self.batch_axis)  # MPI: this rank's warm-start blocks
+            self.elapsed = float(meta.get("time_s", 0.0))
+            step = int(self.state.step)
+            if step >= s.loop.steps:
+                raise ConfigError(f"resume={self.cfg.get('resume')}: the checkpoint in {self.run_dir} is at step "
+                                  f"{step}, and train.steps={s.loop.steps} asks for no more; set train.steps above "
+                                  f"{step} to continue training")
+            log.info("resuming %s from step %d", self.run_dir, step)
+        self.start = int(self.state.step)
+
+    def _open_log(self) -> None:
+        runtime, grid = self.s.runtime, self.s.runtime.grid
+        if not runtime.is_root:  # MPI ranks and JAX processes > 0: no files, no console output
+            log.setLevel(logging.WARNING)
+        self.runlog = (RunLog(self.run_dir / LOG_NAME, config_yaml=yaml.safe_dump(dict(self.cfg), sort_keys=False),
+                              grid=(grid.data, grid.layers),
+                              devices=f"{grid.backend}: " + ", ".join(str(d) for d in jax.devices()[: grid.size]),
+                              resume=bool(self.resume)) if runtime.is_root else NullLog())
+        if self.resume:
+            self.runlog.truncate(self.start)
+        self.runlog.set_attr("status", "running")  # until the run ends: completed, interrupted or failed
+
+    def _build_steps(self) -> None:
+        """The compiled training step (state donated, fault policy inside), its serial fallback, evaluation."""
+        s, cfg = self.s, self.cfg
+        options = dict(lr=float(cfg["optimizer"]["lr"]), line_search=needs_value_fn(cfg["optimizer"]),
+                       comm=s.runtime.comm,
+                       wrap=s.runtime.wrap_step(s.solver, s.model, self.params, self.x_train[:self.batch]))
+        self.guard = NonFiniteGuard(s.loop, lambda: make_train_step(s.model, SerialSolver(), s.optimizer, **options),
+                                    self.save_last_good, lr_scale=float(self.state.lr_scale),
+                                    rejections=int(self.state.rejections))
+        # the state is donated: the step replaces it in place instead of holding it twice
+        self.train_step = make_train_step(s.model, s.solver, s.optimizer, **options, faults=self.guard.policy(),
+                                          donate=True)
+        self.evaluate = make_evaluate(s.model, s.loop.eval_chunk)
+        self.metric = "acc" if s.data.task == "classification" else "mse"
+        # every validation column gets a row per logged step (NaN where not evaluated), so columns stay aligned
+        self.not_evaluated = {f"val_{k}": math.nan
+                              for k in (("acc", "loss") if self.metric == "acc" else ("mse", "rel_err"))}
+        self.raise_on_divergence = getattr(s.solver, "on_divergence", "serial") == "error"
+        self.stability = _StabilityCheck(s.solver, s.model, self.x_train, warn=s.runtime.is_root)
+        self.pending: list = []  # (step, metrics, stats, non-finite or None) since the last row, on the device
+        self.final: dict[str, float] = {}
+
+    def checkpoint(self, state: TrainState) -> None:
+        state = self.s.runtime.host_state(state, self.batch_axis)  # every process takes part in the gather
+        if not self.s.runtime.is_root:
             return
-        meta = {"step": int(st.step), "seed": seed, "time_s": time_s}
-        leaves = save_checkpoint(ckpt_path, st, meta)
-        runlog.write_checkpoint(leaves, meta)
+        meta = {"step": int(state.step), "seed": self.s.seed, "time_s": time.perf_counter() - self.t0}
+        self.runlog.write_checkpoint(save_checkpoint(self.ckpt_path, state, meta), meta)
 
-    def save_last_good(st: TrainState) -> Path:
-        checkpoint(st, time.perf_counter() - t0)
-        return ckpt_path
+    def save_last_good(self, state: TrainState) -> Path:
+        self.checkpoint(state)
+        return self.ckpt_path
 
-    guard = NonFiniteGuard(loop, lambda: make_train_step(model, SerialSolver(), optimizer, **step_options),
-                           save_last_good, lr_scale=float(state.lr_scale), rejections=int(state.rejections))
-    # the state is donated: the step replaces it in place instead of holding it twice
-    train_step = make_train_step(model, solver, optimizer, **step_options, faults=guard.policy(), donate=True)
+    def batch_at(self, step: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """This process's samples of step ``step``'s batch."""
+        if self.s.full_batch:
+            xb, yb = self.x_train, self.y_train
+        else:
+            idx = jnp.asarray(_batch_indices(self.s.seed, step, self.n, self.batch, self.perm_cache))
+            xb, yb = self.x_train[idx], self.y_train[idx]
+        return self.s.runtime.local_batch(xb, yb)
 
-    log.info("%s: N=%d width=%d %s/%s, solver=%s, optimizer=%s, %d training samples, batch %d, steps %d",
-             data.name, model.depth, model.width, model.layer, model.activation, cfg["solver"]["name"],
-             cfg["optimizer"]["name"], n, batch, loop.steps)
-    _report_padding(solver, model.depth, runlog)
-    stability.start(state.params)
-    progress = RunProgress(loop.steps, start, bar=loop.progress and runtime.is_root)
-    perm_cache: dict = {}
-    t0 = time.perf_counter() - elapsed
-    final: dict[str, float] = {}
-    # SIGTERM, SIGINT, SIGUSR1: finish the step, checkpoint, exit 128 + signal (on MPI: all ranks at one step)
-    # several JAX processes agree at the steps that log a row (a gather, which waits for the step); MPI ranks at
-    # every step (an allreduce on the host)
-    stop = StopRequest(agree=runtime.agree_stop())
-    stop_every = loop.log_every if runtime.grid.processes > 1 else 1
-    hint = (f"continue from the checkpoint with resume={run_dir}" if start
-            else "nothing was trained; run the command again to start afresh")
-    compiling = StopWhileCompiling(stop, lambda signum: runlog.set_attr(
-        "status", f"interrupted: {signal.Signals(signum).name}"), hint)
-    pending: list = []  # (step, metrics, stats, non-finite or None) of the steps since the last row, on the device
-
-    def log_rows(evaluate_now: bool) -> None:
+    def log_rows(self, evaluate_now: bool) -> None:
         """Rows of the steps since the last row (one fetch from the device): each rejected step's, then the last
         step's (with the validation metrics when ``evaluate_now``). Sets the guard's halt if a step ended the run."""
-        nonlocal final
-        entries, last = jax.device_get(pending), pending[-1][0]
-        pending.clear()
+        entries, last = jax.device_get(self.pending), self.pending[-1][0]
+        self.pending.clear()
         for done, metrics, stats, nonfinite in entries:
             if nonfinite is None:
-                nonfinite = guard.review(done, metrics)
+                nonfinite = self.guard.review(done, metrics)
             if done != last and not nonfinite:
                 continue
-            if raise_on_divergence and bool(stats.get("diverged", False)):
+            if self.raise_on_divergence and bool(stats.get("diverged", False)):
                 raise FloatingPointError(f"MGRIT diverged at step {done} (residuals {stats.get('fwd_residual')}); "
                                          f"set solver.on_divergence=serial to fall back to serial propagation")
-            row = {"step": done, "epoch": done * batch / n, **{k: float(v) for k, v in metrics.items()},
-                   "nonfinite": float(nonfinite), **not_evaluated}
-            evaluated = evaluate_now and done == last and not guard.halted
-            stats = {**stats, **stability.row(state.params if evaluated else None)}
-            if evaluated:
-                row.update({f"val_{k}": v for k, v in evaluate(state.params, x_val, y_val).items()})
-                final = dict(row)
-                log.info("step %d/%d  loss %.4g  train_%s %.4g  val_%s %.4g", done, loop.steps, row["loss"],
-                         metric, row[f"train_{metric}"], metric, row[f"val_{metric}"])
-            row["time_s"] = time.perf_counter() - t0
-            runlog.append(row, {k: np.asarray(v, np.float64) for k, v in stats.items()})
-            progress.logged_row(row, stats)
-            if guard.halted:  # the later steps left the state as it was
+            self._row(done, metrics, stats, nonfinite, evaluate_now and done == last and not self.guard.halted)
+            if self.guard.halted:  # the later steps left the state as it was
                 break
-        progress.rejected = guard.rejected
+        self.progress.rejected = self.guard.rejected
 
-    try:
-        for step in range(start, loop.steps):
-            if (step - start) % stop_every == 0 and stop.should_stop():
-                if pending:
-                    log_rows(False)
-                if guard.halted:
-                    raise guard.stop(state)
-                checkpoint(state, time.perf_counter() - t0)
-                runlog.set_attr("status", f"interrupted: {stop.name}")
-                log.warning("interrupted by %s after step %d: checkpoint written to %s", stop.name, step, ckpt_path)
-                raise Interrupted(stop.signum, step, ckpt_path)
-            if full_batch:
-                xb, yb = x_train, y_train
-            else:
-                idx = jnp.asarray(_batch_indices(seed, step, n, batch, perm_cache))
-                xb, yb = x_train[idx], y_train[idx]
-            xb, yb = runtime.local_batch(xb, yb)
-            x_in = inject_nan(xb) if step + 1 == loop.inject_nan_at_step else xb  # test hook, normally xb
-            state, metrics, stats = train_step(state, x_in, yb)
+    def _row(self, done: int, metrics, stats, nonfinite: bool, evaluated: bool) -> None:
+        row = {"step": done, "epoch": done * self.batch / self.n, **{k: float(v) for k, v in metrics.items()},
+               "nonfinite": float(nonfinite), **self.not_evaluated}
+        params = self.state.params
+        stats = {**stats, **self.stability.row(params if evaluated else None)}
+        if evaluated:
+            row.update({f"val_{k}": v for k, v in self.evaluate(params, self.x_val, self.y_val).items()})
+            self.final = dict(row)
+            m = self.metric
+            log.info("step %d/%d  loss %.4g  train_%s %.4g  val_%s %.4g", done, self.s.loop.steps, row["loss"],
+                     m, row[f"train_{m}"], m, row[f"val_{m}"])
+        row["time_s"] = time.perf_counter() - self.t0
+        self.runlog.append(row, {k: np.asarray(v, np.float64) for k, v in stats.items()})
+        self.progress.logged_row(row, stats)
+
+    def interrupt(self, stop: StopRequest, step: int) -> Interrupted:
+        """After a stop signal before step ``step + 1``: rows, checkpoint, status; the exception to raise."""
+        if self.pending:
+            self.log_rows(False)
+        if self.guard.halted:
+            raise self.guard.stop(self.state)
+        self.checkpoint(self.state)
+        self.runlog.set_attr("status", f"interrupted: {stop.name}")
+        log.warning("interrupted by %s after step %d: checkpoint written to %s", stop.name, step, self.ckpt_path)
+        return Interrupted(stop.signum, step, self.ckpt_path)
+
+    def train(self) -> RunResult:
+        s, loop = self.s, self.s.loop
+        log.info("%s: N=%d width=%d %s/%s, solver=%s, optimizer=%s, %d training samples, batch %d, steps %d",
+                 s.data.name, s.model.depth, s.model.width, s.model.layer, s.model.activation,
+                 self.cfg["solver"]["name"], self.cfg["optimizer"]["name"], self.n, self.batch, loop.steps)
+        _report_padding(s.solver, s.model.depth, self.runlog)
+        self.stability.start(self.state.params)
+        self.progress = RunProgress(loop.steps, self.start, bar=loop.progress and s.runtime.is_root)
+        self.t0 = time.perf_counter() - self.elapsed
+        # SIGTERM, SIGINT, SIGUSR1: finish the step, checkpoint, exit 128 + signal. MPI ranks agree at every step
+        # (an allreduce on the host), several JAX processes at the steps that log a row (a gather, which waits)
+        stop = StopRequest(agree=s.runtime.agree_stop())
+        stop_every = loop.log_every if s.runtime.grid.processes > 1 else 1
+        hint = (f"continue from the checkpoint with resume={self.run_dir}" if self.start
+                else "nothing was trained; run the command again to start afresh")
+        compiling = StopWhileCompiling(stop, lambda signum: self.runlog.set_attr(
+            "status", f"interrupted: {signal.Signals(signum).name}"), hint)
+        try:
+            for step in range(self.start, loop.steps):
+                if (step - self.start) % stop_every == 0 and stop.should_stop():
+                    raise self.interrupt(stop, step)
+                self._step(step, compiling)
+            self.runlog.set_attr("status", "completed")
+            if s.runtime.is_root:
+                self.progress.summary(loop.steps, self.final, self.run_dir / LOG_NAME)
+        except Interrupted:
+            raise
+        except BaseException as exc:
+            self.runlog.set_attr("status", f"failed: {type(exc).__name__}")
+            raise
+        finally:
             compiling.done()
-            done = step + 1
-            nonfinite = None  # known on the host only under on_nonfinite=serial; else read with the next row
-            if guard.eager:
-                state, metrics, nonfinite = guard.check(state, metrics, xb, yb, done)
-            pending.append((done, metrics, stats, nonfinite))
-            progress.step(done, metrics)
-            evaluate_now = done % loop.eval_every == 0 or done == loop.steps
-            if not (evaluate_now or done % loop.log_every == 0 or nonfinite):
-                continue
-            log_rows(evaluate_now)
-            if guard.halted:  # on_nonfinite=stop or too many rejections: the last good state is saved
-                raise guard.stop(state)
-            if done % loop.checkpoint_every == 0 or done == loop.steps:
-                checkpoint(state, time.perf_counter() - t0)
-        runlog.set_attr("status", "completed")
-        if runtime.is_root:
-            progress.summary(loop.steps, final, run_dir / LOG_NAME)
-    except Interrupted:
-        raise
-    except BaseException as exc:
-        runlog.set_attr("status", f"failed: {type(exc).__name__}")
-        raise
-    finally:
+            stop.restore()
+            self.progress.close()
+            self.runlog.close()
+            self.lock.release()
+        return RunResult(run_dir=self.run_dir, log_path=self.run_dir / LOG_NAME, final=self.final)
+
+    def _step(self, step: int, compiling: StopWhileCompiling) -> None:
+        """Step ``step + 1``: dispatched without waiting; a row, evaluation and checkpoint when due."""
+        loop, done = self.s.loop, step + 1
+        xb, yb = self.batch_at(step)
+        x_in = inject_nan(xb) if done == loop.inject_nan_at_step else xb  # test hook, normally xb
+        self.state, metrics, stats = self.train_step(self.state, x_in, yb)
         compiling.done()
-        stop.restore()
-        progress.close()
-        runlog.close()
-        lock.release()
-    return RunResult(run_dir=run_dir, log_path=run_dir / LOG_NAME, final=final)
+        nonfinite = None  # known on the host only under on_nonfinite=serial; else read with the next row
+        if self.guard.eager:
+            self.state, metrics, nonfinite = self.guard.check(self.state, metrics, xb, yb, done)
+        self.pending.append((done, metrics, stats, nonfinite))
+        self.progress.step(done, metrics)
+        evaluate_now = done % loop.eval_every == 0 or done == loop.steps
+        if not (evaluate_now or done % loop.log_every == 0 or nonfinite):
+            return
+        self.log_rows(evaluate_now)
+        if self.guard.halted:  # on_nonfinite=stop or too many rejections: the last good state is saved
+            raise self.guard.stop(self.state)
+        if done % loop.checkpoint_every == 0 or done == loop.steps:
+            self.checkpoint(self.state)
 
 
 PADDING_WARN = 0.05
