@@ -39,6 +39,7 @@ def test_factors_are_geometric_means_over_cycles_from_the_second():
     assert np.isnan(float(convergence_factor(one))) and np.isnan(float(last_factor(one)))
 
 
+@pytest.mark.slow(seconds=22)
 def test_adaptive_cycles_stop_at_the_relative_target():
     model, params, x, y = make_problem(64, T=5.0)
     cycles = []
@@ -65,6 +66,7 @@ def test_least_cycles_are_done_even_when_the_target_is_met():
     assert int(stats["fwd_cycles"]) == 3 and int(stats["bwd_cycles"]) == 2
 
 
+@pytest.mark.slow(seconds=14)
 def test_bias_check_tightens_then_switches_to_serial():
     """A loose tolerance (one cycle) with a cosine threshold no one-shot gradient meets: every check tightens,
     after one tightening the next check switches to serial, whose gradient is exact."""
@@ -112,6 +114,7 @@ def test_bad_control_options_name_the_option(key, value, words):
     assert words in str(err.value)
 
 
+@pytest.mark.slow(seconds=12)
 def test_run_logs_cycles_mode_and_bias_checks(tmp_path):
     cfg = compose_config(["dataset.n_train=500", "dataset.n_val=100", "model.depth=16", "train.steps=12",
                           "solver=mgrit", "solver.control=adaptive", "solver.control_every=5",
@@ -129,7 +132,7 @@ def test_run_logs_cycles_mode_and_bias_checks(tmp_path):
     assert np.all((last <= 1e-4) | (k == 6))
 
 
-@pytest.mark.slow(seconds=55)
+@pytest.mark.slow(seconds=27)
 def test_diagnostic_shows_where_the_one_shot_error_comes_from(tmp_path):
     """`scripts/diagnose_one_shot.py` on a short peaks run (1000 points, 200 steps): the warm-started forward
     solve reduces the error against the exact states in every step (the residual growth in the log is not an

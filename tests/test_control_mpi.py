@@ -20,7 +20,7 @@ ADAPTIVE = ["solver=mgrit", "solver.control=adaptive", "solver.control_every=3",
             "dataset.n_train=400", "dataset.n_val=100"]
 
 
-@pytest.mark.slow(seconds=200)
+@pytest.mark.slow(seconds=55)
 def test_adaptive_control_under_mpi_decides_as_one_process(tmp_path):
     single_dir, mpi_dir = tmp_path / "single", tmp_path / "mpi"
     proc = lpt_train([*ADAPTIVE, f"hydra.run.dir={single_dir}"], tmp_path)

@@ -37,6 +37,7 @@ CASES = ([(k, (1, 1), "SAME") for k in (1, 3, 5, 7)]  # the layers' convolutions
          + [(3, (2, 2), "SAME"), (5, (1, 2), "VALID"), (3, (1, 1), ((1, 2), (0, 3))), (7, (2, 1), ((3, 0), (2, 2)))])
 
 
+@pytest.mark.slow(seconds=12)
 @pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
 def test_matmul_convolution_equals_xla(dtype):
     """Values and both VJPs for kernel sizes 1, 3, 5, 7 with same padding (the layers' use), and strides
@@ -83,6 +84,7 @@ def test_matmul_convolution_vmapped_over_layers(dtype):
     assert "convolution" not in hlo and "dot_general" in hlo
 
 
+@pytest.mark.slow(seconds=12)
 @pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
 def test_channels_first_layout_equals_nhwc(dtype):
     """conv2d in the CNHW layout (channels first) equals the NHWC one, values and both VJPs, both
@@ -91,16 +93,27 @@ def test_channels_first_layout_equals_nhwc(dtype):
     for k, strides, padding in CASES:
         y = jnp.asarray(rng.normal(size=(2, 9, 11, 3)), dtype)
         w = jnp.asarray(rng.normal(size=(k, k, 3, 4)), dtype)
-        want, want_vjp = jax.vjp(lambda y, w: conv2d(y, w, "xla", strides, padding), y, w)
-        g = jnp.asarray(rng.normal(size=want.shape), dtype)
-        for impl in ("xla", "matmul"):
-            got, got_vjp = jax.vjp(lambda y, w: conv2d(y, w, impl, strides, padding, "CNHW"), jnp.moveaxis(y, -1, 0), w)
-            dy, dw = got_vjp(jnp.moveaxis(g, -1, 0))
-            for a, b in ((jnp.moveaxis(got, 0, -1), want), (jnp.moveaxis(dy, 0, -1), want_vjp(g)[0]),
-                         (dw, want_vjp(g)[1])):
+        shape = jax.eval_shape(lambda y, w: conv2d(y, w, "xla", strides, padding), y, w).shape
+        g = jnp.asarray(rng.normal(size=shape), dtype)
+
+        def pairs(y, w, g):  # (CNHW result in NHWC order, NHWC reference) per formulation: one compiled program
+            want, want_vjp = jax.vjp(lambda y, w: conv2d(y, w, "xla", strides, padding), y, w)
+            out = {}
+            for impl in ("xla", "matmul"):
+                got, got_vjp = jax.vjp(lambda y, w: conv2d(y, w, impl, strides, padding, "CNHW"),
+                                       jnp.moveaxis(y, -1, 0), w)
+                dy, dw = got_vjp(jnp.moveaxis(g, -1, 0))
+                out[impl] = ((jnp.moveaxis(got, 0, -1), want), (jnp.moveaxis(dy, 0, -1), want_vjp(g)[0]),
+                             (dw, want_vjp(g)[1]))
+            return out
+
+        for impl, results in jax.jit(pairs)(y, w, g).items():
+            for a, b in results:
+                assert a.dtype == dtype and a.shape == b.shape
                 assert rel(a, b) <= TOL[dtype], (impl, k, strides, padding)
 
 
+@pytest.mark.slow(seconds=14)
 @pytest.mark.parametrize("layer", ["conv", "conv2"])
 def test_networks_agree_across_conv_impls_and_layouts(layer):
     """The same parameters give the same loss and gradient with every formulation and state layout (and the
@@ -150,6 +163,7 @@ def test_resolve_batch():
         MGRITOptions(interval_batch=-1)
 
 
+@pytest.mark.slow(seconds=29)
 def test_iterates_do_not_depend_on_the_interval_batch():
     """Forward and adjoint iterates and the layer gradient: batches of 4 intervals (lax.map; 6 intervals on
     the finest level leave a remainder of 2, the 3 of the next level fit one batch) equal one vmap over all
@@ -174,6 +188,7 @@ def test_iterates_do_not_depend_on_the_interval_batch():
 
 
 # --- skip the first down-cycle ---------------------------------------------------------------------------
+@pytest.mark.slow(seconds=18)
 def test_skip_first_down_counts_the_coarse_guess_as_the_first_cycle():
     net = conv_net(depth=16)
     params = net.init(jax.random.PRNGKey(0), jnp.float64)
@@ -196,6 +211,7 @@ def test_skip_first_down_counts_the_coarse_guess_as_the_first_cycle():
     assert int(s.iterations) == 1 and rel(guess_only, exact) > 1e-6
 
 
+@pytest.mark.slow(seconds=14)
 def test_skip_first_down_in_the_one_shot_gradient():
     """One-shot gradients with skip_first_down equal those of one cycle fewer without it (cold start)."""
     net = ResNet(input_shape=(2,), num_outputs=3, depth=16, width=4, T=2.0)

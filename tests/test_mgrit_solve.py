@@ -127,6 +127,7 @@ def assert_converged_parity(model, params, x, labels, opts):
     assert err < 1e-8, err
 
 
+@pytest.mark.slow(seconds=9)
 @pytest.mark.parametrize("layer,depth,cfactor,levels,nrelax", CONVERGED_CASES)
 def test_converged_mgrit_matches_serial(layer, depth, cfactor, levels, nrelax):
     model, params, x, labels = make_problem(depth, layer)
@@ -135,6 +136,7 @@ def test_converged_mgrit_matches_serial(layer, depth, cfactor, levels, nrelax):
     assert_converged_parity(model, params, x, labels, opts)
 
 
+@pytest.mark.slow(seconds=8)
 def test_average_restriction_and_per_level_cfactor_converge_to_serial():
     model, params, x, labels = make_problem(96)
     opts = MGRITOptions(cfactor=(2, 4), max_levels=4, restrict="average", nrelax_fine=0, nrelax=1,
@@ -155,6 +157,7 @@ def test_tolerance_stops_early_and_pads_with_nan():
 
 
 # --- cycle types ----------------------------------------------------------------------------------------
+@pytest.mark.slow(seconds=17)
 def test_f_cycle_and_fmg_at_least_as_fast_as_v_and_same_answer():
     """Residual after each of the first 8 cycles: F-cycle ≤ V-cycle; FMG (nested-iteration start, then
     V-cycles) ≤ 1.1 × V (its gain is the better start, its cycles are V-cycles). All reach the serial states."""

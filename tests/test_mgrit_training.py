@@ -59,6 +59,7 @@ def rel_err(a, b) -> float:
     return float(jnp.linalg.norm(fa - fb) / jnp.linalg.norm(fb))
 
 
+@pytest.mark.slow(seconds=13)
 def test_one_shot_2_1_cycles_gradient_close_to_serial_and_stats_shapes():
     """Cold start (minibatch setting), default (2, 1) cycles, T = 1: gradient within 5 % of the serial one
     (measured 1.5 %). At T = 5 with random weights a cold (2, 1) step is far less accurate (≈ 50 %, see the
@@ -110,6 +111,7 @@ def test_warm_start_reduces_residual_and_gradient_error():
     assert all(b < a for a, b in zip(errors, errors[1:])) and errors[-1] < 0.02
 
 
+@pytest.mark.slow(seconds=16)
 @pytest.mark.parametrize("layer,depth,cfactor", [("dense", 100, 4), ("conv", 24, 2)])
 def test_converged_one_shot_gradient_matches_serial(layer, depth, cfactor):
     model, params, x, y = make_problem(depth, T=5.0, layer=layer, batch=8, gamma=1e-3)
@@ -123,6 +125,7 @@ def test_converged_one_shot_gradient_matches_serial(layer, depth, cfactor):
     assert err < 1e-8, err
 
 
+@pytest.mark.slow(seconds=19)
 def test_divergence_falls_back_to_serial_or_reports():
     model, params, x, y = make_problem(64, T=5.0)
     serial = MGRITSolver(warm_start=True, on_divergence="serial")

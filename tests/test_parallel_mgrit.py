@@ -22,13 +22,18 @@ from lpt.parallel.sharded import REPLICATED, SAMPLES, chunk_states, on_mesh
 F64 = jnp.float64
 
 
-def problem(depth: int, layer: str):
+def problem(depth: int, layer: str, init: bool = True):
+    """(model, parameters, inputs, labels); with ``init=False`` the model only (the rest None: nothing drawn)."""
     if layer == "conv":
         model = ResNet(input_shape=(5, 5, 2), num_outputs=3, depth=depth, width=2, T=2.0, layer="conv",
                        opening="conv", gamma_tik=1e-3, gamma_ddt=1e-4)
-        x = jax.random.normal(jax.random.PRNGKey(1), (8, 5, 5, 2), F64)
     else:
         model = ResNet(input_shape=(2,), num_outputs=5, depth=depth, width=8, T=5.0, gamma_tik=1e-3, gamma_ddt=1e-4)
+    if not init:
+        return model, None, None, None
+    if layer == "conv":
+        x = jax.random.normal(jax.random.PRNGKey(1), (8, 5, 5, 2), F64)
+    else:
         x = jax.random.uniform(jax.random.PRNGKey(1), (8, 2), F64, -3.0, 3.0)
     return model, model.init(jax.random.PRNGKey(0), F64), x, jnp.arange(8) % model.num_outputs
 
@@ -64,19 +69,30 @@ def run_mesh(grid: ProcessorGrid, model, params, x, y, steps: int):
 
 def run_single(model, params, x, y, steps: int):
     solver = solver_for()
-    state = solver.init_state(model, params, x)
-    for _ in range(steps):
-        obj, _, grads, state, stats = solver.value_and_grad(model, params, x, y, state)
-    return obj, grads, state.ys[: model.depth + 1], state.ybars[: model.depth + 1], stats
+
+    def local(params, x, y):  # one compiled program, as on the mesh (op by op, it compiles hundreds)
+        state = solver.init_state(model, params, x)
+        for _ in range(steps):
+            obj, _, grads, state, stats = solver.value_and_grad(model, params, x, y, state)
+        return obj, grads, state.ys[: model.depth + 1], state.ybars[: model.depth + 1], stats
+
+    return jax.jit(local)(params, x, y)
+
+
+@jax.jit
+def _rel(a, b) -> jnp.ndarray:
+    a, b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    num = sum(jnp.sum((u - v) ** 2) for u, v in zip(a, b))
+    return jnp.sqrt(num / sum(jnp.sum(v**2) for v in b))
 
 
 def rel(a, b) -> float:
-    a, b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-    num = sum(float(jnp.sum((u - v) ** 2)) for u, v in zip(a, b))
-    return (num / sum(float(jnp.sum(v**2)) for v in b)) ** 0.5
+    """‖a − b‖ / ‖b‖ over all leaves of two trees (one compiled program per tree structure, not one per leaf and
+    operation)."""
+    return float(_rel(a, b))
 
 
-@pytest.mark.slow(seconds=90)
+@pytest.mark.slow(seconds=50)
 # even chunks (N = 64), uneven chunks with a warm-started second step (N = 100), and conv layers (on uneven chunks:
 # the layer kind and the chunk layout are independent, so conv on N = 64 would run no further code)
 @pytest.mark.parametrize("layer,depth,steps", [("dense", 64, 1), ("dense", 100, 2), ("conv", 100, 1)])
@@ -103,27 +119,39 @@ def test_too_many_layer_ranks_is_refused_before_work():
         solver_for(ProcessorGrid("mesh", layers=8).comm()).layouts(model.depth)
 
 
+ADAPTIVE = {"control": "adaptive", "cfactor": 4, "max_levels": 4, "control_every": 2, "control_min_cos": 0.999999999,
+            "fwd_iters": 1, "bwd_iters": 1, "control_tol": 0.5, "on_divergence": "error"}
+
+
+def adaptive_steps(solver, model, params, x, y, mean):
+    """Three training-step gradients with the solver's statistics: (gradient, cycles, mode, cosine) per step."""
+    state, out = solver.init_state(model, params, x), []
+    for _ in range(3):
+        _, _, grads, state, stats = solver.value_and_grad(model, params, x, y, state)
+        out.append((mean(grads), stats["fwd_cycles"], stats["bwd_cycles"], stats["mode"], stats["grad_cos"]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def adaptive_reference():
+    """The problem and the one-device reference of the adaptive-control test (the same for every grid)."""
+    model, params, x, y = problem(64, "dense")
+    single = MGRITSolver.from_config(ADAPTIVE, full_batch=True)
+    ref = jax.jit(lambda p, x, y: adaptive_steps(single, model, p, x, y, lambda t: t))(params, x, y)
+    return model, params, x, y, single, ref
+
+
+@pytest.mark.slow(seconds=23)
 @pytest.mark.parametrize("data,layers", [(1, 2), (2, 2)])
-def test_adaptive_control_decides_alike_on_every_grid(data, layers):
+def test_adaptive_control_decides_alike_on_every_grid(adaptive_reference, data, layers):
     """The adaptive control on the mesh: the same cycles, bias-check cosines, modes and gradients as on one
     device (a threshold no one-shot gradient meets forces a tightening at the check of step 2)."""
-    model, params, x, y = problem(64, "dense")
-    cfg = {"control": "adaptive", "cfactor": 4, "max_levels": 4, "control_every": 2, "control_min_cos": 0.999999999,
-           "fwd_iters": 1, "bwd_iters": 1, "control_tol": 0.5, "on_divergence": "error"}
-    single = MGRITSolver.from_config(cfg, full_batch=True)
+    model, params, x, y, single, ref = adaptive_reference
     grid = ProcessorGrid("mesh", data=data, layers=layers)
     mesh = dataclasses.replace(single, comm=grid.comm())
-
-    def steps(solver, params, x, y, mean):
-        state, out = solver.init_state(model, params, x), []
-        for _ in range(3):
-            _, _, grads, state, stats = solver.value_and_grad(model, params, x, y, state)
-            out.append((mean(grads), stats["fwd_cycles"], stats["bwd_cycles"], stats["mode"], stats["grad_cos"]))
-        return out
-
-    ref = jax.jit(lambda p, x, y: steps(single, p, x, y, lambda t: t))(params, x, y)
     mean = lambda t: jax.tree_util.tree_map(lambda a: mesh.comm.data_sum(a) / data, t)  # noqa: E731
-    fn = on_mesh(lambda p, x, y: steps(mesh, p, x, y, mean), grid, (REPLICATED, SAMPLES, SAMPLES), REPLICATED)
+    fn = on_mesh(lambda p, x, y: adaptive_steps(mesh, model, p, x, y, mean), grid, (REPLICATED, SAMPLES, SAMPLES),
+                 REPLICATED)
     got = jax.jit(fn)(params, x, y)
     assert [int(r[3]) for r in ref] == [0, 0, 1]
     for (g, fc, bc, mode, cos), (g_ref, fc_ref, bc_ref, mode_ref, cos_ref) in zip(got, ref):

@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 SHORT = ["solver=mgrit", "train.steps=12", "train.eval_every=6", "dataset.n_train=400", "dataset.n_val=100"]
 
 
-@pytest.mark.slow(seconds=80)
+@pytest.mark.slow(seconds=40)
 @pytest.mark.parametrize("ranks,data,depth,layer", [(2, 1, 64, "dense"), (2, 1, 100, "conv"), (4, 2, 100, "dense")])
 def test_mpi_iterates_equal_single(ranks, data, depth, layer):
     """Each rank compares its chunk's forward/adjoint states, objective, gradient, residuals (float64, 1e-12)."""
@@ -44,6 +44,7 @@ def single_cli_run(tmp_path_factory):
     return read_run(path)
 
 
+@pytest.mark.slow(seconds=30)
 def test_lpt_train_under_mpi_writes_one_log_equal_to_single(tmp_path, single_cli_run):
     exe = Path(sys.executable).with_name("lpt-train")
     proc = mpirun(2, exe, *SHORT, "parallel=mpi", "parallel.layers=2", f"hydra.run.dir={tmp_path}", timeout=400)
@@ -58,6 +59,7 @@ def test_lpt_train_under_mpi_writes_one_log_equal_to_single(tmp_path, single_cli
     np.testing.assert_allclose(rec.mgrit["fwd_residual"], single_cli_run.mgrit["fwd_residual"], rtol=1e-4)
 
 
+@pytest.mark.slow(seconds=24)
 @pytest.mark.parametrize("data,layers", [(1, 4), (2, 2)])
 def test_mesh_training_equals_single(tmp_path, single_run, data, layers):
     result = run(compose_config([*SHORT, "parallel=mesh", f"parallel.data={data}", f"parallel.layers={layers}"]),

@@ -215,7 +215,7 @@ MNIST_BUDGET = ["dataset.n_train=2000", "dataset.n_val=2000", "train.steps=200",
                 "train.eval_every=200", "logging.progress=false"]
 
 
-@pytest.mark.slow(seconds=150)
+@pytest.mark.slow(seconds=31)
 def test_parareal_mnist_matches_the_plain_resnet(shared_data, tmp_path):
     """+experiment=parareal_mnist on a short budget vs the same ResNet (model=conv) with the same budget."""
     common = ["+experiment=parareal_mnist", f"data_dir={shared_data}", *MNIST_BUDGET]
@@ -236,6 +236,7 @@ def test_parareal_mnist_matches_the_plain_resnet(shared_data, tmp_path):
     assert "arch: parareal" in record.attrs["config"]
 
 
+@pytest.mark.slow(seconds=17)
 def test_lpt_train_cli_runs_parareal(tmp_path):
     """`lpt-train model=parareal` on the default (peaks) data writes its HDF5 log."""
     exe = Path(sys.executable).with_name("lpt-train")

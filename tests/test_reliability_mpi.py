@@ -38,7 +38,7 @@ def mpirun(script: str, *args: str) -> tuple[subprocess.CompletedProcess, float]
     return proc, time.perf_counter() - start
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=5)
 @pytest.mark.parametrize("mode", ["raise", "kill"])
 def test_a_failing_rank_ends_every_rank(mode):
     proc, seconds = mpirun("fault_abort.py", mode)
@@ -58,7 +58,7 @@ def test_a_failing_rank_ends_every_rank(mode):
         assert "exited on signal 9" in output, output[-3000:]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=5)
 def test_a_stop_signal_on_one_rank_stops_all_ranks_after_the_same_step():
     proc, _ = mpirun("fault_stop.py")
     output = proc.stdout + proc.stderr

@@ -71,6 +71,7 @@ def assert_same_history(history: dict[str, np.ndarray], reference: dict[str, np.
         np.testing.assert_array_equal(history[key], reference[key], err_msg=key)
 
 
+@pytest.mark.slow(seconds=17)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_checkpoints_closes_the_log_and_resume_is_bitwise(tmp_path, reference, sig):
     """SIGTERM (then resume=PATH) and SIGINT (then a SLURM requeue into the same run directory)."""
@@ -104,7 +105,7 @@ def test_signal_checkpoints_closes_the_log_and_resume_is_bitwise(tmp_path, refer
     assert_same_history(rec.history, reference)
 
 
-@pytest.mark.slow(seconds=70)
+@pytest.mark.slow(seconds=17)
 def test_sigkill_at_random_moments_leaves_readable_logs_and_checkpoints(tmp_path, reference):
     """Four runs killed with SIGKILL at random moments (during start-up, compilation, training: two of them);
     every log that exists is readable and holds a prefix of the history; every checkpoint loads; the run

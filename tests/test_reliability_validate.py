@@ -69,9 +69,9 @@ def _names_an_option(message: str, keys: list[str]) -> bool:
     return any(key in message or f"{key.rsplit('.', 1)[-1]}=" in message for key in keys)
 
 
-@pytest.mark.slow(seconds=120)
+@pytest.mark.slow(seconds=60)
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # e.g. lr=1e300 in float32
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(overrides())
 @example((["solver=mgrit", "optimizer=adam", "solver.min_coarse=100"], ["solver.min_coarse"]))  # one level (CI)
 def test_random_overrides_train_or_fail_with_a_clear_error(drawn):

@@ -29,7 +29,7 @@ def script(name: str, *args: str, cwd: Path | None = None, timeout: float = 600)
     return proc
 
 
-@pytest.mark.slow(seconds=70)
+@pytest.mark.slow(seconds=29)
 def test_reproduce_papers_table_equals_the_logs(tmp_path):
     """scripts/reproduce_papers.py: serial and mgrit runs of a preset, its lpt-report folder, and a figures
     table whose numbers are those of the HDF5 logs."""

@@ -12,6 +12,7 @@ from test_parallel_comm import mpirun
 from test_scripts import SCRIPTS, script
 
 
+@pytest.mark.slow(seconds=30)
 def test_bench_solver_prints_the_work_model_ratio():
     # large enough that one cycle is well above timer noise (the marginal cycle time is a difference of timings)
     proc = script("bench_solver.py", "--depth", "256", "--width", "8", "--batch", "64", "--cfactor", "4",
@@ -23,6 +24,7 @@ def test_bench_solver_prints_the_work_model_ratio():
     assert re.search(r"one-shot step .* ms", proc.stdout)
 
 
+@pytest.mark.slow(seconds=24)
 def test_bench_parareal_runs(tmp_path):
     out = tmp_path / "parareal.json"
     proc = script("bench_parareal.py", "--layer", "dense", "--input-shape", "4", "--depth", "12", "--batch", "8",
@@ -47,6 +49,7 @@ def test_bench_comm_fits_a_line(tmp_path):
     assert costs["alpha"] >= 0 and costs["beta"] > 0
 
 
+@pytest.mark.slow(seconds=20)
 def test_bench_layers_prints_ratios_for_every_kind():
     """scripts/bench_layers.py --quick: one row per layer kind, formulation and state layout with serial and
     relaxation times per layer step and their ratios (the ratio columns are the quotients of the time columns)."""
@@ -70,6 +73,7 @@ def _convnet_rows(stdout: str) -> dict[str, float]:
             for m in re.finditer(r"^  (\S.*?)\s+([\d.]+) s \(\s*[-\d.]+\)\s+/ yardstick", stdout, re.M)}
 
 
+@pytest.mark.slow(seconds=30)
 def test_bench_convnet_single_process():
     proc = script("bench_convnet.py", "--depths", "8", "--channels", "2", "--image", "6", "--batch", "2",
                   "--repeats", "1")
@@ -78,7 +82,7 @@ def test_bench_convnet_single_process():
     assert all(t > 0 for t in rows.values())
 
 
-@pytest.mark.slow(seconds=90)
+@pytest.mark.slow(seconds=19)
 def test_bench_convnet_on_two_mpi_ranks():
     proc = mpirun(2, SCRIPTS / "bench_convnet.py", "--depths", "8", "--channels", "2", "--image", "6", "--batch",
                   "2", "--repeats", "1", "--backend", "mpi", "--variants", "skip")
@@ -90,6 +94,7 @@ def test_bench_convnet_on_two_mpi_ranks():
     assert speedup and float(speedup.group(1)) > 0
 
 
+@pytest.mark.slow(seconds=15)
 def test_time_preset_step(shared_data):
     proc = script("time_preset_step.py", "mnist_torchbraid", f"data_dir={shared_data}", "dataset.n_train=100",
                   "model.depth=8", "--repeats", "1")
@@ -99,7 +104,7 @@ def test_time_preset_step(shared_data):
     assert 0 < float(found.group(1)) < float(found.group(2))
 
 
-@pytest.mark.slow(seconds=30)
+@pytest.mark.slow(seconds=10)
 @pytest.mark.parametrize("layout", ["NHWC", "CNHW"])
 def test_profile_gradient_sums_operations_by_kind(layout):
     """scripts/profile_gradient.py on a tiny conv2 net: the gradient's time, then operation kinds with times

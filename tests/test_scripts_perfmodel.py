@@ -1,9 +1,11 @@
 """scripts/validate_model.py, `lpt-model` and scripts/scaling/ (the performance model against measurements) run
 (tiny sizes) and print or write what they promise.
 
-All calibrate the same profile (+experiment=peaks_1024, batch 30) on one device or on 2 MPI ranks: one module,
-run in this order on one worker, so that later calibrations load the programs the first ones compiled from the
-session's compilation cache (tests/conftest.py)."""
+All use the same profile (+experiment=peaks_1024, batch 30) on one device or on 2 MPI ranks: one module, run in
+this order on one worker, so that later calibrations load the programs the first ones compiled from the session's
+compilation cache (tests/conftest.py). The validate_model.py calibrations (one device, then 2 MPI ranks added to a
+copy of that file) are module fixtures: their tests check them, and the scaling sweep compares with them instead
+of calibrating the same profiles again."""
 
 from __future__ import annotations
 
@@ -40,24 +42,45 @@ def _check_validation_rows(stdout: str, rows_file: Path, backend: str, ranks: in
     assert "all ratios within 25 %:" in stdout
 
 
-def test_validate_model_single(tmp_path):
-    """scripts/validate_model.py calibrates into the given file and prints predicted/measured per depth."""
-    cal, rows = tmp_path / "cal.json", tmp_path / "rows.json"
+@pytest.fixture(scope="module")
+def single_calibration(tmp_path_factory):
+    """scripts/validate_model.py --calibrate on one device, depths 16 and 32: (process, calibration file, its
+    content as this run left it, rows file)."""
+    tmp = tmp_path_factory.mktemp("calibration_single")
+    cal, rows = tmp / "cal.json", tmp / "rows.json"
     proc = script("validate_model.py", "--calibrate", "--depths", "16", "32", "--repeats", "1", "--file", str(cal),
                   "--json", str(rows), "+experiment=peaks_1024", "dataset.n_train=30")
-    assert json.loads(cal.read_text())["profiles"]
-    _check_validation_rows(proc.stdout, rows, "single", 1)
-    assert all(r["serial_ratio"] > 0 for r in json.loads(rows.read_text()))
+    return proc, cal, json.loads(cal.read_text()), rows
 
 
-@pytest.mark.slow(seconds=200)
-def test_validate_model_under_mpi_on_two_ranks(tmp_path):
-    cal, rows = tmp_path / "cal.json", tmp_path / "rows.json"
+@pytest.fixture(scope="module")
+def mpi_calibration(tmp_path_factory, single_calibration):
+    """The same under mpirun on 2 ranks (--backend mpi), into a copy of the one-device calibration file, which
+    then holds both profiles and the MPI message costs: (process, calibration file, rows file)."""
+    tmp = tmp_path_factory.mktemp("calibration_mpi")
+    cal, rows = tmp / "cal.json", tmp / "rows.json"
+    shutil.copy(single_calibration[1], cal)
     proc = mpirun(2, SCRIPTS / "validate_model.py", "--calibrate", "--backend", "mpi", "--depths", "16", "32",
                   "--repeats", "1", "--file", str(cal), "--json", str(rows), "+experiment=peaks_1024",
                   "dataset.n_train=30", timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc, cal, rows
+
+
+@pytest.mark.slow(seconds=52)
+def test_validate_model_single(single_calibration):
+    """scripts/validate_model.py calibrates into the given file and prints predicted/measured per depth."""
+    proc, _, stored, rows = single_calibration
+    assert stored["profiles"]
+    _check_validation_rows(proc.stdout, rows, "single", 1)
+    assert all(r["serial_ratio"] > 0 for r in json.loads(rows.read_text()))
+
+
+@pytest.mark.slow(seconds=82)
+def test_validate_model_under_mpi_on_two_ranks(mpi_calibration):
+    proc, cal, rows = mpi_calibration
     stored = json.loads(cal.read_text())
+    # the one-device file it started from holds neither a 2-process profile nor MPI message costs
     assert any(k.endswith("/procs2") for k in stored["profiles"]) and "mpi" in stored["comm"]
     _check_validation_rows(proc.stdout, rows, "mpi", 2)
 
@@ -80,8 +103,8 @@ def test_lpt_model_calibrate_then_predict(tmp_path):
     assert "gradient, layer-parallel" in pred.stdout and "serial" in pred.stdout
 
 
-@pytest.mark.slow(seconds=250)
-def test_strong_scaling_sweep_and_comparison_with_the_model(tmp_path):
+@pytest.mark.slow(seconds=70)
+def test_strong_scaling_sweep_and_comparison_with_the_model(tmp_path, mpi_calibration):
     """scripts/scaling/sweep.py (local mpirun, 1 and 2 layer ranks) and compare.py (measured vs predicted).
 
     The preset trains with L-BFGS: its line search takes gradients at trial points, which under MPI must come
@@ -90,12 +113,7 @@ def test_strong_scaling_sweep_and_comparison_with_the_model(tmp_path):
 
     require_mpi4jax()
     out = tmp_path / "strong"
-    cal = tmp_path / "cal.json"
-    script("validate_model.py", "--calibrate", "--depths", "16", "--repeats", "1", "--file", str(cal),
-           "+experiment=peaks_1024", "dataset.n_train=30")
-    proc = mpirun(2, SCRIPTS / "validate_model.py", "--calibrate", "--backend", "mpi", "--depths", "16",
-                  "--repeats", "1", "--file", str(cal), "+experiment=peaks_1024", "dataset.n_train=30", timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cal = mpi_calibration[1]  # the 1-process and 2-process profiles of this preset and the MPI message costs
     script("scaling/sweep.py", "strong", "+experiment=peaks_1024", "dataset.n_train=30", "dataset.n_val=15",
            "model.depth=32", "--ranks", "1,2", "--steps", "3", "--out", str(out),
            "--mpirun", f"{shutil.which('mpirun')} --allow-run-as-root --oversubscribe")

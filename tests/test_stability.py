@@ -101,7 +101,7 @@ def test_the_warning_predicts_a_useless_iterate():
         assert final < 1e-5 if name == "stable" else final > 1, (name, np.asarray(stats.residuals))
 
 
-@pytest.mark.slow(seconds=60)
+@pytest.mark.slow(seconds=6)
 def test_training_logs_h_rho_and_warns_once(tmp_path, caplog):
     """A peaks run with T = 40 (coarse steps far too long for its weights): one warning when it starts, and
     mgrit/coarse_hrho (step × coarse level) holds the estimate at every evaluation and NaN between them."""
@@ -120,7 +120,7 @@ def test_training_logs_h_rho_and_warns_once(tmp_path, caplog):
     assert np.all(hrho[evaluated][:, 1] >= 2)
 
 
-@pytest.mark.slow(seconds=20)
+@pytest.mark.slow(seconds=4)
 def test_one_level_run_logs_no_coarse_estimate(tmp_path, caplog):
     """solver.min_coarse ≥ N leaves one level (no coarse steps): the run trains and logs no coarse_hrho column
     (a zero-width row once broke the HDF5 log)."""
@@ -134,7 +134,7 @@ def test_one_level_run_logs_no_coarse_estimate(tmp_path, caplog):
         assert f.attrs["status"] == "completed"
 
 
-@pytest.mark.slow(seconds=50)
+@pytest.mark.slow(seconds=5)
 def test_check_convergence_script_reports_h_rho_warning_and_a_cold_solve(capsys):
     """scripts/check_convergence.py on the main job: two coarse levels, no warning, a converging cold solve; with
     T = 40 the coarsest level is warned about."""

@@ -121,20 +121,31 @@ def test_train_step_compiles_once(optimizer, tmp_path):
     assert step._cache_size() == 1
 
 
-@pytest.mark.slow(seconds=350)
+@pytest.mark.slow(seconds=180)
 def test_mgrit_training_matches_serial_accuracy(tmp_path):
     """`+experiment=peaks solver=mgrit solver.control=adaptive` (one-shot, warm start, cycles until the relative
-    residual is 1e-2, bias checks) vs `solver=serial`, same seed and steps: validation accuracies within 1
-    percentage point (1000 validation points; measured 0.3–0.4 pt here, and 0.4 pt with seed 2).
+    residual is 1e-2, bias checks) vs `solver=serial`, same seed and steps: the median validation accuracy over the
+    last 10 evaluations (steps 550, 600, …, 1000; 1000 validation points) within 1 percentage point (measured
+    0.2 pt here: serial 0.988, mgrit 0.9865).
 
-    The main job's full budget is used: over shorter budgets both trainings are still in their chaotic phase
-    and accuracies differ by ±2 points between any two nearby runs (serial included)."""
-    common = ["+experiment=peaks", "train.eval_every=500", "dataset.n_val=1000"]
+    The main job's full budget is used: over shorter budgets both trainings are still in their chaotic phase.
+    Not the last evaluation alone: full-batch Adam at lr 0.01 spikes now and then (edge of stability), in both
+    trainings, and a spike at the last step moves the final accuracy by 3-4 points (here both ended in one:
+    serial 0.960, mgrit 0.947, where the previous evaluations were all ≥ 0.97); the median skips the spikes."""
+    common = ["+experiment=peaks", "train.eval_every=50", "dataset.n_val=1000"]
     serial = run(compose_config([*common, "solver=serial"]), tmp_path / "serial")
     mgrit = run(compose_config([*common, "solver=mgrit", "solver.control=adaptive"]), tmp_path / "mgrit")
-    print(f"val_acc serial {serial.final['val_acc']:.3f}, mgrit {mgrit.final['val_acc']:.3f}")
-    assert serial.final["val_acc"] >= 0.97
-    assert abs(mgrit.final["val_acc"] - serial.final["val_acc"]) <= 0.01
+
+    def late_median(result) -> float:
+        h = read_run(result.log_path).history
+        evaluated = np.isfinite(h["val_acc"])
+        np.testing.assert_array_equal(h["step"][evaluated], np.arange(50, 1001, 50))
+        return float(np.median(h["val_acc"][evaluated][-10:]))
+
+    acc_serial, acc_mgrit = late_median(serial), late_median(mgrit)
+    print(f"median val_acc over the last 10 evaluations: serial {acc_serial:.4f}, mgrit {acc_mgrit:.4f}")
+    assert acc_serial >= 0.98
+    assert abs(acc_mgrit - acc_serial) <= 0.01
     rec = read_run(mgrit.log_path)
     m = rec.mgrit
     assert m["fwd_residual"].shape == (1000, 6) and m["bwd_residual"].shape == (1000, 6)

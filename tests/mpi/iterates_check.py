@@ -1,7 +1,8 @@
 """Run under mpirun: the MGRIT one-shot solver on MPI ranks gives the single-device iterates.
 
 Arguments: data-parallel size, depth, layer kind (dense | conv). Every rank checks its own chunk's forward
-and adjoint states, the objective and the gradient against a single-device solve of the same problem.
+and adjoint states, the objective and the gradient against a single-device solve of the same problem (solved
+once, on rank 0, and sent to every rank).
 """
 
 import sys
@@ -22,10 +23,17 @@ data, depth, layer = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 world = MPI.COMM_WORLD
 grid = ProcessorGrid("mpi", data=data, layers=world.Get_size() // data)
 comm = grid.comm()
-model, params, x, y = problem(depth, layer)
-
 single, dist = solver_for(), solver_for(comm)
-ref = jax.jit(lambda p: single.value_and_grad(model, p, x, y, single.init_state(model, p, x)))(params)
+# rank 0 draws the problem and computes the single-device reference; the other ranks receive both (the same
+# numbers: each rank drawing and compiling them again only multiplies the work on a machine the ranks share)
+if world.Get_rank() == 0:
+    model, params, x, y = problem(depth, layer)
+    ref = jax.jit(lambda p: single.value_and_grad(model, p, x, y, single.init_state(model, p, x)))(params)
+    shared = jax.device_get((params, x, y, ref))
+else:
+    shared = None
+params, x, y, ref = jax.tree_util.tree_map(jnp.asarray, world.bcast(shared, root=0))
+model = problem(depth, layer, init=False)[0]
 d_rank, l_rank = divmod(world.Get_rank(), grid.layers)
 b = x.shape[0] // data
 xs, ys_ = x[d_rank * b:(d_rank + 1) * b], y[d_rank * b:(d_rank + 1) * b]
