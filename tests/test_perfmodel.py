@@ -180,6 +180,34 @@ def test_scaling_tables():
     assert [r["serial_s"] for r in weak] == sorted(r["serial_s"] for r in weak)
 
 
+@pytest.mark.parametrize("kind", ["strong", "weak"])
+def test_efficiencies_above_one_come_from_cheaper_samples_at_small_sizes(kind):
+    """The README's calibration (results/perfmodel/calibration.json, 2-core CPU) prices a stacked sample of some
+    curves up to 5.7× lower at 1.6e5 samples than at 1.28e6, so strong scaling of peaks_1024 comes out above
+    efficiency 1 at 4–16 ranks. On the same profile with costs proportional to size (throughput bound) the
+    efficiency is at most 1 and falls with the ranks: the model's work and messages alone gain nothing."""
+    cal = Calibration.load(Path(__file__).resolve().parents[1] / "results" / "perfmodel" / "calibration.json")
+    profile = cal.profiles["dense/w8/in2/smoothrelu/float32"]
+    opts = MGRITOptions(cfactor=4, max_levels=10, min_coarse=2, nrelax=1, max_iter=2)
+    perf = PerfModel(profile, batch=5000, comm=cal.comm["mpi"])
+    ranks = [1, 2, 4, 8, 16, 32]
+    rows = (perf.strong_scaling(1024, ranks, opts, opts) if kind == "strong"
+            else perf.weak_scaling(1024, ranks[:5], opts, opts))
+    bound = [r["throughput_efficiency"] for r in rows]
+    assert bound[0] == pytest.approx(1) and all(b <= 1 + 1e-12 for b in bound)
+    assert bound == sorted(bound, reverse=True)
+    flat = PerfModel(profile.throughput_bound(), batch=5000, comm=cal.comm["mpi"])
+    again = (flat.strong_scaling(1024, ranks, opts, opts) if kind == "strong"
+             else flat.weak_scaling(1024, ranks[:5], opts, opts))
+    assert [r["parallel_efficiency"] for r in again] == pytest.approx(bound)
+    if kind == "strong":
+        assert max(r["parallel_efficiency"] for r in rows) > 1.05  # the calibrated curves' cache effect, as stated
+    for name, curve in profile.throughput_bound().curves.items():  # proportional, equal at the largest size
+        s = profile.curves[name].sizes[-1]
+        assert curve(s) == pytest.approx(profile.cost(name, s))
+        assert curve(s / 8) == pytest.approx(curve(s) / 8)
+
+
 def test_crossover_ranks_is_the_first_that_beats_serial():
     opts = MGRITOptions(cfactor=4, max_levels=10, nrelax=1, max_iter=2)
     perf = PerfModel(throughput_profile(), batch=1000, comm=CommCosts(alpha=1e-6, beta=1e-10))
@@ -312,6 +340,9 @@ def test_lpt_model_predicts_from_a_calibration_file(tmp_path):
     assert "(α = 1.00 us, β = 0.1000 ns/B)" in proc.stdout
     rows = list(csv.DictReader((tmp_path / "strong.csv").open()))
     assert float(rows[2]["ranks"]) == 4
+    assert all(float(r["throughput_efficiency"]) <= float(rows[0]["throughput_efficiency"]) for r in rows)
+    # these linear costs have no cache effect: no efficiency above 1, so no note about one
+    assert all(float(r["parallel_efficiency"]) <= 1 + 1e-9 for r in rows) and "efficiency above 1" not in proc.stdout
     assert 1e3 * float(rows[2]["parallel_s"]) == pytest.approx(predicted_ms, rel=1e-3, abs=1.5e-3)
     for cmd in (["crossover"], ["best", "--cfactors", "2,4"]):
         proc = _lpt_model([*cmd, *overrides, "--file", "cal.json"], tmp_path)

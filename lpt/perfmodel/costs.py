@@ -23,7 +23,7 @@ import json
 import math
 import os
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -124,6 +124,15 @@ class Profile:
     def cost(self, name: str, samples: float) -> float:
         """Curve ``name`` at ``samples`` stacked samples."""
         return self.curves[name](samples)
+
+    def throughput_bound(self) -> "Profile":
+        """This profile with every curve proportional to the stacked batch, at its cost per sample at the largest
+        measured size: no cheaper samples at sizes that fit a cache, no launch-bound small kernels. A model on it
+        splits compute exactly with the work, so parallel efficiencies above 1 cannot come from it."""
+        def proportional(c: CostCurve) -> CostCurve:
+            return CostCurve((1.0, c.sizes[-1]), (c.seconds[-1] / c.sizes[-1], c.seconds[-1]), "linear")
+
+        return replace(self, curves={k: proportional(c) for k, c in self.curves.items()})
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
