@@ -28,6 +28,7 @@ from lpt.mgrit.solve import (MGRITStats, convergence_factor, forward_hierarchy, 
                              last_factor, padded, solve_system)
 from lpt.mgrit.stability import coarse_step_stability, stability_message
 from lpt.model import Params
+from lpt.model.serial import SerialSolver
 from lpt.parallel.comm import SingleComm
 
 OnDivergence = Literal["error", "serial"]
@@ -398,8 +399,6 @@ def _anywhere(comm, flag: jnp.ndarray) -> jnp.ndarray:
     return comm.layer_sum(flag.astype(jnp.int32)) > 0
 
 
-def _serial():
+def _serial() -> SerialSolver:
     """The reference strategy (``lax.scan`` + ``jax.grad``) that a diverged step falls back to."""
-    from lpt.train.solver import SerialSolver  # lpt.train builds the MGRIT strategy: import lazily
-
     return SerialSolver()

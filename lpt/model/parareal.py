@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -110,26 +110,6 @@ class ParaRealNet:
                              f"⌈{net.depth}/{n_p}⌉ = {self.units} units leave subnetwork {n_p} empty; choose "
                              f"a model.num_parallel that divides model.depth or at most "
                              f"{math.ceil(net.depth / self.units)}")
-
-    # --- construction -------------------------------------------------------------------------------
-    @classmethod
-    def from_config(cls, model_cfg: Mapping[str, Any], data) -> "ParaRealNet":
-        """Build from config group ``model`` (``arch: parareal``) for the shapes of ``data``.
-
-        The ResNet options (depth, width, T, activation, layer, opening, kernel_size, init_scale, γ's) are
-        checked and built by :func:`lpt.train.build.build_model`; ``num_parallel``, ``coarse_units`` and
-        ``precond`` are the parareal options.
-        """
-        from lpt.train.build import MODEL_KEYS, ConfigError, build_model
-
-        unknown = sorted(set(model_cfg) - set(MODEL_KEYS) - set(PARAREAL_KEYS) - {"arch"})
-        if unknown:
-            raise ConfigError(f"model: unknown option(s) {unknown} for model.arch=parareal; valid options are "
-                              f"{list(MODEL_KEYS) + list(PARAREAL_KEYS)}")
-        base = {k: v for k, v in model_cfg.items() if k in MODEL_KEYS}
-        resnet = build_model({**base, "arch": "resnet"}, data)
-        return cls(resnet=resnet, num_parallel=model_cfg.get("num_parallel", 4),
-                   coarse_units=model_cfg.get("coarse_units"), precond=model_cfg.get("precond"))
 
     # --- what the trainer reads ---------------------------------------------------------------------
     @property

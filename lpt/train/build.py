@@ -14,6 +14,7 @@ import numpy as np
 
 from lpt.data import DataError, Dataset, load_dataset
 from lpt.model import ResNet
+from lpt.model.parareal import PARAREAL_KEYS, ParaRealNet
 
 MODEL_KEYS = ("depth", "width", "T", "activation", "layer", "opening", "kernel_size", "init_scale",
               "gamma_tik", "gamma_ddt", "gamma_class", "conv_impl", "conv_layout")
@@ -119,9 +120,7 @@ def build_model(model_cfg: Mapping[str, Any], data: Dataset):
     """Build the network of config group ``model`` (``arch``: resnet | parareal) for the shapes of ``data``."""
     arch = model_cfg.get("arch", "resnet")
     if arch == "parareal":
-        from lpt.model.parareal import ParaRealNet
-
-        return ParaRealNet.from_config(model_cfg, data)
+        return _build_parareal(model_cfg, data)
     if arch != "resnet":
         raise ConfigError(f"model.arch={arch!r} is not a known architecture; choose one of {list(ARCHITECTURES)}")
     unknown = sorted(set(model_cfg) - set(MODEL_KEYS) - {"arch"})
@@ -133,6 +132,18 @@ def build_model(model_cfg: Mapping[str, Any], data: Dataset):
         if isinstance(kwargs.get(key), bool) or not isinstance(kwargs.get(key, 0.0), (int, float)):
             raise ConfigError(f"model.{key}={kwargs[key]!r} must be a number")
     return ResNet(input_shape=data.x_train.shape[1:], num_outputs=data.num_outputs, task=data.task, **kwargs)
+
+
+def _build_parareal(model_cfg: Mapping[str, Any], data: Dataset) -> ParaRealNet:
+    """The parareal net of config group ``model`` (``arch: parareal``): the ResNet options checked and built as
+    for ``arch: resnet``; ``num_parallel``, ``coarse_units`` and ``precond`` are the parareal options."""
+    unknown = sorted(set(model_cfg) - set(MODEL_KEYS) - set(PARAREAL_KEYS) - {"arch"})
+    if unknown:
+        raise ConfigError(f"model: unknown option(s) {unknown} for model.arch=parareal; valid options are "
+                          f"{list(MODEL_KEYS) + list(PARAREAL_KEYS)}")
+    resnet = build_model({**{k: v for k, v in model_cfg.items() if k in MODEL_KEYS}, "arch": "resnet"}, data)
+    return ParaRealNet(resnet=resnet, num_parallel=model_cfg.get("num_parallel", 4),
+                       coarse_units=model_cfg.get("coarse_units"), precond=model_cfg.get("precond"))
 
 
 def check_batch(loop: LoopSettings, data: Dataset, optimizer_name: str) -> None:
