@@ -169,11 +169,12 @@ class _Attrs:
         self.attrs[key] = value
 
 
-@pytest.mark.parametrize("depth, padded, level", [(1024, 1024, logging.INFO), (1025, 2048, logging.WARNING),
-                                                  (1100, 2048, logging.WARNING)])
+@pytest.mark.parametrize("depth, padded, level", [(1024, 1024, logging.INFO), (1025, 1028, logging.INFO),
+                                                  (1100, 1100, logging.INFO), (65, 68, logging.WARNING)])
 def test_the_header_states_the_real_and_the_padded_depth(depth, padded, level, caplog):
-    """MGRIT pads the depth to whole intervals on every level; the run says by how much (a warning with the
-    nearest depths that need no padding when it costs more than 5 %) and the log keeps both depths."""
+    """MGRIT pads the fine level to whole intervals and each coarse level to its own (1025 → 1028, not 2048); the
+    run says by how much (a warning with the nearest depths that need no padding when the levels' padding costs
+    more than 5 %) and the log keeps both depths."""
     from lpt.train.loop import _report_padding
     from lpt.train.solver import make_solver
 
@@ -185,7 +186,15 @@ def test_the_header_states_the_real_and_the_padded_depth(depth, padded, level, c
     assert log.attrs == {"depth": depth, "padded_depth": padded}
     (record,) = [r for r in caplog.records if "pads depth" in r.getMessage()]
     assert record.levelno == level
-    assert f"pads depth {depth} to {padded} layer steps ({padded - depth} identity steps" in record.getMessage()
+    layout = solver.layouts(depth)[0]
+    assert f"pads depth {depth} to {padded} layer steps ({padded - depth} identity steps; " \
+           f"{100 * layout.extra_work:.2g} % more work" in record.getMessage()
+    assert (layout.extra_work > 0.05) == (level == logging.WARNING)
     if level == logging.WARNING:
-        below = max(d for d in range(1, depth) if solver.layouts(d)[0].n_pad == d)
-        assert record.getMessage().endswith(f"depth {below} or {padded} needs none")
+        # every level's size n_ℓ = ⌈n_{ℓ−1}/m⌉ a multiple of m: no identity step anywhere
+        def unpadded(d):
+            return all(s.n % s.m == 0 for s in solver.layouts(d)[0].shapes if s.m) and solver.layouts(d)[0].n_pad == d
+
+        below = max(d for d in range(1, depth) if unpadded(d))
+        above = min(d for d in range(depth + 1, 4 * depth) if unpadded(d))
+        assert record.getMessage().endswith(f"depth {below} or {above} needs none")

@@ -26,7 +26,8 @@ from lpt.mgrit.cycle import Hierarchy
 from lpt.mgrit.hierarchy import Level, average, inject_last, pad_states
 from lpt.mgrit.layout import Layout, make_layout
 from lpt.mgrit.options import MGRITOptions
-from lpt.mgrit.solve import SINGLE, MGRITStats, chunk_hierarchy, initial_guess, map_levels, mgrit_solve, padded, solve_system
+from lpt.mgrit.solve import (SINGLE, MGRITStats, chunk_hierarchy, initial_guess, map_levels, mgrit_solve, padded,
+                             solve_system)
 from lpt.model import Step
 from lpt.parallel.comm import ReversedComm
 
@@ -68,7 +69,7 @@ def adjoint_hierarchy(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, 
     product and no recomputation of Φ."""
     data = _reverse((theta, ys[:-1]))
     hier = chunk_hierarchy(apply_vjp, data, hs[::-1], options, adjoint_restriction(options), layout,
-                           ReversedComm(comm))
+                           ReversedComm(comm), front=True)
     return map_levels(hier, partial(_linearize_level, step, options.interval_batch))
 
 
@@ -77,8 +78,18 @@ def adjoint_chunk(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, ybar
                   w_init: jnp.ndarray | None = None) -> tuple[jnp.ndarray, MGRITStats]:
     """This chunk's adjoint states ȳ (n_local+1, …, forward order, the right end a halo) by MGRIT."""
     hier = adjoint_hierarchy(step, theta, hs, ys, options, layout, comm)
-    w, stats = solve_system(hier, ybar_final, None if w_init is None else w_init[::-1])
+    w_init = None if w_init is None else exact_padding(w_init, ybar_final, layout, comm)[::-1]
+    w, stats = solve_system(hier, ybar_final, w_init)
     return w[::-1], stats
+
+
+def exact_padding(ybars: jnp.ndarray, ybar_final: jnp.ndarray, layout: Layout, comm: Any) -> jnp.ndarray:
+    """This chunk's adjoint iterate ȳ (n_local+1, …, forward order) with ȳ_N at the last layer and at every
+    identity step after it: those steps propagate ȳ_N exactly. A warm start from an earlier ȳ_N would keep a
+    stale value there, and on the reversed index that padding comes *before* the real points, so their
+    iterates would depend on how far the depth is padded (on the processor grid)."""
+    index = comm.layer_rank() * layout.n_local + jnp.arange(layout.n_local + 1)
+    return jnp.where((index >= layout.n).reshape(-1, *(1,) * (ybars.ndim - 1)), ybar_final, ybars)
 
 
 def _linearize_level(step: Step, batch: int | str, level: Level) -> Level:

@@ -25,7 +25,7 @@ from typing import Any, Literal, NamedTuple
 
 import jax.numpy as jnp
 
-from lpt.mgrit.hierarchy import Grid, Level, LevelShape, join, split
+from lpt.mgrit.hierarchy import Grid, Level, LevelShape, join, pad_states, pad_zeros, real_states, split
 from lpt.mgrit.layout import chunk_states
 from lpt.mgrit.options import MGRITOptions
 from lpt.mgrit.relax import Step, f_sweep, fas_rhs, fas_rhs_serial, serial_sweep
@@ -44,6 +44,8 @@ class Hierarchy(NamedTuple):
         top: the gathered remainder (a global ``Hierarchy`` with ``top=None``), or None.
         g0: u_0, known to every chunk (the first point of every level).
         offset: index of this hierarchy's first level in the whole hierarchy (for per-level options).
+        front: coarse levels are padded before their first step (the adjoint's reversed index), not after
+            their last (:attr:`LevelShape.padded`, :func:`lpt.mgrit.hierarchy.pad_states`).
     """
 
     step: Step
@@ -54,6 +56,7 @@ class Hierarchy(NamedTuple):
     top: Any = None
     g0: Any = None
     offset: int = 0
+    front: bool = False
 
 
 def halo(hier: Hierarchy, c: jnp.ndarray, new: jnp.ndarray) -> jnp.ndarray:
@@ -90,13 +93,14 @@ def coarse_solve(hier: Hierarchy, lvl: int, v: jnp.ndarray, r: jnp.ndarray, kind
     r = jnp.concatenate([jnp.zeros_like(v[:1]), r], axis=0)
     if shape.coarsest:
         return serial_sweep(hier.step, level, v[0], fas_rhs_serial(hier.step, level, v, r, batch))
-    grid = split(v, shape.m)
-    g = fas_rhs(hier.step, level, grid, split(r, shape.m), batch)
+    # identity steps padding the level: exact constant states, zero residual there
+    grid = split(pad_states(v, shape.padded + 1, hier.front), shape.m)
+    g = fas_rhs(hier.step, level, grid, split(pad_zeros(r, shape.padded + 1, hier.front), shape.m), batch)
     chat = None
     if kind == "F":
         grid, chat = cycle(hier, lvl, grid, g, None, "F")
     grid, _ = cycle(hier, lvl, grid, g, chat, "V")
-    return join(grid)
+    return real_states(join(grid), shape.n + 1, hier.front)
 
 
 def gather(hier: Hierarchy, owned: jnp.ndarray) -> jnp.ndarray:
@@ -125,7 +129,7 @@ def top_states(top: Hierarchy, g0: jnp.ndarray, vcycles: bool) -> jnp.ndarray:
     grid, chat = nested_iteration(top, g0, vcycles)
     if vcycles:
         grid, _ = cycle(top, 0, grid, None, chat, "V")
-    return join(grid)
+    return real_states(join(grid), top.shapes[0].n + 1, top.front)
 
 
 def nested_iteration(hier: Hierarchy, g0: jnp.ndarray, vcycles: bool) -> tuple[Grid, jnp.ndarray]:
@@ -148,5 +152,5 @@ def nested_iteration(hier: Hierarchy, g0: jnp.ndarray, vcycles: bool) -> tuple[G
             return grid, chat
         if vcycles:
             grid, chat = cycle(hier, lvl, grid, None, chat, "V")
-        u = join(grid)
+        u = real_states(join(grid), hier.shapes[lvl].n + 1, hier.front)
     raise ValueError("nested_iteration needs at least two levels")

@@ -78,29 +78,42 @@ def level_shapes(n: int, options: MGRITOptions) -> tuple[LevelShape, ...]:
 
 
 # --- padding and layouts ------------------------------------------------------------------------------
-def pad_states(u: jnp.ndarray, length: int) -> jnp.ndarray:
-    """Extend states (n+1, …) to ``length`` points by repeating the last one (the identity steps' solution)."""
+def pad_states(u: jnp.ndarray, length: int, front: bool = False) -> jnp.ndarray:
+    """Extend states (n+1, …) to ``length`` points by repeating the last one (the identity steps' solution), or
+    with ``front`` the first one (identity steps before the first real one, on a reversed index)."""
     extra = length - u.shape[0]
     if extra == 0:
         return u
-    return jnp.concatenate([u, jnp.broadcast_to(u[-1], (extra, *u.shape[1:]))], axis=0)
+    edge = jnp.broadcast_to(u[:1] if front else u[-1:], (extra, *u.shape[1:]))
+    return jnp.concatenate([edge, u] if front else [u, edge], axis=0)
 
 
-def pad_zeros(r: jnp.ndarray, length: int) -> jnp.ndarray:
-    """Extend a per-point array (n+1, …) to ``length`` points with zeros."""
+def real_states(u: jnp.ndarray, length: int, front: bool = False) -> jnp.ndarray:
+    """The ``length`` points of padded states that are not identity padding (inverse of :func:`pad_states`)."""
+    return u[u.shape[0] - length:] if front else u[:length]
+
+
+def pad_zeros(r: jnp.ndarray, length: int, front: bool = False) -> jnp.ndarray:
+    """Extend a per-point array (n+1, …) to ``length`` points with zeros (before it with ``front``)."""
     extra = length - r.shape[0]
     if extra == 0:
         return r
-    return jnp.concatenate([r, jnp.zeros((extra, *r.shape[1:]), r.dtype)], axis=0)
+    zeros = jnp.zeros((extra, *r.shape[1:]), r.dtype)
+    return jnp.concatenate([zeros, r] if front else [r, zeros], axis=0)
 
 
-def pad_steps(data: Any, hs: jnp.ndarray, length: int) -> tuple[Any, jnp.ndarray]:
-    """Append identity steps: data repeats the last step's (any finite value does), step size h = 0."""
+def pad_steps(data: Any, hs: jnp.ndarray, length: int, front: bool = False) -> tuple[Any, jnp.ndarray]:
+    """Append identity steps (before the first step with ``front``): data repeats the nearest step's (any finite
+    value does), step size h = 0."""
     extra = length - hs.shape[0]
     if extra == 0:
         return data, hs
-    data = jax.tree_util.tree_map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], extra, axis=0)], axis=0), data)
-    return data, jnp.concatenate([hs, jnp.zeros((extra,), hs.dtype)])
+
+    def extend(a: jnp.ndarray) -> jnp.ndarray:
+        edge = jnp.repeat(a[:1] if front else a[-1:], extra, axis=0)
+        return jnp.concatenate([edge, a] if front else [a, edge], axis=0)
+
+    return jax.tree_util.tree_map(extend, data), pad_zeros(hs, length, front)
 
 
 def split(u: jnp.ndarray, m: int) -> Grid:
@@ -142,22 +155,24 @@ def average(blocks: Any, hs: jnp.ndarray) -> Any:
 
 
 def flat_levels(data: Any, hs: jnp.ndarray, shapes: tuple[LevelShape, ...],
-                restrict: Restriction) -> tuple[tuple[Any, jnp.ndarray], ...]:
+                restrict: Restriction, front: bool = False) -> tuple[tuple[Any, jnp.ndarray], ...]:
     """Per-step data and step sizes of every level in step order: ((d^ℓ (p_ℓ, …), h^ℓ (p_ℓ,)), …), each level
-    padded with identity steps to p_ℓ; the coarsest level unpadded (n, …).
+    padded with identity steps to p_ℓ (after its last step, or with ``front`` before its first); the coarsest
+    level unpadded (n, …).
 
     Args:
         data: pytree of per-step data of the finest level, leading axis n_0.
         hs: step sizes of the finest level, shape (n_0,).
         shapes: from :func:`level_shapes`.
         restrict: how interval data becomes coarse data (:func:`inject_first`, :func:`average`, ...).
+        front: pad before the first step (a reversed index whose intervals are anchored at its end).
     """
     levels = []
     for shape in shapes:
         if shape.coarsest:
             levels.append((data, hs))
             break
-        data, hs = pad_steps(data, hs, shape.padded)
+        data, hs = pad_steps(data, hs, shape.padded, front)
         levels.append((data, hs))
         blocks = jax.tree_util.tree_map(lambda a: a.reshape(shape.n_coarse, shape.m, *a.shape[1:]), data)
         hs_blocks = hs.reshape(shape.n_coarse, shape.m)
@@ -166,7 +181,7 @@ def flat_levels(data: Any, hs: jnp.ndarray, shapes: tuple[LevelShape, ...],
 
 
 def build_levels(data: Any, hs: jnp.ndarray, shapes: tuple[LevelShape, ...],
-                 restrict: Restriction) -> tuple[Level, ...]:
+                 restrict: Restriction, front: bool = False) -> tuple[Level, ...]:
     """Per-step data and step sizes of every level (:func:`flat_levels`) in the layouts described in the
     module docstring: (m, n_c, …) on levels with intervals, (n, …) on the coarsest."""
 
@@ -176,4 +191,4 @@ def build_levels(data: Any, hs: jnp.ndarray, shapes: tuple[LevelShape, ...],
         intervals = lambda a: jnp.swapaxes(a.reshape(shape.n_coarse, shape.m, *a.shape[1:]), 0, 1)  # noqa: E731
         return Level(jax.tree_util.tree_map(intervals, data), intervals(hs))
 
-    return tuple(layout(shape, *level) for shape, level in zip(shapes, flat_levels(data, hs, shapes, restrict)))
+    return tuple(layout(shape, *level) for shape, level in zip(shapes, flat_levels(data, hs, shapes, restrict, front)))

@@ -1,17 +1,21 @@
 """How the layers are cut into chunks, one per layer rank (DESIGN §4), and padded so that every level splits.
 
-Every solve — on one device or many — uses the same hierarchy, fixed by the real depth N: level sizes and
-coarsening factors from :func:`level_shapes`. The fine level is padded with identity steps (h = 0,
-Φ(u) = u exactly) to ``n_pad`` steps, a multiple of
+Every solve — on one device or many — uses the same hierarchy, fixed by the real depth N: the number of
+levels and the coarsening factors from :func:`level_shapes`. Padding with identity steps (h = 0, Φ(u) = u
+exactly) is kept to what each level needs:
 
-* M = ∏ m_ℓ over all levels with intervals, so that every level has whole intervals and the C-points of the
-  reversed (adjoint) index coincide with the forward ones; and
-* P·∏_{ℓ<d} m_ℓ, so that each of the P chunks holds whole intervals on the first d ("distributed") levels.
+* the fine level is padded to ``n_pad`` steps, a multiple of m_0 (whole intervals) and, on P > 1 chunks, of
+  P·∏_{ℓ<d} m_ℓ, so that each chunk holds whole intervals on the first d ("distributed") levels;
+* every coarser level ℓ with n_ℓ = ⌈n_{ℓ−1}/m_{ℓ−1}⌉ steps is padded by its own solve to m_ℓ⌈n_ℓ/m_ℓ⌉
+  (:attr:`LevelShape.padded`) — after its last step in the forward solve, before its first on the reversed
+  index of the adjoint solve, so that the intervals of every level are anchored at layer 0 in both.
+
+N = 1025 with cfactor 4 thus runs 1028 fine steps (not 2048, the next multiple of ∏ m_ℓ = 4⁵).
 
 The first level with fewer intervals than chunks (and the coarsest level) is gathered and solved
 redundantly on every chunk. Since every MGRIT update at a point depends only on earlier points, identity
 steps appended after the last layer (and, on the reversed index, an exact constant prefix) change no
-iterate at a real point: all processor grids produce the same iterates.
+iterate at a real point: all processor grids produce the same iterates, however much each pads.
 """
 
 from __future__ import annotations
@@ -43,6 +47,16 @@ class Layout(NamedTuple):
         return (*local, LevelShape(self.shapes[self.dist].n // self.chunks, 0))
 
     @property
+    def extra_work(self) -> float:
+        """Steps the padding adds to all levels, relative to the levels of the unpadded depth (n, ⌈n/m_0⌉, …):
+        Σ_ℓ p_ℓ / Σ_ℓ n_ℓ − 1 (a level's relaxation costs in proportion to its steps)."""
+        real, size = 0, self.n
+        for shape in self.shapes:
+            real += size
+            size = -(-size // shape.m) if shape.m else size
+        return sum(shape.padded for shape in self.shapes) / real - 1
+
+    @property
     def n_local(self) -> int:
         """Fine steps per chunk."""
         return self.n_pad // self.chunks
@@ -52,8 +66,8 @@ def _cfactors(n: int, options: MGRITOptions) -> tuple[int, ...]:
     return tuple(s.m for s in level_shapes(n, options)[:-1])
 
 
-def _dist_levels(n: int, options: MGRITOptions, chunks: int) -> int:
-    """Levels on which every chunk holds at least one whole interval (all of them for one chunk)."""
+def _max_dist_levels(n: int, options: MGRITOptions, chunks: int) -> int:
+    """Levels on which every chunk can hold at least one whole interval (all of them for one chunk)."""
     real = level_shapes(n, options)
     d = 0
     while d < len(real) - 1 and (chunks == 1 or real[d].n_coarse >= chunks):
@@ -61,10 +75,42 @@ def _dist_levels(n: int, options: MGRITOptions, chunks: int) -> int:
     return d
 
 
-def pad_multiple(n: int, options: MGRITOptions, chunks: int) -> int:
-    """The number the padded depth must be a multiple of (see the module docstring)."""
+def _multiple(ms: tuple[int, ...], chunks: int, dist: int) -> int:
+    """The number the padded fine depth must be a multiple of with ``dist`` chunked levels."""
+    if not ms:
+        return chunks
+    return ms[0] if chunks == 1 else math.lcm(ms[0], chunks * math.prod(ms[:dist]))
+
+
+def _shapes(n_pad: int, ms: tuple[int, ...]) -> tuple[LevelShape, ...]:
+    shapes, size = [], n_pad
+    for m in ms:
+        shapes.append(LevelShape(size, m))
+        size = shapes[-1].n_coarse
+    return (*shapes, LevelShape(size, 0))
+
+
+def _chunk_steps(n: int, ms: tuple[int, ...], chunks: int, dist: int, multiple: int) -> int:
+    """Steps one chunk relaxes per cycle, roughly: its share of the chunked levels and all of the gathered ones."""
+    q = math.lcm(_multiple(ms, chunks, dist), multiple)
+    shapes = _shapes(-(-n // q) * q, ms)
+    return sum(s.padded // chunks for s in shapes[:dist]) + sum(s.padded for s in shapes[dist:])
+
+
+def _dist_levels(n: int, options: MGRITOptions, chunks: int, multiple: int = 1) -> int:
+    """The number d of chunked levels: as many as each hold an interval per chunk, unless fewer cost less work per
+    chunk — every chunked level multiplies the fine depth's padding by its m_ℓ (N = 1025 on 2 chunks, cfactor 4:
+    2048 steps with all 5 levels chunked, 1056 with 2, and ~10 % less work per chunk)."""
+    top = _max_dist_levels(n, options, chunks)
+    if chunks == 1 or top == 0:
+        return top
     ms = _cfactors(n, options)
-    return math.lcm(math.prod(ms), chunks * math.prod(ms[: _dist_levels(n, options, chunks)]))
+    return min(range(top, 0, -1), key=lambda d: _chunk_steps(n, ms, chunks, d, multiple))
+
+
+def pad_multiple(n: int, options: MGRITOptions, chunks: int) -> int:
+    """The number the padded fine depth must be a multiple of (see the module docstring)."""
+    return _multiple(_cfactors(n, options), chunks, _dist_levels(n, options, chunks))
 
 
 def make_layout(n: int, options: MGRITOptions, chunks: int = 1, multiple: int = 1) -> Layout:
@@ -75,18 +121,16 @@ def make_layout(n: int, options: MGRITOptions, chunks: int = 1, multiple: int = 
         ValueError: when the finest level has fewer intervals than chunks (too many layer ranks).
     """
     ms = _cfactors(n, options)
-    d = _dist_levels(n, options, chunks)
+    d = _dist_levels(n, options, chunks, multiple)
     if chunks > 1 and d == 0:
         intervals = level_shapes(n, options)[0].n_coarse if ms else 0
         raise ValueError(
             f"parallel.layers={chunks} is more than the finest MGRIT level allows: depth {n} with "
             f"solver.cfactor={options.cfactor_at(0)} gives {intervals} coarse intervals (max_levels="
             f"{options.max_levels}); use at most {max(intervals, 1)} layer ranks, or a greater depth")
-    q = math.lcm(pad_multiple(n, options, chunks), multiple)
+    q = math.lcm(_multiple(ms, chunks, d), multiple)
     n_pad = -(-n // q) * q
-    sizes = [n_pad // math.prod(ms[:lvl]) for lvl in range(len(ms) + 1)]
-    shapes = tuple(LevelShape(s, m) for s, m in zip(sizes, (*ms, 0)))
-    return Layout(n=n, n_pad=n_pad, chunks=chunks, shapes=shapes, dist=d)
+    return Layout(n=n, n_pad=n_pad, chunks=chunks, shapes=_shapes(n_pad, ms), dist=d)
 
 
 def chunk(tree: Any, rank: Any, size: int) -> Any:

@@ -50,16 +50,17 @@ class _Loop(NamedTuple):
 
 
 def chunk_hierarchy(step: Step, data: Any, hs: jnp.ndarray, options: MGRITOptions, restrict, layout: Layout,
-                    comm: Any = SINGLE) -> Hierarchy:
+                    comm: Any = SINGLE, front: bool = False) -> Hierarchy:
     """The hierarchy of one layer chunk: its chunked levels (local data, from this chunk's ``layout.n_local``
-    fine steps ``data``, ``hs``) and, gathered from all chunks, the remaining coarse levels (``top``)."""
+    fine steps ``data``, ``hs``) and, gathered from all chunks, the remaining coarse levels (``top``); coarse
+    levels padded before their first step with ``front`` (a reversed index), else after their last."""
     local = layout.local_shapes
-    levels = build_levels(data, hs, local, restrict)
+    levels = build_levels(data, hs, local, restrict, front)
     gathered = jax.tree_util.tree_map(comm.layer_gather, levels[-1])  # message: the restricted coarse data
     top_shapes = layout.shapes[layout.dist:]
-    top = Hierarchy(step, top_shapes, build_levels(gathered.data, gathered.hs, top_shapes, restrict), options,
-                    offset=layout.dist)
-    return Hierarchy(step, local[:-1], levels[:-1], options, comm, top)
+    top = Hierarchy(step, top_shapes, build_levels(gathered.data, gathered.hs, top_shapes, restrict, front), options,
+                    offset=layout.dist, front=front)
+    return Hierarchy(step, local[:-1], levels[:-1], options, comm, top, front=front)
 
 
 def map_levels(hier: Hierarchy, fn) -> Hierarchy:

@@ -97,7 +97,8 @@ def stability_message(values, shapes: tuple[LevelShape, ...], h: float) -> str |
         stride *= shapes[level - 1].m
         n = shapes[level].n
         if value >= STABLE_LIMIT and (value - 1) ** n > GROWTH_LIMIT:
-            return (f"MGRIT coarse level {level} of {len(shapes) - 1} ({n} step{'s' if n > 1 else ''} of H = {stride}·h = {stride * h:.3g}) "
+            return (f"MGRIT coarse level {level} of {len(shapes) - 1} ({n} step{'s' if n > 1 else ''} of "
+                    f"H = {stride}·h = {stride * h:.3g}) "
                     f"has H·ρ ≈ {float(value):.3g} ≥ {STABLE_LIMIT:g} (ρ: spectral radius of the linearised layer "
                     f"step): forward Euler is unstable there and can amplify errors up to {float(value) - 1:.3g}^{n} "
                     f"over the level, so MGRIT may converge slowly or diverge; use fewer levels (solver.max_levels) "

@@ -21,7 +21,7 @@ from typing import Any, Callable, Literal, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lpt.mgrit.adjoint import adjoint_hierarchy, layer_gradient
+from lpt.mgrit.adjoint import adjoint_hierarchy, exact_padding, layer_gradient
 from lpt.mgrit.layout import Layout, chunk, make_layout, pad_multiple
 from lpt.mgrit.options import MGRITOptions, require
 from lpt.mgrit.solve import (MGRITStats, convergence_factor, forward_hierarchy, forward_restriction, initial_guess,
@@ -297,9 +297,11 @@ class MGRITSolver:
         fw = self._forward(model, params, x, state, target)
         (loss, outputs), head_vjp = self._head_vjp(model, params, y, fw.y_final)
         g_class, ybar_final = head_vjp(jnp.ones_like(loss))
-        hier = adjoint_hierarchy(model.step, fw.theta, fw.hs, fw.ys, self.bwd, self.layouts(model.depth)[1], comm)
+        b_layout = self.layouts(model.depth)[1]
+        hier = adjoint_hierarchy(model.step, fw.theta, fw.hs, fw.ys, self.bwd, b_layout, comm)
         w_init = self._guess(state, "ybars", lambda: initial_guess(hier, ybar_final)[::-1])
-        w, bstats = solve_system(hier, ybar_final, None if w_init is None else w_init[::-1], target, self.min_iters[1])
+        w_init = None if w_init is None else exact_padding(w_init, ybar_final, b_layout, comm)[::-1]
+        w, bstats = solve_system(hier, ybar_final, w_init, target, self.min_iters[1])
         ybars = w[::-1]
         ybar_0 = _from_chunk(comm, 0, ybars[0])
         layers = layer_gradient(model.step, fw.theta, fw.hs, fw.ys, ybars, self.bwd.interval_batch)
@@ -353,8 +355,10 @@ class MGRITSolver:
         hier = forward_hierarchy(model.step, theta, hs, self.fwd, layout, comm)
         u_init = self._guess(state, "ys", lambda: initial_guess(hier, y0))
         ys, stats = solve_system(hier, y0, u_init, target, self.min_iters[0])
-        # identity padding carries y_N unchanged to the end of the last chunk
-        return _Forward(open_vjp, theta, hs, ys, _from_chunk(comm, comm.layers - 1, ys[-1]), stats)
+        # y_N, after the last real layer: the identity steps after it carry y_N unchanged only within its interval
+        # (or once converged), and how many there are depends on the processor grid
+        owner = (layout.n - 1) // layout.n_local
+        return _Forward(open_vjp, theta, hs, ys, _from_chunk(comm, owner, ys[layout.n - owner * layout.n_local]), stats)
 
     @staticmethod
     def _head_vjp(model, params: Params, y: jnp.ndarray, y_final: jnp.ndarray):

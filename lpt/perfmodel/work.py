@@ -96,7 +96,8 @@ class Ops:
 # --- levels ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LevelPlan:
-    """One level as one rank sees it: global steps ``n``, coarsening factor ``m`` (0: coarsest), the rank's
+    """One level as one rank sees it: global steps ``n`` (with the level's identity padding), coarsening factor ``m``
+    (0: coarsest), the rank's
     number of steps ``n_local`` (= n when gathered), whether it is ``distributed`` over the ranks, and its
     global index ``index`` (for the per-level nrelax)."""
 
@@ -117,8 +118,8 @@ def plan_levels(layout: Layout) -> tuple[LevelPlan, ...]:
     plans = []
     for i, shape in enumerate(layout.shapes):
         dist = i < layout.dist and layout.chunks > 1
-        n_local = shape.n // layout.chunks if i < layout.dist else shape.n
-        plans.append(LevelPlan(shape.n, shape.m, n_local, dist, i))
+        n = shape.padded  # a level's own identity padding is relaxed with it
+        plans.append(LevelPlan(n, shape.m, n // layout.chunks if i < layout.dist else n, dist, i))
     return tuple(plans)
 
 

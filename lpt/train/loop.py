@@ -390,20 +390,21 @@ def _report_padding(solver, depth: int, runlog) -> None:
     fwd = solver.layouts(depth)[0]
     runlog.set_attr("depth", depth)
     runlog.set_attr("padded_depth", fwd.n_pad)
-    extra = fwd.n_pad / depth - 1
-    line = (f"MGRIT pads depth {depth} to {fwd.n_pad} layer steps ({fwd.n_pad - depth} identity steps, "
-            f"{100 * extra:.3g} % more work per cycle), so that every level of the hierarchy and each of the "
-            f"{fwd.chunks} layer chunk(s) hold whole intervals")
+    extra = fwd.extra_work
+    line = (f"MGRIT pads depth {depth} to {fwd.n_pad} layer steps ({fwd.n_pad - depth} identity steps; "
+            f"{100 * extra:.2g} % more work per cycle with the coarse levels' own padding), so that every level of "
+            f"the hierarchy and each of the {fwd.chunks} layer chunk(s) hold whole intervals")
     if extra <= PADDING_WARN:
         log.info("%s", line)
         return
     below = next((d for d in range(depth - 1, 0, -1) if _unpadded(solver, d)), None)
-    log.warning("%s; depth %s needs none", line, " or ".join(str(d) for d in (below, fwd.n_pad) if d))
+    above = next(d for d in range(depth + 1, 2 * fwd.n_pad + 2) if _unpadded(solver, d))
+    log.warning("%s; depth %s needs none", line, " or ".join(str(d) for d in (below, above) if d))
 
 
 def _unpadded(solver, depth: int) -> bool:
     try:
-        return solver.layouts(depth)[0].n_pad == depth
+        return solver.layouts(depth)[0].extra_work == 0
     except ValueError:  # too shallow for the layer ranks
         return False
 
