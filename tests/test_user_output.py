@@ -21,11 +21,37 @@ def _messages(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "lpt"]
 
 
-@pytest.mark.slow(seconds=40)
-def test_a_run_announces_compilation_and_ends_with_a_summary(tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="lpt"):
-        result = run(compose_config([*SHORT, "solver=mgrit"]), tmp_path / "run")
-    lines = _messages(caplog)
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        if record.name == "lpt":  # as _messages
+            self.messages.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def mgrit_run(tmp_path_factory):
+    """One layer-parallel run with adaptive control (so every mgrit/ dataset there is gets logged) and the lines
+    the `lpt` logger wrote during it: (result, lines). The announcement, the summary and the datasets' descriptions
+    are checked on this one run (it compiles the layer-parallel step once for both tests)."""
+    logger, handler = logging.getLogger("lpt"), _Collect()
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        result = run(compose_config([*SHORT, "solver=mgrit", "solver.control=adaptive"]),
+                     tmp_path_factory.mktemp("mgrit") / "run")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return result, handler.messages
+
+
+@pytest.mark.slow(seconds=45)
+def test_a_run_announces_compilation_and_ends_with_a_summary(mgrit_run):
+    result, lines = mgrit_run
     compiling = [i for i, m in enumerate(lines) if m.startswith("compiling the training step")]
     first = [i for i, m in enumerate(lines) if m.startswith("first step done in ")]
     assert len(compiling) == 1 and len(first) == 1 and compiling[0] < first[0]
@@ -147,11 +173,10 @@ def test_parallel_mpi_without_the_mpi_packages_is_one_line(tmp_path, blocked):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.slow(seconds=45)
-def test_every_logged_dataset_is_described(tmp_path):
+def test_every_logged_dataset_is_described(mgrit_run):
     """Each history/ and mgrit/ dataset of a layer-parallel run (adaptive control: every entry there is) carries
     a `description` attribute, e.g. that time_s includes start-up."""
-    result = run(compose_config([*SHORT, "solver=mgrit", "solver.control=adaptive"]), tmp_path / "run")
+    result, _ = mgrit_run
     with h5py.File(result.log_path, "r") as f:
         names = [f"{g}/{k}" for g in ("history", "mgrit") for k in f[g]]
         assert len(names) > 30
