@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save", default=None, help="calibration file to store α, β in")
     args = parser.parse_args(argv)
     if args.backend == "mesh" and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+        flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+        os.environ["XLA_FLAGS"] = flags.strip()
 
     from lpt.perfmodel.comm import SIZES, measure
     from lpt.perfmodel.costs import Calibration
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {nbytes:>10d} B  {seconds * 1e6:12.2f} us   fit {costs.message(nbytes) * 1e6:12.2f} us")
     print(f"alpha = {costs.alpha * 1e6:.2f} us   beta = {costs.beta * 1e9:.4f} ns/B "
           f"({(1 / costs.beta / 1e9) if costs.beta > 0 else float('inf'):.2f} GB/s)"
-          + (f"   sync (ranks computing between messages) = {costs.sync * 1e6:.1f} us" if args.backend == "mpi" else ""))
+          + (f"   sync (ranks computing between messages) = {costs.sync * 1e6:.1f} us"
+             if args.backend == "mpi" else ""))
     if args.save:
         cal = Calibration.load_or_new(args.save)
         cal.comm[args.backend] = costs

@@ -155,7 +155,8 @@ def main(argv=None):
                 say(f"  {name:<34} {t:8.3f} s ({comp:5.1f})   / yardstick {t / base:5.2f}")
             if ranks > 1:
                 for skip in (" skip" if v else "" for v in variants):
-                    one, many = rows[f"layer-parallel{skip}, 1 rank"][0], rows[f"layer-parallel{skip}, {ranks} ranks"][0]
+                    one = rows[f"layer-parallel{skip}, 1 rank"][0]
+                    many = rows[f"layer-parallel{skip}, {ranks} ranks"][0]
                     say(f"  speed-up layer-parallel{skip} {ranks} ranks / 1 rank: {one / many:.2f}")
     return 0
 

@@ -32,7 +32,10 @@ from typing import Callable
 def _grid_from_argv(argv: list[str]) -> tuple[int, int] | None:
     """--grid DxL, read before jax is imported (the emulated device count must be set first)."""
     for i, arg in enumerate(argv):
-        value = arg.split("=", 1)[1] if arg.startswith("--grid=") else (argv[i + 1] if arg == "--grid" and i + 1 < len(argv) else None)
+        if arg.startswith("--grid="):
+            value = arg.split("=", 1)[1]
+        else:
+            value = argv[i + 1] if arg == "--grid" and i + 1 < len(argv) else None
         if value is not None:
             data, layers = (int(v) for v in value.lower().split("x"))
             return data, layers
@@ -66,7 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs (median reported)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--grid", default=None, help="also time the one-shot step on a DATAxLAYERS device grid, e.g. 1x4")
+    parser.add_argument("--grid", default=None,
+                        help="also time the one-shot step on a DATAxLAYERS device grid, e.g. 1x4")
     return parser.parse_args(argv)
 
 

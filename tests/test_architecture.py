@@ -1,12 +1,22 @@
 """The package's layers: no import cycles among lpt's modules, counting imports inside functions too (a local
-import hides a cycle from Python, not from the design)."""
+import hides a cycle from Python, not from the design); the code passes the linter's checks (pyproject.toml)."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
-LPT = Path(__file__).resolve().parents[1] / "lpt"
+ROOT = Path(__file__).resolve().parents[1]
+LPT = ROOT / "lpt"
+
+
+def test_the_code_passes_ruff():
+    """`ruff check lpt tests scripts` with the rules of pyproject.toml (ruff comes with the test extra)."""
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "lpt", "tests", "scripts"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
 
 
 def import_graph(package: Path) -> dict[str, set[str]]:

@@ -3,7 +3,6 @@ against the exact gradient, the switch to serial training, the convergence facto
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

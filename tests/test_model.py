@@ -52,7 +52,8 @@ def test_serial_propagation_matches_a_plain_loop():
 
 def _finite_difference_check(model: ResNet, x, y, seed: int = 0):
     params = model.init(jax.random.PRNGKey(seed), jnp.float64)
-    params = jax.tree_util.tree_map(lambda t: t + 0.1 * jax.random.normal(jax.random.PRNGKey(9), t.shape, t.dtype), params)
+    noise = lambda t: 0.1 * jax.random.normal(jax.random.PRNGKey(9), t.shape, t.dtype)  # noqa: E731
+    params = jax.tree_util.tree_map(lambda t: t + noise(t), params)
     f = jax.jit(lambda p: objective(model, p, x, y)[0])
     grads = jax.grad(f)(params)
     leaves, treedef = jax.tree_util.tree_flatten(params)
@@ -63,9 +64,10 @@ def _finite_difference_check(model: ResNet, x, y, seed: int = 0):
     for i, leaf in enumerate(leaves):
         for _ in range(3):
             idx = tuple(rng.integers(0, s) for s in leaf.shape)
-            plus = [l.at[idx].add(eps) if j == i else l for j, l in enumerate(leaves)]
-            minus = [l.at[idx].add(-eps) if j == i else l for j, l in enumerate(leaves)]
-            fd = (f(jax.tree_util.tree_unflatten(treedef, plus)) - f(jax.tree_util.tree_unflatten(treedef, minus))) / (2 * eps)
+            plus = [leaf.at[idx].add(eps) if j == i else leaf for j, leaf in enumerate(leaves)]
+            minus = [leaf.at[idx].add(-eps) if j == i else leaf for j, leaf in enumerate(leaves)]
+            unflat = lambda ls: jax.tree_util.tree_unflatten(treedef, ls)  # noqa: E731
+            fd = (f(unflat(plus)) - f(unflat(minus))) / (2 * eps)
             np.testing.assert_allclose(grad_leaves[i][idx], fd, rtol=1e-6, atol=1e-9)
             checked += 1
     assert checked == 3 * len(leaves)

@@ -125,7 +125,8 @@ def _rows(log: Path) -> int:
 
 @pytest.mark.parametrize("overrides, message", [
     (["parallel=mpi", "+parallel.processes=2"], "parallel.processes=2 starts JAX's multi-process runtime, which needs "
-                                               "parallel=mesh (one global mesh); parallel=mpi runs one process per MPI rank"),
+                                               "parallel=mesh (one global mesh); parallel=mpi runs one process per "
+                                               "MPI rank"),
     (["parallel=mesh", "parallel.processes=0"], "parallel.processes=0 must be a positive integer"),
     (["parallel=mesh", "parallel.processes=2", "parallel.coordinator=node001"],
      "parallel.coordinator='node001' must be host:port of process 0"),

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from lpt.parallel.comm import MeshComm, SingleComm
+from lpt.parallel.comm import SingleComm
 from lpt.parallel.grid import GridError, ProcessorGrid
 
 HERE = Path(__file__).resolve().parent
@@ -91,7 +91,8 @@ def require_mpi4jax() -> None:
 def mpirun(np_: int, script: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     """Run ``script`` with this interpreter under mpirun (as root in CI: --allow-run-as-root)."""
     require_mpi4jax()
-    cmd = [shutil.which("mpirun"), "--allow-run-as-root", "--oversubscribe", "-np", str(np_), sys.executable, str(script), *args]
+    cmd = [shutil.which("mpirun"), "--allow-run-as-root", "--oversubscribe", "-np", str(np_), sys.executable,
+           str(script), *args]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
     env["XLA_FLAGS"] = ""  # one device per rank
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)

@@ -1,6 +1,6 @@
 """The paper presets: their settings are those of their sources, each is documented in the README, the heavy ones
-run a few steps on reduced data (tests/test_configs.py), and peaks_lpl reaches ≥ 95 % validation accuracy serially and layer-parallel
-within its default budget (slow)."""
+run a few steps on reduced data (tests/test_configs.py), and peaks_lpl reaches ≥ 95 % validation accuracy serially and
+layer-parallel within its default budget (slow)."""
 
 from __future__ import annotations
 

@@ -56,7 +56,8 @@ def test_bench_layers_prints_ratios_for_every_kind():
     proc = script("bench_layers.py", "--quick", "--intervals", "4", "--repeats", "1")
     assert re.search(r"throughput yardstick: 2048x2048 matmul, float32: [\d.]+ GFLOP/s", proc.stdout)
     # layer width batch image impl layout  serial (compile)  relax-vmap (compile)  relax-auto (compile)  batch  ratios
-    row = re.compile(r"^(dense|conv2)\s+\d+\s+\d+\s+\S+\s+(\S+)\s+(\S+)\s+([\d.]+) \(\s*[\d.]+\)\s+([\d.]+) \(\s*[\d.]+\)"
+    row = re.compile(r"^(dense|conv2)\s+\d+\s+\d+\s+\S+\s+(\S+)\s+(\S+)\s+"
+                     r"([\d.]+) \(\s*[\d.]+\)\s+([\d.]+) \(\s*[\d.]+\)"
                      r"\s+([\d.]+) \(\s*[\d.]+\)\s+\d+\s+([\d.]+)\s+([\d.]+)$", re.M)
     rows = row.findall(proc.stdout)
     assert {r[:3] for r in rows} == {("dense", "-", "-"), *(("conv2", impl, layout) for impl in ("matmul", "xla")

@@ -206,11 +206,13 @@ class ResNet:
         opening: dict[str, jnp.ndarray] = {}
         if self.opening != "zero":
             opening = {
-                "W": init_weight(k_open, self._weight_shape(self.in_features, w), self._fan_in(self.in_features), 1.0, dtype),
+                "W": init_weight(k_open, self._weight_shape(self.in_features, w), self._fan_in(self.in_features), 1.0,
+                                 dtype),
                 "b": jnp.zeros((w,), dtype),
             }
         layers = {
-            "K": init_weight(k_layers, (self.depth, *self._weight_shape(w, w)), self._fan_in(w), self.init_scale, dtype),
+            "K": init_weight(k_layers, (self.depth, *self._weight_shape(w, w)), self._fan_in(w), self.init_scale,
+                             dtype),
             "b": jnp.zeros((self.depth, w), dtype),
         }
         if self.layer == "conv2":

@@ -92,7 +92,7 @@ class MeshComm:
         # block shapes: x, boundary (…) per chunk; message: one state to the neighbour chunk
         if self.layers == 1:
             return boundary
-        pairs = [(i + 1, i) for i in range(self.layers - 1)] if reverse else [(i, i + 1) for i in range(self.layers - 1)]
+        pairs = [(i + 1, i) if reverse else (i, i + 1) for i in range(self.layers - 1)]
         received = jax.lax.ppermute(x, LAYER_AXIS, perm=pairs)
         end = self.layers - 1 if reverse else 0
         return _select_boundary(self.layer_rank() == end, boundary, received)

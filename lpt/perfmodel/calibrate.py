@@ -16,7 +16,6 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from lpt.perfmodel.config import profile_key_for
 from lpt.perfmodel.costs import CostCurve, Profile

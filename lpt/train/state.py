@@ -200,7 +200,8 @@ def make_evaluate(model: ResNet, chunk: int) -> Callable:
             return {"correct": jnp.sum(mask * (jnp.argmax(out, -1) == yc)), "loss": jnp.sum(
                 mask * optax.softmax_cross_entropy_with_integer_labels(out, yc))}
         err = (out - yc).reshape(out.shape[0], -1)
-        return {"sq_err": jnp.sum(mask[:, None] * err**2), "sq_ref": jnp.sum(mask[:, None] * yc.reshape(err.shape) ** 2)}
+        return {"sq_err": jnp.sum(mask[:, None] * err**2),
+                "sq_ref": jnp.sum(mask[:, None] * yc.reshape(err.shape) ** 2)}
 
     sums = jax.jit(sums)
 
@@ -221,6 +222,7 @@ def make_evaluate(model: ResNet, chunk: int) -> Callable:
         if model.task == "classification":
             return {"acc": total["correct"] / n, "loss": total["loss"] / n}
         n_out = model.num_outputs
-        return {"mse": total["sq_err"] / (n * n_out), "rel_err": (total["sq_err"] / max(total["sq_ref"], 1e-300)) ** 0.5}
+        return {"mse": total["sq_err"] / (n * n_out),
+                "rel_err": (total["sq_err"] / max(total["sq_ref"], 1e-300)) ** 0.5}
 
     return evaluate

@@ -22,7 +22,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder")
     p.add_argument("--file", default="results/perfmodel/calibration.json", help="calibration file")
-    p.add_argument("--value-evals", type=float, default=0.0, help="line-search evaluations (value and gradient) per step (L-BFGS)")
+    p.add_argument("--value-evals", type=float, default=0.0,
+                   help="line-search evaluations (value and gradient) per step (L-BFGS)")
     args = p.parse_args(argv)
     from lpt.perfmodel import Calibration
 

@@ -17,9 +17,9 @@ layers = world.Get_size() // data
 grid = ProcessorGrid("mpi", data=data, layers=layers)
 grid.check_resources()
 comm = grid.comm()
-d, l = divmod(world.Get_rank(), layers)
+d, lr = divmod(world.Get_rank(), layers)
 value = lambda d_, l_: jnp.full((3,), 10.0 * d_ + l_ + 1)  # noqa: E731
-x, boundary = value(d, l), jnp.full((3,), -7.0)
+x, boundary = value(d, lr), jnp.full((3,), -7.0)
 
 
 @jax.jit
@@ -29,9 +29,9 @@ def collectives(x):
 
 
 fwd, bwd, lsum, gathered, dsum = collectives(x)
-np.testing.assert_array_equal(fwd, boundary if l == 0 else value(d, l - 1))
-np.testing.assert_array_equal(bwd, boundary if l == layers - 1 else value(d, l + 1))
+np.testing.assert_array_equal(fwd, boundary if lr == 0 else value(d, lr - 1))
+np.testing.assert_array_equal(bwd, boundary if lr == layers - 1 else value(d, lr + 1))
 np.testing.assert_array_equal(lsum, sum(value(d, k) for k in range(layers)))
 np.testing.assert_array_equal(gathered, np.stack([value(d, k) for k in range(layers)]))
-np.testing.assert_array_equal(dsum, sum(value(k, l) for k in range(data)))
+np.testing.assert_array_equal(dsum, sum(value(k, lr) for k in range(data)))
 print("ok", flush=True)

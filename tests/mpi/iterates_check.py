@@ -52,7 +52,8 @@ lo, hi = l_rank * n_local, min((l_rank + 1) * n_local, depth)
 assert abs(float(obj) - float(ref[0])) <= 1e-12 * abs(float(ref[0])), (obj, ref[0])
 assert rel(grads, ref[2]) < 1e-12, rel(grads, ref[2])
 if hi >= lo:
-    np.testing.assert_allclose(state.ys[: hi - lo + 1], ref[3].ys[lo:hi + 1, d_rank * b:(d_rank + 1) * b], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(state.ys[: hi - lo + 1], ref[3].ys[lo:hi + 1, d_rank * b:(d_rank + 1) * b], rtol=0,
+                               atol=1e-12)
     np.testing.assert_allclose(state.ybars[: hi - lo + 1] / data, ref[3].ybars[lo:hi + 1, d_rank * b:(d_rank + 1) * b],
                                rtol=0, atol=1e-12)
 np.testing.assert_allclose(stats["fwd_residual"], ref[4]["fwd_residual"], rtol=1e-10)
