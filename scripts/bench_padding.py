@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from lpt.mgrit import MGRITOptions, MGRITSolver
-    from lpt.mgrit.layout import make_layout, pad_multiple
+    from lpt.mgrit.layout import paired_layouts
     from lpt.model import ResNet
     from lpt.perfmodel.calibrate import wall_times
     from lpt.perfmodel.work import cycle_ops, gradient_ops
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     rows, first = [], {}
     for chunks in [1, *args.layers]:
         for depth in args.depths:
-            layout = make_layout(depth, fwd, chunks, multiple=pad_multiple(depth, bwd, chunks))
+            layout = paired_layouts(depth, fwd, bwd, chunks)[0]
             work = (cycle_ops(layout, fwd).work, gradient_ops(depth, fwd, bwd, chunks).work)
             base = first.setdefault(chunks, work)
             rows.append(f"{depth:>6} {chunks:>6} {layout.n_pad:>7} {layout.dist:>7} {100 * layout.extra_work:>6.1f}% "

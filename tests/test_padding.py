@@ -17,7 +17,7 @@ import pytest
 
 from lpt.mgrit import MGRITOptions, adjoint_solve, mgrit_solve
 from lpt.mgrit.hierarchy import pad_steps
-from lpt.mgrit.layout import make_layout
+from lpt.mgrit.layout import make_layout, paired_layouts
 from lpt.model import ResNet, propagate_states
 from lpt.perfmodel.work import cycle_ops
 
@@ -108,3 +108,22 @@ def test_bench_padding_prints_layouts_counts_and_times():
         assert float(row[5]) == cycle_ops(layout, opts).work
     assert set(table) == {(64, 1), (65, 1), (64, 2), (65, 2)}
     assert len(re.findall(r"N = +6[45]: one-shot gradient [\d.]+ ms \(measured / N = 64: [\d.]+\)", proc.stdout)) == 2
+
+
+def test_forward_and_adjoint_share_one_padded_depth():
+    """The adjoint solve runs on the forward solve's chunks of states: both layouts pad to the same depth, whatever
+    the two solves' levels and coarsening factors, and on any number of chunks."""
+    pairs = [(MGRITOptions(cfactor=4), MGRITOptions(cfactor=4, max_levels=3)),
+             (MGRITOptions(cfactor=2), MGRITOptions(cfactor=4)),
+             (MGRITOptions(cfactor=(2, 4)), MGRITOptions(cfactor=3))]
+    for fwd, bwd in pairs:
+        for chunks in (1, 2, 3, 4, 8):
+            for depth in range(8, 300, 7):
+                try:
+                    f, b = paired_layouts(depth, fwd, bwd, chunks)
+                except ValueError:  # too many chunks for the depth
+                    continue
+                assert f.n_pad == b.n_pad >= depth and f.n_local == b.n_local, (depth, chunks)
+                if chunks > 1:  # whole intervals on every chunk of each chunked level
+                    for layout in (f, b):
+                        assert all(s.n % (chunks * s.m) == 0 for s in layout.shapes[: layout.dist]), (depth, chunks)

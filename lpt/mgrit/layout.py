@@ -133,6 +133,18 @@ def make_layout(n: int, options: MGRITOptions, chunks: int = 1, multiple: int = 
     return Layout(n=n, n_pad=n_pad, chunks=chunks, shapes=_shapes(n_pad, ms), dist=d)
 
 
+def paired_layouts(n: int, fwd: MGRITOptions, bwd: MGRITOptions, chunks: int = 1) -> tuple[Layout, Layout]:
+    """The layouts of the forward and the adjoint solve of one depth-``n`` network: one padded depth (the adjoint
+    runs on the forward states), each solve its own levels and chunked levels."""
+    n_pad = pad_multiple(n, bwd, chunks)
+    while True:  # each layout pads to a multiple of the other's: at most a few rounds, n_pad only grows
+        f_layout = make_layout(n, fwd, chunks, multiple=n_pad)
+        b_layout = make_layout(n, bwd, chunks, multiple=f_layout.n_pad)
+        if b_layout.n_pad == f_layout.n_pad:
+            return f_layout, b_layout
+        n_pad = b_layout.n_pad
+
+
 def chunk(tree: Any, rank: Any, size: int) -> Any:
     """The ``rank``-th block of ``size`` entries along axis 0 of every leaf (``rank`` may be traced)."""
     return jax.tree_util.tree_map(lambda a: jax.lax.dynamic_slice_in_dim(a, rank * size, size), tree)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from lpt.mgrit.adjoint import adjoint_hierarchy, exact_padding, layer_gradient
-from lpt.mgrit.layout import Layout, chunk, make_layout, pad_multiple
+from lpt.mgrit.layout import Layout, chunk, paired_layouts
 from lpt.mgrit.options import MGRITOptions, require
 from lpt.mgrit.solve import (MGRITStats, convergence_factor, forward_hierarchy, forward_restriction, initial_guess,
                              last_factor, padded, solve_system)
@@ -238,9 +238,7 @@ class MGRITSolver:
     # --- the Solver protocol -----------------------------------------------------------------------
     def layouts(self, depth: int) -> tuple[Layout, Layout]:
         """Forward and adjoint layouts of a depth-N network on ``comm.layers`` chunks, with one padding."""
-        p = self.comm.layers
-        fwd = make_layout(depth, self.fwd, p, multiple=pad_multiple(depth, self.bwd, p))
-        return fwd, make_layout(depth, self.bwd, p, multiple=fwd.n_pad)
+        return paired_layouts(depth, self.fwd, self.bwd, self.comm.layers)
 
     def coarse_stability(self, model, params: Params, x: jnp.ndarray, samples: int = 2) -> tuple[Any, str | None]:
         """H·ρ of every coarse level of the forward solve at ``params`` (:mod:`lpt.mgrit.stability`), linearised

@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lpt.mgrit.layout import Layout, make_layout
+from lpt.mgrit.layout import Layout, make_layout, paired_layouts
 from lpt.mgrit.options import MGRITOptions
 
 Curve = Literal["step", "adjoint", "linearize", "theta"]
@@ -229,10 +229,7 @@ def gradient_ops(depth: int, fwd: MGRITOptions, bwd: MGRITOptions, layers: int =
         warm: start both solves from the previous step's states (full-batch training) instead of the cheap
             coarse-level guess.
     """
-    from lpt.mgrit.layout import pad_multiple
-
-    f_layout = make_layout(depth, fwd, layers, multiple=pad_multiple(depth, bwd, layers))
-    b_layout = make_layout(depth, bwd, layers, multiple=f_layout.n_pad)
+    f_layout, b_layout = paired_layouts(depth, fwd, bwd, layers)
     initial = "given" if warm else "guess"
     ops = Ops()
     # forward: gather of the restricted weights of the first gathered level, the solve, y_N to all ranks
