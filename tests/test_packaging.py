@@ -33,3 +33,5 @@ def test_readme_quick_start_commands():
     assert test_command.startswith("pip install '.[test]'") and "pytest" in test_command
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
     assert ci[-1] == test_command, "CI must run exactly the README's test command"
+    floors = [b for b in blocks if ".ci/floors.txt" in b]  # the dependency floors' tests, also run by CI
+    assert len(floors) == 1 and floors[0] in ci
