@@ -105,15 +105,8 @@ def pad_zeros(r: jnp.ndarray, length: int, front: bool = False) -> jnp.ndarray:
 def pad_steps(data: Any, hs: jnp.ndarray, length: int, front: bool = False) -> tuple[Any, jnp.ndarray]:
     """Append identity steps (before the first step with ``front``): data repeats the nearest step's (any finite
     value does), step size h = 0."""
-    extra = length - hs.shape[0]
-    if extra == 0:
-        return data, hs
-
-    def extend(a: jnp.ndarray) -> jnp.ndarray:
-        edge = jnp.repeat(a[:1] if front else a[-1:], extra, axis=0)
-        return jnp.concatenate([edge, a] if front else [a, edge], axis=0)
-
-    return jax.tree_util.tree_map(extend, data), pad_zeros(hs, length, front)
+    data = jax.tree_util.tree_map(lambda a: pad_states(a, length, front), data)
+    return data, pad_zeros(hs, length, front)
 
 
 def split(u: jnp.ndarray, m: int) -> Grid:

@@ -50,11 +50,8 @@ class Layout(NamedTuple):
     def extra_work(self) -> float:
         """Steps the padding adds to all levels, relative to the levels of the unpadded depth (n, ⌈n/m_0⌉, …):
         Σ_ℓ p_ℓ / Σ_ℓ n_ℓ − 1 (a level's relaxation costs in proportion to its steps)."""
-        real, size = 0, self.n
-        for shape in self.shapes:
-            real += size
-            size = -(-size // shape.m) if shape.m else size
-        return sum(shape.padded for shape in self.shapes) / real - 1
+        real = _shapes(self.n, tuple(s.m for s in self.shapes[:-1]))
+        return sum(s.padded for s in self.shapes) / sum(s.n for s in real) - 1
 
     @property
     def n_local(self) -> int:
