@@ -22,13 +22,14 @@ import jax
 import jax.numpy as jnp
 
 from lpt.mgrit.adjoint import adjoint_hierarchy, exact_padding, layer_gradient
+from lpt.mgrit.hierarchy import pad_zeros
 from lpt.mgrit.layout import Layout, chunk, paired_layouts
 from lpt.mgrit.options import MGRITOptions, require
 from lpt.mgrit.solve import (MGRITStats, convergence_factor, forward_hierarchy, forward_restriction, initial_guess,
                              last_factor, padded, solve_system)
 from lpt.mgrit.stability import coarse_step_stability, stability_message
 from lpt.model import Params
-from lpt.model.serial import SerialSolver
+from lpt.model.serial import SerialSolver, data_objective
 from lpt.parallel.comm import SingleComm
 
 OnDivergence = Literal["error", "serial"]
@@ -169,6 +170,10 @@ class MGRITSolver:
             the same on every chunk (layer gradients are gathered), so the optimiser runs unchanged.
         control: the inexactness control (:class:`Control`); with ``adaptive`` the cycle counts become
             minima and ``max_iter`` of the solves is ``control.max_iters``.
+        local_layers: layer-sharded parameters (:mod:`lpt.parallel.sharded`): ``params["layers"]`` given to
+            :meth:`value_and_grad` and :meth:`value` is this chunk's ``n_local`` layers of the padded stack, the
+            layer gradient returned is this chunk's (nothing gathered), and objective and gradient leave out the
+            regularisation, which the caller adds on the whole stack.
     """
 
     fwd: MGRITOptions = field(default_factory=lambda: MGRITOptions(max_iter=2))
@@ -178,6 +183,7 @@ class MGRITSolver:
     comm: Any = SingleComm()
     control: Control = Control()
     min_iters: tuple[int, int] = (1, 1)
+    local_layers: bool = False
 
     def __post_init__(self) -> None:
         require(isinstance(self.warm_start, bool), f"solver.warm_start={self.warm_start!r} must be true or false")
@@ -274,7 +280,7 @@ class MGRITSolver:
         shapes = jax.eval_shape(one_shot)
 
         def serial():
-            obj, aux, grads = _serial().value_and_grad(model, params, x, y, ())[:3]
+            obj, aux, grads = self._exact(model, params, x, y)
             blank = jax.tree_util.tree_map(lambda a: jnp.full(a.shape, jnp.nan, a.dtype)
                                            if jnp.issubdtype(a.dtype, jnp.inexact) else jnp.zeros(a.shape, a.dtype),
                                            shapes[4])
@@ -283,7 +289,7 @@ class MGRITSolver:
 
         obj, aux, grads, warm, stats = jax.lax.cond(serial_mode, serial, one_shot)
         check = ~serial_mode & (state.count % ctl.every == ctl.every - 1)
-        cos = jax.lax.cond(check, lambda: _cosine(comm, grads, _serial().value_and_grad(model, params, x, y, ())[2]),
+        cos = jax.lax.cond(check, lambda: _cosine(comm, grads, self._exact(model, params, x, y)[2], self.local_layers),
                            lambda: jnp.asarray(jnp.nan, jnp.float32))
         mode = state.mode + (check & (cos < ctl.min_cos)).astype(jnp.int32)
         stats = {**stats, "mode": state.mode, "grad_cos": cos.astype(stats["fwd_norm"].dtype)}
@@ -303,17 +309,16 @@ class MGRITSolver:
         ybars = w[::-1]
         ybar_0 = _from_chunk(comm, 0, ybars[0])
         layers = layer_gradient(model.step, fw.theta, fw.hs, fw.ys, ybars, self.bwd.interval_batch)
-        layers = jax.tree_util.tree_map(lambda g: comm.layer_gather(g)[: model.depth], layers)  # message: θ̄
-        reg, g_reg = jax.value_and_grad(model.regularization)(params)
+        if not self.local_layers:
+            layers = jax.tree_util.tree_map(lambda g: comm.layer_gather(g)[: model.depth], layers)  # message: θ̄
         grads = {"opening": fw.open_vjp(ybar_0)[0], "layers": layers, "classifier": g_class}
-        grads = jax.tree_util.tree_map(jnp.add, grads, g_reg)
-        result = (loss + reg, {"loss": loss, "outputs": outputs}, grads)
+        obj, grads = self._regularized(model, params, loss, grads)
+        result = (obj, {"loss": loss, "outputs": outputs}, grads)
 
         diverged = _anywhere(comm, _diverged(fw.ys, fw.stats) | _diverged(ybars, bstats))
         fallback = diverged if self.on_divergence == "serial" else jnp.asarray(False)
         if self.on_divergence == "serial":
-            result = jax.lax.cond(diverged, lambda: _serial().value_and_grad(model, params, x, y, ())[:3],
-                                  lambda: result)
+            result = jax.lax.cond(diverged, lambda: self._exact(model, params, x, y), lambda: result)
         new_state = WarmStart(fw.ys, ybars, ~diverged) if self.warm_start else ()
         stats = {**solve_stats("fwd", fw.stats), **solve_stats("bwd", bstats),
                  "diverged": diverged, "fallback": fallback}
@@ -323,19 +328,45 @@ class MGRITSolver:
         """The objective data_loss + regularisation with the forward MGRIT solve only."""
         if self.control.adaptive:
             ctl = self.control
-            return jax.lax.cond(state.mode >= ctl.serial_mode, lambda: _serial().value(model, params, x, y, ()),
+            return jax.lax.cond(state.mode >= ctl.serial_mode, lambda: self._exact(model, params, x, y, grad=False),
                                 lambda: self._value(model, params, x, y, state.warm, ctl.target(state.mode)))
         return self._value(model, params, x, y, state, None)
 
     def _value(self, model, params: Params, x: jnp.ndarray, y: jnp.ndarray, state, target) -> jnp.ndarray:
         fw = self._forward(model, params, x, state, target)
-        value = model.data_loss(model.head(params, fw.y_final), y) + model.regularization(params)
+        value = self._regularized(model, params, model.data_loss(model.head(params, fw.y_final), y))[0]
         if self.on_divergence == "serial":
             value = jax.lax.cond(_anywhere(self.comm, _diverged(fw.ys, fw.stats)),
-                                 lambda: _serial().value(model, params, x, y, ()), lambda: value)
+                                 lambda: self._exact(model, params, x, y, grad=False), lambda: value)
         return value
 
     # --- pieces ------------------------------------------------------------------------------------
+    def _regularized(self, model, params: Params, loss: jnp.ndarray, grads: Params | None = None):
+        """(loss + regularisation, grads + its gradient); with ``local_layers`` (loss, grads) unchanged: the
+        caller regularises the whole layer stack."""
+        if self.local_layers:
+            return loss, grads
+        if grads is None:
+            return loss + model.regularization(params), None
+        reg, g_reg = jax.value_and_grad(model.regularization)(params)
+        return loss + reg, jax.tree_util.tree_map(jnp.add, grads, g_reg)
+
+    def _exact(self, model, params: Params, x: jnp.ndarray, y: jnp.ndarray, grad: bool = True):
+        """The serial (exact) (objective, aux, grads), or with ``grad`` False the objective alone. With
+        ``local_layers`` the layer chunks are gathered first (message: all layers, only in this branch), the
+        objective is the data loss and the layer gradient this chunk's."""
+        if not self.local_layers:
+            return (_serial().value_and_grad(model, params, x, y, ())[:3] if grad
+                    else _serial().value(model, params, x, y, ()))
+        comm, n_local = self.comm, params_layers_local(params)
+        full = {**params, "layers": jax.tree_util.tree_map(lambda a: comm.layer_gather(a)[: model.depth],
+                                                            params["layers"])}
+        if not grad:
+            return data_objective(model, full, x, y)[0]
+        (obj, aux), grads = jax.value_and_grad(lambda p: data_objective(model, p, x, y), has_aux=True)(full)
+        layers = jax.tree_util.tree_map(lambda g: pad_zeros(g, n_local * comm.layers), grads["layers"])
+        return obj, aux, {**grads, "layers": chunk(layers, comm.layer_rank(), n_local)}
+
     def _guess(self, state, name: str, cheap: Callable[[], jnp.ndarray]) -> jnp.ndarray | None:
         """Initial iterate: previous states when warm and valid, else the cheap guess (None: solver default)."""
         if not self.warm_start:
@@ -348,8 +379,12 @@ class MGRITSolver:
         comm = self.comm
         y0, open_vjp = jax.vjp(lambda p_open: model.open({**params, "opening": p_open}, x), params["opening"])
         layout = self.layouts(model.depth)[0]
-        theta, hs = chunk(padded(params["layers"], model.step_sizes(y0.dtype), layout), comm.layer_rank(),
-                          layout.n_local)
+        if self.local_layers:  # this chunk's weights already; its step sizes from the whole padded list
+            theta = params["layers"]
+            hs = chunk(padded((), model.step_sizes(y0.dtype), layout)[1], comm.layer_rank(), layout.n_local)
+        else:
+            theta, hs = chunk(padded(params["layers"], model.step_sizes(y0.dtype), layout), comm.layer_rank(),
+                              layout.n_local)
         hier = forward_hierarchy(model.step, theta, hs, self.fwd, layout, comm)
         u_init = self._guess(state, "ys", lambda: initial_guess(hier, y0))
         ys, stats = solve_system(hier, y0, u_init, target, self.min_iters[0])
@@ -384,16 +419,28 @@ def solve_stats(prefix: str, stats: MGRITStats) -> dict[str, jnp.ndarray]:
             f"{prefix}_factor_last": last_factor(stats)}
 
 
-def _cosine(comm, a: Any, b: Any) -> jnp.ndarray:
+def _cosine(comm, a: Any, b: Any, local_layers: bool = False) -> jnp.ndarray:
     """cos∠(a, b) of two gradients (pytrees) summed over the data-parallel ranks — the gradients the optimiser
-    sees (each rank differentiates the mean loss of its own samples) — the same on every rank and grid."""
+    sees (each rank differentiates the mean loss of its own samples) — the same on every rank and grid. With
+    ``local_layers`` the ``"layers"`` entries are each chunk's: their dot products are summed over the chunks."""
     a, b = comm.data_sum(a), comm.data_sum(b)  # message: two gradients, at the bias checks only
 
-    def dot(u, v):
+    def leaves(u, v):
         return sum(jnp.vdot(p, q).astype(jnp.float32) for p, q in zip(jax.tree_util.tree_leaves(u),
                                                                       jax.tree_util.tree_leaves(v)))
 
+    def dot(u, v):
+        if not local_layers:
+            return leaves(u, v)
+        rest = lambda t: {k: w for k, w in t.items() if k != "layers"}  # noqa: E731
+        return leaves(rest(u), rest(v)) + comm.layer_sum(leaves(u["layers"], v["layers"]))
+
     return dot(a, b) / jnp.sqrt(jnp.maximum(dot(a, a) * dot(b, b), jnp.finfo(jnp.float32).tiny))
+
+
+def params_layers_local(params: Params) -> int:
+    """Layers in the leading axis of ``params["layers"]``."""
+    return jax.tree_util.tree_leaves(params["layers"])[0].shape[0]
 
 
 def _anywhere(comm, flag: jnp.ndarray) -> jnp.ndarray:

@@ -31,11 +31,17 @@ class Solver(Protocol):
         """The objective alone (for line searches)."""
 
 
-def objective(model: ResNet, params: Params, x: jnp.ndarray, y: jnp.ndarray) -> tuple[jnp.ndarray, dict]:
-    """Serial objective loss(output, y) + regularisation(θ), with aux {"loss", "outputs"}."""
+def data_objective(model: ResNet, params: Params, x: jnp.ndarray, y: jnp.ndarray) -> tuple[jnp.ndarray, dict]:
+    """Serial data loss loss(output, y) without the regularisation, with aux {"loss", "outputs"}."""
     outputs = model.forward(params, x)
     loss = model.data_loss(outputs, y)
-    return loss + model.regularization(params), {"loss": loss, "outputs": outputs}
+    return loss, {"loss": loss, "outputs": outputs}
+
+
+def objective(model: ResNet, params: Params, x: jnp.ndarray, y: jnp.ndarray) -> tuple[jnp.ndarray, dict]:
+    """Serial objective loss(output, y) + regularisation(θ), with aux {"loss", "outputs"}."""
+    loss, aux = data_objective(model, params, x, y)
+    return loss + model.regularization(params), aux
 
 
 @dataclass(frozen=True)

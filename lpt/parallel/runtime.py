@@ -1,8 +1,11 @@
 """What the training loop needs to know about the back-end: one :class:`Runtime` per run.
 
 - ``single``: one device; the step is jitted as written.
-- ``mesh``: one process; the per-chunk step runs under ``shard_map`` (parameters and optimiser state
-  replicated, samples split along "data", MGRIT warm-start states split along "layers" and "data").
+- ``mesh``: one or several processes, one global device mesh. With layer chunks the layer parameters, their
+  gradient and optimiser state are split along "layers" (:class:`~lpt.parallel.sharded.LayerSharded`: the
+  step runs over global arrays, the solver's gradient per chunk under ``shard_map``); with data ranks only the
+  per-chunk step runs under ``shard_map`` with parameters and optimiser state replicated. Samples are split
+  along "data", MGRIT warm-start states along "layers" and "data".
 - ``mpi``: one process per rank; every rank runs the per-chunk step on its slice of the batch, and only
   rank 0 writes files and prints.
 """
@@ -18,7 +21,8 @@ import jax.numpy as jnp
 
 from lpt.parallel.comm import Comm
 from lpt.parallel.grid import ProcessorGrid
-from lpt.parallel.sharded import REPLICATED, SAMPLES, chunk_state_specs, on_mesh
+from lpt.parallel.sharded import (REPLICATED, SAMPLES, LayerSharded, chunk_state_specs, layer_specs, on_mesh, place,
+                                  shardings)
 
 
 @dataclass(frozen=True, eq=False)
@@ -113,10 +117,42 @@ class Runtime:
         return None
 
     def with_comm(self, solver: Any) -> Any:
-        """The solver working on this run's layer chunks (solvers without chunks are returned as they are)."""
-        if any(f.name == "comm" for f in dataclasses.fields(solver)):
-            return dataclasses.replace(solver, comm=self.comm)
+        """The solver working on this run's layer chunks (solvers without chunks are returned as they are); on
+        a mesh with layer chunks the layer-parallel solver with layer-sharded parameters."""
+        names = {f.name for f in dataclasses.fields(solver)}
+        if "comm" not in names:
+            return solver
+        solver = dataclasses.replace(solver, comm=self.comm)
+        if self.grid.backend == "mesh" and self.grid.layers > 1 and "local_layers" in names:
+            inner = dataclasses.replace(solver, local_layers=True)
+            return LayerSharded(inner, self.grid, lambda model, params, x: self._state_specs(inner, model, params, x))
         return solver
+
+    def step_comm(self, solver: Any) -> Comm | None:
+        """The communication the training step itself averages and agrees with: none when it runs over global
+        arrays (layer-sharded mesh), the grid's otherwise."""
+        return None if isinstance(solver, LayerSharded) else self.comm
+
+    def state_specs(self, state: Any, solver: Any, model: Any, params: Any, x: jnp.ndarray) -> Any:
+        """Specs of a training state on the layer-sharded mesh: parameters and optimiser state by
+        :func:`~lpt.parallel.sharded.layer_specs`, the solver state by chunk, the rest replicated."""
+        solver_specs = self._state_specs(solver, model, params, x)
+
+        def spec(name, value):
+            if name == "solver_state":
+                return solver_specs
+            if name in ("params", "opt_state"):
+                return layer_specs(value, model.depth, self.grid.layers)
+            return jax.tree_util.tree_map(lambda _: REPLICATED, value)
+
+        return type(state)(*[spec(name, getattr(state, name)) for name in state._fields])
+
+    def place_state(self, state: Any, solver: Any, model: Any, params: Any, x: jnp.ndarray) -> Any:
+        """The training state laid out as the step keeps it: layer-sharded on a mesh with layer chunks (each
+        device holds its chunk's parameters, optimiser state and warm-start states), as it is otherwise."""
+        if not isinstance(solver, LayerSharded):
+            return state
+        return place(state, self.state_specs(state, solver, model, params, x), self.grid)
 
     def local_batch(self, x: jnp.ndarray, y: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
         """This process's samples of a batch: its data rank's slice on MPI, the whole batch otherwise
@@ -144,6 +180,16 @@ class Runtime:
         """How the per-chunk training step ``(state, x, y) -> (state, metrics, stats)`` is run on this grid."""
         if self.grid.backend != "mesh":
             return lambda fn: fn
+        if isinstance(solver, LayerSharded):  # global arrays: the new state keeps the layout of the old
+            def keep(fn: Callable) -> Callable:
+                def run(state, xb, yb):
+                    new, metrics, stats = fn(state, xb, yb)
+                    layout = shardings(new, self.state_specs(new, solver, model, params, x), self.grid)
+                    return jax.lax.with_sharding_constraint(new, layout), metrics, stats
+
+                return run
+
+            return keep
         solver_specs = self._state_specs(solver, model, params, x)
 
         def wrap(fn: Callable) -> Callable:

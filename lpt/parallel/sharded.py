@@ -34,3 +34,122 @@ def chunk_state_specs(state: Any, batch_axis: int = 0) -> Any:
     replicated."""
     spec = chunk_states(batch_axis)
     return jax.tree_util.tree_map(lambda a: spec if getattr(a, "ndim", 0) >= 2 else REPLICATED, state)
+
+
+def layer_axis(path: tuple, shape: tuple[int, ...], depth: int, layers: int) -> int | None:
+    """The axis of a parameter-shaped leaf (parameters, gradients, optimiser moments, L-BFGS histories) that is
+    split over the layer chunks: for leaves under a ``"layers"`` key the first of axes 0 and 1 with ``depth``
+    entries, when ``depth`` is a multiple of the chunks; None (replicated) otherwise."""
+    if depth % layers or not any(getattr(key, "key", None) == "layers" for key in path):
+        return None
+    return next((k for k in (0, 1) if len(shape) > k and shape[k] == depth), None)
+
+
+def layer_specs(tree: Any, depth: int, layers: int) -> Any:
+    """Specs of a parameter-shaped pytree: layer stacks split along "layers" (:func:`layer_axis`), the rest
+    (opening, classifier, scalars) replicated."""
+    def spec(path, leaf):
+        axis = layer_axis(path, getattr(leaf, "shape", ()), depth, layers)
+        return REPLICATED if axis is None else P(*[None] * axis, "layers")
+
+    return jax.tree_util.tree_map_with_path(spec, tree)
+
+
+def simplified(spec: P, grid: ProcessorGrid) -> P:
+    """``spec`` without the mesh axes of size 1 and trailing Nones: the spec XLA gives the step's outputs, so a
+    state laid out with it is the step's next input as it was its first (one compilation)."""
+    sizes = {"data": grid.data, "layers": grid.layers}
+    entries = [None if axis is not None and sizes[axis] == 1 else axis for axis in spec]
+    while entries and entries[-1] is None:
+        entries.pop()
+    return P(*entries)
+
+
+def shardings(tree: Any, specs: Any, grid: ProcessorGrid) -> Any:
+    """The ``NamedSharding`` of every leaf of ``tree`` from ``specs`` (a prefix of it), simplified."""
+    from jax.sharding import NamedSharding
+
+    mesh = grid.mesh()
+    return jax.tree_util.tree_map(lambda _, spec: NamedSharding(mesh, simplified(spec, grid)), tree, specs)
+
+
+def place(tree: Any, specs: Any, grid: ProcessorGrid) -> Any:
+    """``tree`` as global arrays laid out by ``specs`` on the grid's mesh (each process takes its own blocks of
+    host values that every process holds, so it works across processes too)."""
+    import numpy as np
+
+    def put(a, sharding):
+        if isinstance(a, jax.Array) and a.sharding == sharding:
+            return a
+        host = np.asarray(a)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree_util.tree_map(put, tree, shardings(tree, specs, grid))
+
+
+class LayerSharded:
+    """A layer-parallel solver whose layer parameters, their gradient and optimiser state live sharded over the
+    layer chunks (``parallel=mesh``, ``parallel.layers`` > 1).
+
+    The training step is compiled over global arrays (XLA partitions the optimiser update along the layer axis:
+    elementwise updates stay on each chunk, norms become reductions); only the solver's gradient runs per chunk,
+    under ``shard_map``: it receives this chunk's layers of the padded stack (``solver.local_layers``) and
+    returns this chunk's layer gradient, averaged over the data ranks. The regularisation is added here, on
+    the whole stack. Every other attribute is the wrapped solver's.
+    """
+
+    def __init__(self, solver: Any, grid: ProcessorGrid, state_specs: Callable[[Any, Any, Any], Any]):
+        self.solver, self.grid, self._state_specs = solver, grid, state_specs
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.solver, name)
+
+    def init_state(self, model, params, x):
+        return self.solver.init_state(model, params, x)
+
+    def _island(self, fn: Callable, model, params, x, y, state, out_specs: Callable[[Any, Any], Any]):
+        """``fn(params_chunk, (x, y), state)`` per chunk, on the padded parameters split along the layers."""
+        n_pad = self.solver.layouts(model.depth)[0].n_pad
+        padded = {**params, "layers": jax.tree_util.tree_map(lambda a: _pad_layers(a, n_pad), params["layers"])}
+        specs = layer_specs(padded, n_pad, self.grid.layers)
+        state_specs = self._state_specs(model, params, x)
+        return on_mesh(fn, self.grid, (specs, SAMPLES, state_specs), out_specs(specs, state_specs))(
+            padded, (x, y), state)
+
+    def value_and_grad(self, model, params, x, y, state):
+        comm = self.solver.comm
+
+        def chunk_fn(p, xy, s):
+            obj, aux, grads, s, stats = self.solver.value_and_grad(model, p, xy[0], xy[1], s)
+            mean = _data_mean(comm)
+            return mean(obj), mean(aux["loss"]), aux["outputs"], mean(grads), s, stats
+
+        obj, loss, outputs, grads, state, stats = self._island(
+            chunk_fn, model, params, x, y, state,
+            lambda specs, s_specs: (REPLICATED, REPLICATED, SAMPLES, specs, s_specs, REPLICATED))
+        grads = {**grads, "layers": jax.tree_util.tree_map(lambda g: g[: model.depth], grads["layers"])}
+        reg, g_reg = jax.value_and_grad(model.regularization)(params)
+        return (obj + reg, {"loss": loss, "outputs": outputs}, jax.tree_util.tree_map(jax.numpy.add, grads, g_reg),
+                state, stats)
+
+    def value(self, model, params, x, y, state):
+        comm = self.solver.comm
+
+        def chunk_fn(p, xy, s):
+            return _data_mean(comm)(self.solver.value(model, p, xy[0], xy[1], s))
+
+        value = self._island(chunk_fn, model, params, x, y, state, lambda specs, s_specs: REPLICATED)
+        return value + model.regularization(params)
+
+
+def _pad_layers(a, length: int):
+    """A layer stack extended to ``length`` layers by repeating its last layer (identity steps: h = 0)."""
+    extra = length - a.shape[0]
+    return a if extra == 0 else jax.numpy.concatenate([a, jax.numpy.broadcast_to(a[-1:], (extra, *a.shape[1:]))])
+
+
+def _data_mean(comm) -> Callable:
+    """Average a pytree over the data ranks of a chunk."""
+    if comm.data == 1:
+        return lambda tree: tree
+    return lambda tree: jax.tree_util.tree_map(lambda a: comm.data_sum(a) / comm.data, tree)

@@ -215,6 +215,8 @@ class _Run:
                                   f"{step}, and train.steps={s.loop.steps} asks for no more; set train.steps above "
                                   f"{step} to continue training")
             log.info("resuming %s from step %d", self.run_dir, step)
+        # layer-sharded mesh: each device keeps its chunk's parameters, optimiser and warm-start states
+        self.state = s.runtime.place_state(self.state, s.solver, s.model, self.params, self.x_train[:self.batch])
         self.start = int(self.state.step)
 
     def _open_log(self) -> None:
@@ -233,7 +235,7 @@ class _Run:
         """The compiled training step (state donated, fault policy inside), its serial fallback, evaluation."""
         s, cfg = self.s, self.cfg
         options = dict(lr=float(cfg["optimizer"]["lr"]), line_search=needs_value_fn(cfg["optimizer"]),
-                       comm=s.runtime.comm,
+                       comm=s.runtime.step_comm(s.solver),
                        wrap=s.runtime.wrap_step(s.solver, s.model, self.params, self.x_train[:self.batch]))
         self.guard = NonFiniteGuard(s.loop, lambda: make_train_step(s.model, SerialSolver(), s.optimizer, **options),
                                     self.save_last_good, lr_scale=float(self.state.lr_scale),

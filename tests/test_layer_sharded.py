@@ -1,0 +1,106 @@
+"""Layer-sharded training on the device mesh (issue 13 item 1): each device holds its chunk's layer parameters,
+their gradient and optimiser state, and the training steps equal the single-device ones."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from lpt.cli.compose import compose_config
+from lpt.logging import read_run
+from lpt.parallel.sharded import LayerSharded, layer_axis
+from lpt.train import run
+from lpt.train.loop import _Run, _setup
+
+SHORT = ["solver=mgrit", "dtype=float64", "train.steps=6", "train.eval_every=3", "dataset.n_train=200",
+         "dataset.n_val=50"]
+
+
+def _layer_leaves(tree):
+    """(path, leaf) of every leaf under a "layers" key."""
+    return [(path, leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+            if any(getattr(key, "key", None) == "layers" for key in path)]
+
+
+@pytest.mark.slow(seconds=20)
+def test_each_device_holds_only_its_chunk_of_the_layer_state(tmp_path):
+    """Parameters, Adam moments and warm-start states of the layers are split in 4 along the layers, before and
+    after steps (the step keeps the layout, so it compiles once); opening and classifier are replicated."""
+    cfg = compose_config([*SHORT, "parallel=mesh", "parallel.layers=4", "model.depth=32"])
+    r = _Run(cfg, tmp_path, _setup(cfg))
+    try:
+        assert isinstance(r.s.solver, LayerSharded)
+
+        def check(state):
+            layer = _layer_leaves((state.params, state.opt_state))
+            assert len(layer) == 6  # K and b of the parameters, Adam's mu and nu
+            for path, leaf in layer:
+                assert leaf.sharding.spec == P("layers"), path
+                shards = leaf.addressable_shards
+                assert len({s.device for s in shards}) == 4
+                assert all(s.data.shape[0] == 8 for s in shards), path  # 32 layers / 4 chunks
+            for leaf in jax.tree_util.tree_leaves((state.params["opening"], state.params["classifier"])):
+                assert leaf.sharding.is_fully_replicated
+            warm = state.solver_state.ys
+            assert warm.sharding.spec[0] == "layers" and warm.addressable_shards[0].data.shape[0] == warm.shape[0] // 4
+
+        check(r.state)
+        state = r.state
+        for step in range(3):
+            state, metrics, _ = r.train_step(state, *r.batch_at(step))
+        check(state)
+        assert not bool(metrics["rejected"])
+        assert r.train_step._cache_size() == 1, "the step compiled again"
+    finally:
+        r.lock.release()
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """Single-device references, one per configuration."""
+    cache = {}
+
+    def get(overrides):
+        key = tuple(overrides)
+        if key not in cache:
+            path = tmp_path_factory.mktemp("single")
+            run(compose_config([*SHORT, *overrides]), path)
+            cache[key] = read_run(path)
+        return cache[key]
+
+    return get
+
+
+@pytest.mark.slow(seconds=40)
+@pytest.mark.parametrize("overrides,layers", [
+    # L-BFGS: its line search evaluates the objective and gradient per chunk at trial points
+    (["optimizer=lbfgs"], 2),
+    # adaptive control whose first bias check switches to serial: the cosine and the serial gradient per chunk
+    (["solver.control=adaptive", "solver.control_every=2", "solver.control_min_cos=0.999999",
+      "solver.control_tightenings=0"], 4),
+    # Adam with both regularisations (added on the whole stack, outside the chunks), at a depth that is no
+    # multiple of the chunks: the layer state stays replicated, the padded stack is split
+    (["model.depth=70", "model.gamma_tik=1e-3", "model.gamma_ddt=1e-4", "model.gamma_class=1e-3"], 4),
+])
+def test_layer_sharded_training_equals_single_device(tmp_path, single, overrides, layers):
+    result = run(compose_config([*SHORT, *overrides, "parallel=mesh", f"parallel.layers={layers}"]), tmp_path)
+    rec, ref = read_run(result.log_path), single(overrides)
+    for key in ("loss", "objective", "grad_norm", "lr", "train_acc"):
+        np.testing.assert_allclose(rec.history[key], ref.history[key], rtol=1e-10, atol=1e-14, err_msg=key)
+    np.testing.assert_allclose(rec.history["val_acc"], ref.history["val_acc"])
+    for key in ("fwd_residual", "bwd_residual", "mode", "grad_cos"):
+        np.testing.assert_allclose(rec.mgrit[key], ref.mgrit[key], rtol=1e-9, atol=1e-13, err_msg=key)
+    if "solver.control=adaptive" in overrides:  # the check fired and the run went serial
+        assert np.nanmax(rec.mgrit["mode"]) == 1 and np.isfinite(rec.mgrit["grad_cos"]).any()
+
+
+def test_layer_axis_is_the_depth_axis_under_layers():
+    layers = jax.tree_util.DictKey("layers")
+    other = jax.tree_util.DictKey("classifier")
+    assert layer_axis((layers,), (32, 8, 8), 32, 4) == 0
+    assert layer_axis((jax.tree_util.SequenceKey(0), layers), (10, 32, 8), 32, 4) == 1  # an L-BFGS history
+    assert layer_axis((other,), (32, 8), 32, 4) is None
+    assert layer_axis((layers,), (70, 8), 70, 4) is None  # not a multiple of the chunks: replicated
+    assert layer_axis((layers,), (8,), 32, 4) is None
