@@ -1,0 +1,75 @@
+#!/usr/bin/env python
+"""Per-device memory of layer-sharded training on the device mesh (issue 13): parameters + optimiser state held
+by one device, and XLA's memory analysis of the compiled step, for ``parallel.layers`` = 1, 2, 4.
+
+The training state is built as ``lpt-train parallel=mesh parallel.layers=P`` builds it (emulated CPU devices),
+and the script prints, per P and in MB: the bytes of parameters and optimiser state on device 0 (summed over its
+shards), the warm-start states on device 0, the compiled step's arguments and temporaries (XLA's analysis, one
+device), and the ratio of the first column to P = 1 times P (1.00 = falls as 1/P):
+
+    python scripts/bench_sharded_memory.py                  # mnist_4096 and a dense N = 4096, width 64 net
+    python scripts/bench_sharded_memory.py --layers 1 2 --config "-: model.depth=64 solver=mgrit"
+
+A configuration is ``PRESET: OVERRIDES`` (PRESET ``-`` for the default run). Nothing is run, only compiled.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
+import argparse  # noqa: E402
+import tempfile  # noqa: E402
+
+import jax  # noqa: E402
+
+DEFAULT_CONFIGS = ("mnist_4096: dataset.n_train=100",
+                   "-: model.depth=4096 model.width=64 solver=mgrit dataset.n_train=500")
+
+
+def on_device0(tree) -> float:
+    """MB of the leaves of ``tree`` held by the first device."""
+    first = jax.devices()[0]
+    return sum(shard.data.nbytes for leaf in jax.tree_util.tree_leaves(tree) if isinstance(leaf, jax.Array)
+               for shard in leaf.addressable_shards if shard.device == first) / 1e6
+
+
+def analyse(preset: str | None, overrides: list[str], layers: int) -> dict[str, float]:
+    from lpt.cli.compose import compose_config
+    from lpt.train.loop import _Run, _setup
+
+    cfg = compose_config([*([f"+experiment={preset}"] if preset else []), *overrides, "parallel=mesh",
+                          f"parallel.layers={layers}"])
+    r = _Run(cfg, tempfile.mkdtemp(prefix="lpt-bench-"), _setup(cfg))
+    try:
+        state = r.state
+        mem = r.train_step.lower(state, *r.batch_at(0)).compile().memory_analysis()
+        return {"params+opt": on_device0((state.params, state.opt_state)), "warm start": on_device0(state.solver_state),
+                "arguments": mem.argument_size_in_bytes / 1e6, "temporaries": mem.temp_size_in_bytes / 1e6}
+    finally:
+        r.lock.release()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", action="append", help="PRESET: OVERRIDES (repeatable); default: "
+                   + " and ".join(repr(c) for c in DEFAULT_CONFIGS))
+    p.add_argument("--layers", type=int, nargs="+", default=[1, 2, 4])
+    args = p.parse_args(argv)
+    cols = ("params+opt", "warm start", "arguments", "temporaries")
+    for config in args.config or DEFAULT_CONFIGS:
+        preset, _, rest = config.partition(":")
+        preset = preset.strip()
+        print(f"{config.strip()} ({jax.devices()[0].device_kind}), MB per device")
+        print(f"  {'P':>3} " + " ".join(f"{c:>12}" for c in cols) + f" {'P·(params+opt) / P=1':>22}")
+        base = None
+        for layers in args.layers:
+            row = analyse(None if preset in ("", "-") else preset, rest.split(), layers)
+            base = base or row["params+opt"] * layers
+            ratio = row["params+opt"] * layers / base
+            print(f"  {layers:>3} " + " ".join(f"{row[c]:12.3f}" for c in cols) + f" {ratio:22.3f}")
+
+
+if __name__ == "__main__":
+    main()
