@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from lpt.mgrit.adjoint import adjoint_hierarchy, exact_padding, layer_gradient
-from lpt.mgrit.hierarchy import pad_zeros
+from lpt.mgrit.hierarchy import pad_states, pad_zeros
 from lpt.mgrit.layout import Layout, chunk, paired_layouts
 from lpt.mgrit.options import MGRITOptions, require
 from lpt.mgrit.solve import (MGRITStats, convergence_factor, forward_hierarchy, forward_restriction, initial_guess,
@@ -246,6 +246,11 @@ class MGRITSolver:
         """Forward and adjoint layouts of a depth-N network on ``comm.layers`` chunks, with one padding."""
         return paired_layouts(depth, self.fwd, self.bwd, self.comm.layers)
 
+    def padded_layers(self, model, layers: Any) -> Any:
+        """The layer stack with the identity steps' weights appended up to the padded depth (``layout.n_pad``)."""
+        n_pad = self.layouts(model.depth)[0].n_pad
+        return jax.tree_util.tree_map(lambda a: pad_states(a, n_pad), layers)
+
     def coarse_stability(self, model, params: Params, x: jnp.ndarray, samples: int = 2) -> tuple[Any, str | None]:
         """H·ρ of every coarse level of the forward solve at ``params`` (:mod:`lpt.mgrit.stability`), linearised
         at the serial states of the first ``samples`` samples of ``x``, and the warning line when one is ≥ 2."""
@@ -358,7 +363,7 @@ class MGRITSolver:
         if not self.local_layers:
             return (_serial().value_and_grad(model, params, x, y, ())[:3] if grad
                     else _serial().value(model, params, x, y, ()))
-        comm, n_local = self.comm, params_layers_local(params)
+        comm, n_local = self.comm, self.layouts(model.depth)[0].n_local
         full = {**params, "layers": jax.tree_util.tree_map(lambda a: comm.layer_gather(a)[: model.depth],
                                                             params["layers"])}
         if not grad:
@@ -436,11 +441,6 @@ def _cosine(comm, a: Any, b: Any, local_layers: bool = False) -> jnp.ndarray:
         return leaves(rest(u), rest(v)) + comm.layer_sum(leaves(u["layers"], v["layers"]))
 
     return dot(a, b) / jnp.sqrt(jnp.maximum(dot(a, a) * dot(b, b), jnp.finfo(jnp.float32).tiny))
-
-
-def params_layers_local(params: Params) -> int:
-    """Layers in the leading axis of ``params["layers"]``."""
-    return jax.tree_util.tree_leaves(params["layers"])[0].shape[0]
 
 
 def _anywhere(comm, flag: jnp.ndarray) -> jnp.ndarray:

@@ -74,6 +74,13 @@ class SingleComm:
         return x
 
 
+def data_mean(comm: Any) -> Any:
+    """``tree -> tree`` averaged over the data-parallel ranks of ``comm`` (identity without them, or for None)."""
+    if comm is None or comm.data == 1:
+        return lambda tree: tree
+    return lambda tree: jax.tree_util.tree_map(lambda a: comm.data_sum(a) / comm.data, tree)
+
+
 def _select_boundary(is_end: jnp.ndarray, boundary: jnp.ndarray, received: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(is_end, boundary, received)
 

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import jax
 from jax.sharding import PartitionSpec as P
 
+from lpt.parallel.comm import data_mean
 from lpt.parallel.grid import ProcessorGrid
 
 REPLICATED = P()
@@ -110,7 +111,7 @@ class LayerSharded:
     def _island(self, fn: Callable, model, params, x, y, state, out_specs: Callable[[Any, Any], Any]):
         """``fn(params_chunk, (x, y), state)`` per chunk, on the padded parameters split along the layers."""
         n_pad = self.solver.layouts(model.depth)[0].n_pad
-        padded = {**params, "layers": jax.tree_util.tree_map(lambda a: _pad_layers(a, n_pad), params["layers"])}
+        padded = {**params, "layers": self.solver.padded_layers(model, params["layers"])}
         specs = layer_specs(padded, n_pad, self.grid.layers)
         state_specs = self._state_specs(model, params, x)
         return on_mesh(fn, self.grid, (specs, SAMPLES, state_specs), out_specs(specs, state_specs))(
@@ -121,7 +122,7 @@ class LayerSharded:
 
         def chunk_fn(p, xy, s):
             obj, aux, grads, s, stats = self.solver.value_and_grad(model, p, xy[0], xy[1], s)
-            mean = _data_mean(comm)
+            mean = data_mean(comm)
             return mean(obj), mean(aux["loss"]), aux["outputs"], mean(grads), s, stats
 
         obj, loss, outputs, grads, state, stats = self._island(
@@ -136,20 +137,8 @@ class LayerSharded:
         comm = self.solver.comm
 
         def chunk_fn(p, xy, s):
-            return _data_mean(comm)(self.solver.value(model, p, xy[0], xy[1], s))
+            return data_mean(comm)(self.solver.value(model, p, xy[0], xy[1], s))
 
         value = self._island(chunk_fn, model, params, x, y, state, lambda specs, s_specs: REPLICATED)
         return value + model.regularization(params)
 
-
-def _pad_layers(a, length: int):
-    """A layer stack extended to ``length`` layers by repeating its last layer (identity steps: h = 0)."""
-    extra = length - a.shape[0]
-    return a if extra == 0 else jax.numpy.concatenate([a, jax.numpy.broadcast_to(a[-1:], (extra, *a.shape[1:]))])
-
-
-def _data_mean(comm) -> Callable:
-    """Average a pytree over the data ranks of a chunk."""
-    if comm.data == 1:
-        return lambda tree: tree
-    return lambda tree: jax.tree_util.tree_map(lambda a: comm.data_sum(a) / comm.data, tree)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from lpt.model import Params, ResNet
+from lpt.parallel.comm import data_mean as comm_data_mean
 from lpt.train.solver import Solver
 
 
@@ -99,7 +100,7 @@ def make_train_step(model: ResNet, solver: Solver, optimizer: optax.GradientTran
     (:class:`FaultPolicy`). With ``donate`` the input state's buffers are given to the output (the caller must
     not use the state it passed in again): the step does not hold the state twice.
     """
-    data_mean = _data_mean(comm)
+    data_mean = comm_data_mean(comm)
 
     def train_step(state: TrainState, x: jnp.ndarray, y: jnp.ndarray):
         obj, aux, grads, solver_state, stats = solver.value_and_grad(model, state.params, x, y, state.solver_state)
@@ -179,13 +180,6 @@ def _everywhere(comm: Any, flag: jnp.ndarray) -> jnp.ndarray:
     if comm is None or comm.data * comm.layers == 1:
         return flag
     return comm.data_sum(comm.layer_sum((~flag).astype(jnp.int32))) == 0
-
-
-def _data_mean(comm: Any) -> Callable[[Any], Any]:
-    """Average a pytree over the data-parallel ranks (identity without them)."""
-    if comm is None or comm.data == 1:
-        return lambda tree: tree
-    return lambda tree: jax.tree_util.tree_map(lambda a: comm.data_sum(a) / comm.data, tree)
 
 
 def make_evaluate(model: ResNet, chunk: int) -> Callable:
