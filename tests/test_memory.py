@@ -82,3 +82,34 @@ def test_a_run_that_cannot_fit_stops_before_compiling_with_one_line(monkeypatch,
         run(compose_config(["+experiment=indian_pines_512", f"data_dir={shared_data}", "train.steps=1"]),
             tmp_path / "big")
     assert compiled
+
+
+def test_the_estimate_counts_each_devices_shard_of_layer_sharded_state(tmp_path):
+    """parallel=mesh with 4 layer chunks: parameters, gradient and Adam's moments of the layers are split over
+    the chunks (tests/test_layer_sharded.py), and the estimate counts device 0's bytes of the placed state
+    exactly; the replicated layout (1 chunk) counts the whole stack."""
+    from lpt.parallel.sharded import LayerSharded
+    from lpt.train.loop import _Run, _setup
+
+    base = ["solver=mgrit", "dataset.n_train=200", "dataset.n_val=50", "model.depth=32", "train.steps=1"]
+    estimates = {}
+    for layers in (1, 4):
+        cfg = compose_config([*base, "parallel=mesh", f"parallel.layers={layers}"])
+        r = _Run(cfg, tmp_path / str(layers), _setup(cfg))
+        try:
+            s = r.s
+            assert isinstance(s.solver, LayerSharded) == (layers > 1)
+            x = jax.ShapeDtypeStruct(s.data.x_train.shape, jax.numpy.dtype(s.dtype))  # full batch
+            estimate = estimate_step_memory(s.model, s.solver, s.optimizer, x, layer_chunks=layers)
+            on_device0 = sum(leaf.addressable_shards[0].data.nbytes for leaf in jax.tree_util.tree_leaves(
+                (r.state.params, r.state.opt_state, r.state.solver_state)) if leaf.ndim > 0)
+            scalars = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(
+                (r.state.params, r.state.opt_state, r.state.solver_state)) if leaf.ndim == 0)
+            assert estimate.state == on_device0 + scalars
+            assert estimate.gradient == sum(leaf.addressable_shards[0].data.nbytes
+                                            for leaf in jax.tree_util.tree_leaves(r.state.params))
+            estimates[layers] = estimate
+        finally:
+            r.lock.release()
+    # the layer stacks are most of the parameters: a quarter of them per device, plus the replicated rest
+    assert estimates[4].gradient < 0.35 * estimates[1].gradient and estimates[4].state < estimates[1].state

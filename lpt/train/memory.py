@@ -1,12 +1,13 @@
 """Memory a training step needs on one device, estimated before anything is compiled, and the check that stops
 a run that cannot fit (issue 13, item 4).
 
-The estimate is exact for the training state (parameters, optimiser state including the L-BFGS history, MGRIT
-warm-start states of this device's layer chunk: their shapes by :func:`jax.eval_shape`) and the gradient, plus
-``k`` arrays of layer states (N_local + 1) × batch × state size (the state size includes the image of conv
-states), with ``k`` calibrated against XLA's memory analysis of the compiled step on CPU (argument + output −
-aliased + temporary bytes; ``scripts/bench_memory.py`` prints it): :data:`STATE_ARRAYS`. On the configurations
-of ``tests/test_memory.py`` the estimate is within 35 % of XLA's figure.
+The estimate is exact for the training state (parameters and optimiser state including the L-BFGS history, this
+device's shard of them when they are layer-sharded; MGRIT warm-start states of this device's layer chunk: their
+shapes by :func:`jax.eval_shape`) and the gradient, plus ``k`` arrays of layer states (N_local + 1) × batch ×
+state size (the state size includes the image of conv states), with ``k`` calibrated against XLA's memory analysis
+of the compiled step on CPU (argument + output − aliased + temporary bytes; ``scripts/bench_memory.py`` prints
+it): :data:`STATE_ARRAYS`. On the configurations of ``tests/test_memory.py`` the estimate is within 35 % of XLA's
+figure.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from lpt.parallel.sharded import layer_axis
 
 STATE_ARRAYS = {("serial", "dense"): 1.1, ("serial", "conv"): 2.7, ("mgrit", "dense"): 11.0, ("mgrit", "conv"): 8.0}
 """Arrays of layer states (N + 1) × batch × state size that a step holds at its peak besides the training state,
@@ -40,13 +43,22 @@ class MemoryEstimate(NamedTuple):
         return self.state + self.gradient + self.layer_states
 
 
-def _nbytes(tree: Any) -> int:
-    return sum(math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize for leaf in jax.tree_util.tree_leaves(tree))
+def _nbytes(tree: Any, depth: int = 0, layer_chunks: int = 1) -> int:
+    """Bytes of ``tree`` on one device; with ``layer_chunks`` > 1 its layer stacks (:func:`layer_axis`) are split
+    over that many devices."""
+    def size(path, leaf) -> float:
+        full = math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize
+        split = layer_chunks > 1 and layer_axis(path, leaf.shape, depth, layer_chunks) is not None
+        return full // layer_chunks if split else full
+
+    return int(sum(size(path, leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)))
 
 
 def estimate_step_memory(model, solver, optimizer, x: jax.ShapeDtypeStruct, *, line_search: bool = False,
-                         data_ranks: int = 1) -> MemoryEstimate:
-    """The estimate for a step on a batch shaped like ``x`` (the whole batch; ``data_ranks`` share it)."""
+                         data_ranks: int = 1, layer_chunks: int = 1) -> MemoryEstimate:
+    """The estimate for a step on a batch shaped like ``x`` (the whole batch; ``data_ranks`` share it). With
+    ``layer_chunks`` > 1 the layer parameters, their gradient and optimiser state are layer-sharded over that many
+    devices (``parallel=mesh``, :class:`~lpt.parallel.sharded.LayerSharded`)."""
     batch = x.shape[0] // data_ranks
     local = jax.ShapeDtypeStruct((batch, *x.shape[1:]), x.dtype)
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x.dtype))
@@ -61,7 +73,9 @@ def estimate_step_memory(model, solver, optimizer, x: jax.ShapeDtypeStruct, *, l
     layer = "conv" if net.layer in ("conv", "conv2") else "dense"
     arrays = STATE_ARRAYS[kind, layer] + (LINE_SEARCH_ARRAYS if line_search and kind == "mgrit" else 0.0)
     layer_states = int(arrays * (steps + 1) * _nbytes(y0))
-    return MemoryEstimate(_nbytes((params, opt_state, solver_state)), _nbytes(params), layer_states)
+    per_device = (params, opt_state)
+    return MemoryEstimate(_nbytes(per_device, model.depth, layer_chunks) + _nbytes(solver_state),
+                          _nbytes(params, model.depth, layer_chunks), layer_states)
 
 
 def memory_message(estimate: MemoryEstimate, available: int, cfg) -> str | None:
