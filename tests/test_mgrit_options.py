@@ -86,8 +86,11 @@ def test_config_file_builds_the_default_solver():
     assert cfg["name"] == "mgrit" and cfg["warm_start"] == "auto" and cfg["on_divergence"] == "serial"
     solver = MGRITSolver.from_config(cfg, full_batch=True)
     assert solver.warm_start and solver.on_divergence == "serial"
-    assert solver.fwd == MGRITOptions(cfactor=4, max_levels=10, min_coarse=2, nrelax=1, max_iter=2)
-    assert solver.bwd == MGRITOptions(cfactor=4, max_levels=10, min_coarse=2, nrelax=1, max_iter=2)
+    assert solver.fwd == MGRITOptions(cfactor=4, max_levels=10, min_coarse=2, nrelax=1, nrelax_fine=0, max_iter=3)
+    assert solver.bwd == MGRITOptions(cfactor=4, max_levels=10, min_coarse=2, nrelax=1, nrelax_fine=0, max_iter=3)
+    # missing keys take the config file's defaults
+    bare = MGRITSolver.from_config({}, full_batch=True)
+    assert (bare.fwd, bare.bwd, bare.min_iters) == (solver.fwd, solver.bwd, solver.min_iters)
     assert solver.control.kind == "fixed" and solver.control.tol == 1e-2 and solver.min_iters == (1, 1)
     assert not MGRITSolver.from_config(cfg, full_batch=False).warm_start
 

@@ -147,7 +147,8 @@ def test_check_convergence_script_reports_h_rho_warning_and_a_cold_solve(capsys)
     spec.loader.exec_module(script)
 
     def report(*overrides: str) -> dict[str, str]:
-        script.main(["peaks", "dataset.n_train=200", "--samples", "50", "--cycles", "4", *overrides])
+        script.main(["peaks", "dataset.n_train=200", "--samples", "50", "--cycles", "4", "solver=mgrit",
+                     "solver.nrelax_fine=1", *overrides])  # FCF on every level, as the README's figures
         lines = capsys.readouterr().out.splitlines()
         return {line.split(":")[0]: line.split(":", 1)[1].strip() for line in lines[1:]}
 

@@ -123,18 +123,17 @@ def test_train_step_compiles_once(optimizer, tmp_path):
 
 @pytest.mark.slow(seconds=180)
 def test_mgrit_training_matches_serial_accuracy(tmp_path):
-    """`+experiment=peaks solver=mgrit solver.control=adaptive` (one-shot, warm start, cycles until the relative
-    residual is 1e-2, bias checks) vs `solver=serial`, same seed and steps: the median validation accuracy over the
-    last 10 evaluations (steps 550, 600, …, 1000; 1000 validation points) within 1 percentage point (measured
-    0.2 pt here: serial 0.988, mgrit 0.9865).
+    """`+experiment=peaks solver=mgrit` with the default one-shot settings (3 forward / 3 adjoint cycles, F-relaxation
+    on the finest level, warm start) vs `solver=serial`, same seed and steps: the median validation accuracy over
+    the last 10 evaluations (steps 550, 600, …, 1000; 1000 validation points) within 1 percentage point.
 
     The main job's full budget is used: over shorter budgets both trainings are still in their chaotic phase.
     Not the last evaluation alone: full-batch Adam at lr 0.01 spikes now and then (edge of stability), in both
-    trainings, and a spike at the last step moves the final accuracy by 3-4 points (here both ended in one:
-    serial 0.960, mgrit 0.947, where the previous evaluations were all ≥ 0.97); the median skips the spikes."""
+    trainings, and a spike at the last step moves the final accuracy by 3-4 points; the median skips the spikes.
+    `pytest -q tests/test_train.py -k matches_serial_accuracy -s` prints both medians."""
     common = ["+experiment=peaks", "train.eval_every=50", "dataset.n_val=1000"]
     serial = run(compose_config([*common, "solver=serial"]), tmp_path / "serial")
-    mgrit = run(compose_config([*common, "solver=mgrit", "solver.control=adaptive"]), tmp_path / "mgrit")
+    mgrit = run(compose_config([*common, "solver=mgrit"]), tmp_path / "mgrit")
 
     def late_median(result) -> float:
         h = read_run(result.log_path).history
@@ -148,29 +147,11 @@ def test_mgrit_training_matches_serial_accuracy(tmp_path):
     assert abs(acc_mgrit - acc_serial) <= 0.01
     rec = read_run(mgrit.log_path)
     m = rec.mgrit
-    assert m["fwd_residual"].shape == (1000, 6) and m["bwd_residual"].shape == (1000, 6)
-    assert m["fwd_factor"].shape == (1000,) and m["bwd_cycles"].shape == (1000,)
-    assert np.all(np.isfinite(m["fwd_residual"][:, 0])) and not m["fallback"].any()
-    # every solve ends at the target or after the most cycles; at least the configured 2 per solve
-    for prefix in ("fwd", "bwd"):
-        k = m[f"{prefix}_cycles"].astype(int)
-        last = m[f"{prefix}_rel_residual"][np.arange(1000), k - 1]
-        assert np.all((k >= 2) & ((last <= 1e-2) | (k == 6)))
-    # the adjoint needs more cycles than the forward solve once training is under way (README: one-shot accuracy)
-    assert m["bwd_cycles"][200:].mean() > m["fwd_cycles"][200:].mean()
-    # bias checks every 50 steps (steps 50, 100, …, 1000); the control tightens (mode + 1 from the next step on)
-    # exactly after the checks whose cosine is below control_min_cos = 0.95
-    checks = np.flatnonzero(np.isfinite(m["grad_cos"]))
-    np.testing.assert_array_equal(checks, np.arange(49, 1000, 50))
-    cos = m["grad_cos"][checks]
-    mode = np.zeros(1000, int)
-    for first_tighter in checks[cos < 0.95] + 1:  # the first step run with the tighter tolerance
-        mode[first_tighter:] += 1
-    np.testing.assert_array_equal(m["mode"], mode)
-    # the one-shot gradient is close to the exact one over the run; the bias grows near the minimum (Jiang et
-    # al.), so a check near the end may fall below 0.95 (seen: 0.940 at step 1000), not more than two
-    assert np.median(cos) > 0.99 and np.sum(cos < 0.95) <= 2
-    assert yaml.safe_load(rec.attrs["config"])["solver"]["control"] == "adaptive"
+    assert m["fwd_residual"].shape == (1000, 3) and m["bwd_residual"].shape == (1000, 3)
+    assert np.all(m["fwd_cycles"] == 3) and np.all(m["bwd_cycles"] == 3) and np.all(m["mode"] == 0)
+    assert np.all(np.isfinite(m["fwd_residual"])) and not m["fallback"].any()
+    solver = yaml.safe_load(rec.attrs["config"])["solver"]
+    assert (solver["fwd_iters"], solver["bwd_iters"], solver["nrelax_fine"], solver["control"]) == (3, 3, 0, "fixed")
 
 
 def test_mgrit_train_step_compiles_once():
@@ -185,5 +166,5 @@ def test_mgrit_train_step_compiles_once():
     state = TrainState(params, opt.init(params), solver.init_state(model, params, x[:50]), jnp.asarray(0, jnp.int32))
     for i in range(4):
         state, _, stats = step(state, x[i * 50:(i + 1) * 50], y[i * 50:(i + 1) * 50])
-    assert int(state.step) == 4 and stats["fwd_residual"].shape == (2,)
+    assert int(state.step) == 4 and stats["fwd_residual"].shape == (3,)
     assert step._cache_size() == 1

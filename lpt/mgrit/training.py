@@ -206,7 +206,7 @@ class MGRITSolver:
         if not isinstance(cfactor, (int, str)) and hasattr(cfactor, "__iter__"):
             cfactor = tuple(cfactor)
         max_levels = get("max_levels", 10)
-        for name, default in (("fwd_iters", 2), ("bwd_iters", 2)):
+        for name, default in (("fwd_iters", 3), ("bwd_iters", 3)):
             value = get(name, default)
             require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                     f"solver.{name}={value!r} must be an integer ≥ 1 (MGRIT cycles per training step)")
@@ -219,13 +219,13 @@ class MGRITSolver:
                                     and bwd_tol >= 0),
                 f"solver.bwd_tol={bwd_tol!r} must be null (= abs_tol) or a number ≥ 0")
         common = dict(cfactor=cfactor, min_coarse=get("min_coarse", 2), nrelax=get("nrelax", 1),
-                      nrelax_fine=get("nrelax_fine"), cycle=get("cycle", "V"), rel_tol=get("rel_tol", 0.0),
+                      nrelax_fine=get("nrelax_fine", 0), cycle=get("cycle", "V"), rel_tol=get("rel_tol", 0.0),
                       restrict=get("restrict", "inject"), interval_batch=get("interval_batch", "auto"),
                       skip_first_down=get("skip_first_down", False))
         control = Control(kind=get("control", "fixed"), tol=get("control_tol", 1e-2),
                           max_iters=get("control_max_iters", 6), every=get("control_every", 50),
                           min_cos=get("control_min_cos", 0.95), tightenings=get("control_tightenings", 2))
-        fwd_iters, bwd_iters = get("fwd_iters", 2), get("bwd_iters", 2)
+        fwd_iters, bwd_iters = get("fwd_iters", 3), get("bwd_iters", 3)
         if control.adaptive:
             require(control.max_iters >= max(fwd_iters, bwd_iters),
                     f"solver.control_max_iters={control.max_iters} must be ≥ solver.fwd_iters={fwd_iters} and "
