@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from lpt.parallel.comm import Comm
 from lpt.parallel.grid import ProcessorGrid
-from lpt.parallel.sharded import (REPLICATED, SAMPLES, LayerSharded, chunk_state_specs, layer_specs, on_mesh, place,
+from lpt.parallel.sharded import (REPLICATED, SAMPLES, LayerSharded, chunk_state_specs, on_mesh, place, stored_specs,
                                   shardings)
 
 
@@ -135,14 +135,14 @@ class Runtime:
 
     def state_specs(self, state: Any, solver: Any, model: Any, params: Any, x: jnp.ndarray) -> Any:
         """Specs of a training state on the layer-sharded mesh: parameters and optimiser state by
-        :func:`~lpt.parallel.sharded.layer_specs`, the solver state by chunk, the rest replicated."""
+        :func:`~lpt.parallel.sharded.stored_specs`, the solver state by chunk, the rest replicated."""
         solver_specs = self._state_specs(solver, model, params, x)
 
         def spec(name, value):
             if name == "solver_state":
                 return solver_specs
             if name in ("params", "opt_state"):
-                return layer_specs(value, model.depth, self.grid.layers)
+                return stored_specs(value, model.depth, self.grid.layers)
             return jax.tree_util.tree_map(lambda _: REPLICATED, value)
 
         return type(state)(*[spec(name, getattr(state, name)) for name in state._fields])

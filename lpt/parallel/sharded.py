@@ -46,6 +46,30 @@ def layer_axis(path: tuple, shape: tuple[int, ...], depth: int, layers: int) -> 
     return next((k for k in (0, 1) if len(shape) > k and shape[k] == depth), None)
 
 
+def stored_axis(path: tuple, shape: tuple[int, ...], depth: int, layers: int) -> int | None:
+    """The axis along which a leaf of the stored training state (parameters, optimiser state) is split over the
+    layer chunks: a layer stack's layer axis (:func:`layer_axis`); for the other matrices (classifier, opening:
+    ≥ 2 axes) their first axis with a multiple of the chunks, so that no device keeps a whole replicated matrix
+    and its optimiser state (XLA gathers it where the step uses it whole); None (replicated) for vectors and
+    scalars, and for everything when ``depth`` is no multiple of the chunks."""
+    if depth % layers:
+        return None
+    if any(getattr(key, "key", None) == "layers" for key in path):
+        return layer_axis(path, shape, depth, layers)
+    if len(shape) < 2:
+        return None
+    return next((k for k, n in enumerate(shape) if n % layers == 0), None)
+
+
+def stored_specs(tree: Any, depth: int, layers: int) -> Any:
+    """Specs of the stored training state's parameter-shaped pytrees (:func:`stored_axis`)."""
+    def spec(path, leaf):
+        axis = stored_axis(path, getattr(leaf, "shape", ()), depth, layers)
+        return REPLICATED if axis is None else P(*[None] * axis, "layers")
+
+    return jax.tree_util.tree_map_with_path(spec, tree)
+
+
 def layer_specs(tree: Any, depth: int, layers: int) -> Any:
     """Specs of a parameter-shaped pytree: layer stacks split along "layers" (:func:`layer_axis`), the rest
     (opening, classifier, scalars) replicated."""

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lpt.parallel.sharded import layer_axis
+from lpt.parallel.sharded import stored_axis
 
 STATE_ARRAYS = {("serial", "dense"): 1.1, ("serial", "conv"): 2.7, ("mgrit", "dense"): 11.0, ("mgrit", "conv"): 8.0}
 """Arrays of layer states (N + 1) × batch × state size that a step holds at its peak besides the training state,
@@ -44,11 +44,11 @@ class MemoryEstimate(NamedTuple):
 
 
 def _nbytes(tree: Any, depth: int = 0, layer_chunks: int = 1) -> int:
-    """Bytes of ``tree`` on one device; with ``layer_chunks`` > 1 its layer stacks (:func:`layer_axis`) are split
-    over that many devices."""
+    """Bytes of ``tree`` on one device; with ``layer_chunks`` > 1 its layer stacks and matrices (:func:`stored_axis`)
+    are split over that many devices."""
     def size(path, leaf) -> float:
         full = math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize
-        split = layer_chunks > 1 and layer_axis(path, leaf.shape, depth, layer_chunks) is not None
+        split = layer_chunks > 1 and stored_axis(path, leaf.shape, depth, layer_chunks) is not None
         return full // layer_chunks if split else full
 
     return int(sum(size(path, leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)))
