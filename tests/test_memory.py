@@ -32,15 +32,15 @@ CONFIGS = [
 def test_the_estimate_is_within_35_percent_of_xla(preset, overrides, shared_data):
     """float32 as users run it (this session enables float64 for other tests)."""
     with jax.enable_x64(False):
-        _compare(preset, overrides)
+        _compare(preset, [*overrides.split(), f"data_dir={shared_data}"])
 
 
-def _compare(preset, overrides):
-    step, state, x, y = build_step(preset, overrides.split())
+def _compare(preset, overrides: list[str]):
+    step, state, x, y = build_step(preset, overrides)
     mem = step.lower(state, x, y).compile().memory_analysis()
     xla = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
            + mem.temp_size_in_bytes)
-    cfg = compose_config([*([f"+experiment={preset}"] if preset else []), *overrides.split()])
+    cfg = compose_config([*([f"+experiment={preset}"] if preset else []), *overrides])
     data = build_dataset(cfg)
     model = build_model(cfg["model"], data)
     solver = make_solver(cfg["solver"], full_batch=x.shape[0] == data.x_train.shape[0])
