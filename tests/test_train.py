@@ -121,7 +121,7 @@ def test_train_step_compiles_once(optimizer, tmp_path):
     assert step._cache_size() == 1
 
 
-@pytest.mark.slow(seconds=180)
+@pytest.mark.slow(seconds=270)
 def test_mgrit_training_matches_serial_accuracy(tmp_path):
     """`+experiment=peaks solver=mgrit` with the default one-shot settings (3 forward / 3 adjoint cycles, F-relaxation
     on the finest level, warm start) vs `solver=serial`, same seed and steps: the median validation accuracy over
