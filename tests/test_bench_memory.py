@@ -24,9 +24,9 @@ def test_bench_memory_shows_the_donated_state_aliased():
 
 
 def test_bench_sharded_memory_falls_as_one_over_the_layer_chunks():
-    """The per-device parameters + optimiser state of a 64-layer net (9 k layer parameters, 90 replicated) on
-    1, 2 and 4 layer chunks: P times the per-device bytes stays within 15 % of one device's (issue 13 target),
-    and the compiled step's arguments (the state) fall with P too."""
+    """The per-device parameters + optimiser state of a 64-layer net on 1, 2 and 4 layer chunks: P times the
+    per-device bytes stays within 15 % of one device's (issue 13 target), and the compiled step's arguments (the
+    state) fall with P too."""
     proc = script("bench_sharded_memory.py", "--layers", "1", "2", "4", "--config",
                   "-: model.depth=64 solver=mgrit dataset.n_train=200")
     rows = {int(m.group(1)): [float(v) for v in m.group(2).split()]
@@ -34,6 +34,6 @@ def test_bench_sharded_memory_falls_as_one_over_the_layer_chunks():
     assert set(rows) == {1, 2, 4}, proc.stdout
     for layers, (params_opt, warm, arguments, temporaries, ratio) in rows.items():
         assert ratio == pytest.approx(params_opt * layers / rows[1][0], rel=0.1)  # columns printed to 1e-3 MB
-        assert 1.0 <= ratio <= 1.15, (layers, proc.stdout)  # the replicated opening and classifier add a little
+        assert 1.0 <= ratio <= 1.15, (layers, proc.stdout)  # the replicated vectors add a little
         assert arguments >= params_opt + warm - 0.002
     assert rows[4][2] < 0.3 * rows[1][2]

@@ -100,7 +100,7 @@ def test_the_estimate_counts_each_devices_shard_of_layer_sharded_state(tmp_path)
             s = r.s
             assert isinstance(s.solver, LayerSharded) == (layers > 1)
             x = jax.ShapeDtypeStruct(s.data.x_train.shape, jax.numpy.dtype(s.dtype))  # full batch
-            estimate = estimate_step_memory(s.model, s.solver, s.optimizer, x, layer_chunks=layers)
+            estimate = estimate_step_memory(s.model, s.solver, s.optimizer, x)
             on_device0 = sum(leaf.addressable_shards[0].data.nbytes for leaf in jax.tree_util.tree_leaves(
                 (r.state.params, r.state.opt_state, r.state.solver_state)) if leaf.ndim > 0)
             scalars = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(

@@ -146,8 +146,7 @@ def _check_memory(cfg, model, solver, optimizer, data, dtype, loop: LoopSettings
     batch = loop.batch_size or data.x_train.shape[0]
     x = jax.ShapeDtypeStruct((batch, *data.x_train.shape[1:]), jnp.dtype(dtype))
     estimate = estimate_step_memory(model, solver, optimizer, x, line_search=needs_value_fn(cfg["optimizer"]),
-                                    data_ranks=runtime.grid.data,
-                                    layer_chunks=runtime.grid.layers if runtime.step_comm(solver) is None else 1)
+                                    data_ranks=runtime.grid.data)
     available = device_memory()
     message = memory_message(estimate, available, cfg)
     if message is not None:

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lpt.parallel.sharded import stored_axis
+from lpt.parallel.sharded import LayerSharded, stored_axis
 
 STATE_ARRAYS = {("serial", "dense"): 1.1, ("serial", "conv"): 2.7, ("mgrit", "dense"): 11.0, ("mgrit", "conv"): 8.0}
 """Arrays of layer states (N + 1) × batch × state size that a step holds at its peak besides the training state,
@@ -55,10 +55,11 @@ def _nbytes(tree: Any, depth: int = 0, layer_chunks: int = 1) -> int:
 
 
 def estimate_step_memory(model, solver, optimizer, x: jax.ShapeDtypeStruct, *, line_search: bool = False,
-                         data_ranks: int = 1, layer_chunks: int = 1) -> MemoryEstimate:
-    """The estimate for a step on a batch shaped like ``x`` (the whole batch; ``data_ranks`` share it). With
-    ``layer_chunks`` > 1 the layer parameters, their gradient and optimiser state are layer-sharded over that many
-    devices (``parallel=mesh``, :class:`~lpt.parallel.sharded.LayerSharded`)."""
+                         data_ranks: int = 1) -> MemoryEstimate:
+    """The estimate for a step on a batch shaped like ``x`` (the whole batch; ``data_ranks`` share it). A
+    :class:`~lpt.parallel.sharded.LayerSharded` solver keeps the parameters, their gradient and optimiser state
+    split over its layer chunks (:func:`~lpt.parallel.sharded.stored_axis`)."""
+    layer_chunks = solver.grid.layers if isinstance(solver, LayerSharded) else 1
     batch = x.shape[0] // data_ranks
     local = jax.ShapeDtypeStruct((batch, *x.shape[1:]), x.dtype)
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x.dtype))
