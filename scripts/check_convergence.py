@@ -51,7 +51,7 @@ def main(argv=None):
           f"levels (steps) {[s.n for s in shapes]}")
     print("H·rho per coarse level: " + " ".join(f"{v:.3g}" for v in values))
     print(f"warning: {message}" if message else "warning: none")
-    options = dataclasses.replace(solver.fwd, max_iter=args.cycles, abs_tol=0.0, rel_tol=0.0)
+    options = dataclasses.replace(solver.fwd, max_iter=args.cycles, abs_tol=0.0, rel_tol=0.0, growth_iter=0)
     _, stats = mgrit_solve(model.step, params["layers"], model.step_sizes(dtype), model.open(params, x), options)
     rel = np.asarray(stats.residuals) / float(stats.state_norm)
     print("cold solve, ||r_k||/||y|| per cycle: " + " ".join(f"{r:.2e}" for r in rel))

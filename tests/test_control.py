@@ -155,6 +155,7 @@ def test_diagnostic_shows_where_the_one_shot_error_comes_from(tmp_path):
         path = tmp_path / f"bwd{bwd}.npz"
         proc = subprocess.run([sys.executable, str(SCRIPTS / "diagnose_one_shot.py"), "peaks", "--steps", "200",
                                "dataset.n_train=1000", "solver.fwd_iters=2", "solver.nrelax_fine=1",
+                               "solver.growth_cycles=0",
                                f"solver.bwd_iters={bwd}", "--out", str(path)],
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]

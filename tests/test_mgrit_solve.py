@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -154,6 +155,35 @@ def test_tolerance_stops_early_and_pads_with_nan():
     res = np.asarray(stats.residuals)
     assert 1 < k < 40 and np.all(np.isfinite(res[:k])) and np.all(np.isnan(res[k:]))
     assert res[k - 1] <= 1e-6 * float(stats.initial_residual) < res[k - 2]
+
+
+def test_growth_cycles_run_while_the_residual_is_above_its_start():
+    """A warm start from the states of other weights (θ + 0.1·noise): with one cycle the residual ends above the
+    F-relaxed start ‖r_0‖; ``growth_iter`` adds cycles while ‖r_k‖ > ‖r_0‖, at most ``growth_iter`` more, and
+    gives the iterates of the plain solve with as many cycles."""
+    model, params, x, _ = make_problem(32)
+    theta, hs, y0 = fine_problem(model, params, x)
+    keys = iter(jax.random.split(jax.random.PRNGKey(7), 10))
+    other = jax.tree_util.tree_map(lambda a: a + 0.1 * jax.random.normal(next(keys), a.shape, a.dtype), theta)
+    warm = propagate_states(model.step, other, hs, y0)
+    plain = MGRITOptions(cfactor=4, max_levels=3, max_iter=1, nrelax_fine=0)
+
+    def solve(opts):
+        u, stats = mgrit_solve(model.step, theta, hs, y0, opts, warm)
+        return u, np.asarray(stats.residuals), float(stats.initial_residual), int(stats.iterations)
+
+    _, res, r0, k = solve(plain)
+    assert k == 1 and res[0] > r0  # the case the option is for
+    u, res, r0, k = solve(dataclasses.replace(plain, growth_iter=4))
+    assert res.shape == (5,) and k == 3, (res, r0)
+    assert np.all(res[: k - 1] > r0) and res[k - 1] <= r0 and np.all(np.isnan(res[k:]))
+    np.testing.assert_array_equal(u, solve(dataclasses.replace(plain, max_iter=3))[0])
+    # at most growth_iter more: one more cycle, still above the start
+    _, res, r0, k = solve(dataclasses.replace(plain, growth_iter=1))
+    assert k == 2 and res[1] > r0
+    # with a tolerance the tolerance decides (no growth cycles)
+    _, res, _, k = solve(dataclasses.replace(plain, growth_iter=4, abs_tol=1e-30))
+    assert res.shape == (1,) and k == 1
 
 
 # --- cycle types ----------------------------------------------------------------------------------------

@@ -8,9 +8,11 @@ import re
 import time
 
 import h5py
+import numpy as np
 import pytest
 
 from lpt.cli.compose import compose_config
+from lpt.logging import read_run
 from lpt.train import ConfigError, run
 from lpt.train.progress import RunProgress
 
@@ -60,6 +62,8 @@ def test_a_run_announces_compilation_and_ends_with_a_summary(mgrit_run):
     line = summary[0]
     assert f"val_acc {result.final['val_acc']:.4g}" in line and "rejected steps 0" in line
     assert "serial fallbacks 0 of 6 logged steps" in line and "mean MGRIT factors fwd " in line
+    cycles = [float(np.mean(read_run(result.log_path).mgrit[f"{p}_cycles"])) for p in ("fwd", "bwd")]
+    assert f"mean cycles fwd {cycles[0]:.3g} / adj {cycles[1]:.3g}" in line
     assert line.endswith(f"log {result.log_path}")
 
 

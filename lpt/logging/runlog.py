@@ -48,7 +48,8 @@ DESCRIPTIONS = {
     "mgrit/residual": "‖r_k‖₂ after each cycle k (step × cycle, NaN after the last cycle done)",
     "mgrit/rel_residual": "‖r_k‖₂/‖states‖₂ after each cycle (step × cycle)",
     "mgrit/initial": "‖r_0‖₂ of the F-relaxed initial iterate (warm start or coarse guess)",
-    "mgrit/cycles": "cycles done",
+    "mgrit/cycles": "cycles done (with control=fixed, more than configured where growth cycles ran: the residual "
+                    "ended above its start)",
     "mgrit/norm": "‖u_1..u_N‖₂ of the solve's states (identity padding left out)",
     "mgrit/factor": "convergence factor: geometric mean of ‖r_k‖/‖r_{k−1}‖ over cycles k ≥ 2 (NaN with one cycle)",
     "mgrit/factor_last": "the last cycle's ‖r_K‖/‖r_{K−1}‖",

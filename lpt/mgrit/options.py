@@ -49,6 +49,9 @@ class MGRITOptions:
         skip_first_down: XBraid's ``skip`` (TorchBraid's default): from the coarse-level initial guess
             (nested iteration) the first cycle's down-sweep is skipped, so the guess itself counts as cycle 1
             and ``max_iter`` − 1 full cycles follow. No effect on warm-started solves or FMG.
+        growth_iter: with no tolerance set (``max_iter`` cycles), up to this many more cycles while the
+            residual is above the F-relaxed initial iterate's ‖r_0‖₂ (a warm start the cycles made worse:
+            README "One-shot accuracy"); 0 = exactly ``max_iter`` cycles.
     """
 
     cfactor: int | tuple[int, ...] = 4
@@ -63,6 +66,7 @@ class MGRITOptions:
     restrict: Restrict = "inject"
     interval_batch: int | str = "auto"
     skip_first_down: bool = False
+    growth_iter: int = 0
 
     def __post_init__(self) -> None:
         cf = tuple(self.cfactor) if isinstance(self.cfactor, (list, tuple)) else self.cfactor
@@ -93,6 +97,9 @@ class MGRITOptions:
         check_interval_batch(self.interval_batch)
         require(isinstance(self.skip_first_down, bool),
                 f"solver.skip_first_down={self.skip_first_down!r} must be true or false")
+        require(_is_int(self.growth_iter) and self.growth_iter >= 0,
+                f"solver.growth_cycles={self.growth_iter!r} must be an integer ≥ 0 (more cycles at most when a "
+                f"solve's residual ends above its start; 0 = off)")
 
     def cfactor_at(self, level: int) -> int:
         """The coarsening factor m_ℓ of level ``level`` (the last listed value repeats)."""
@@ -110,3 +117,8 @@ class MGRITOptions:
     def has_tolerance(self) -> bool:
         """Whether a stopping tolerance is set (then the cycles run in a ``lax.while_loop``)."""
         return self.abs_tol > 0 or self.rel_tol > 0
+
+    @property
+    def most_iter(self) -> int:
+        """Cycles of one solve at most: ``max_iter``, and ``growth_iter`` more without a tolerance."""
+        return self.max_iter + (0 if self.has_tolerance else self.growth_iter)

@@ -27,7 +27,7 @@ class MGRITStats(NamedTuple):
     """Convergence record of one solve (fixed shapes, so it can leave ``jit``).
 
     Attributes:
-        residuals: (max_iter,) fine-level residual 2-norms after each cycle, NaN after the last one.
+        residuals: (most_iter,) fine-level residual 2-norms after each cycle, NaN after the last one.
         initial_residual: ‖r_0‖₂ of the F-relaxed initial iterate (NaN for a one-level, i.e. serial, solve).
         iterations: number of cycles done (int32).
         state_norm: ‖u‖₂ of the returned states u_1..u_N (identity padding left out; u_0 = g_0 is data), the
@@ -100,7 +100,7 @@ def solve_system(hier: Hierarchy, g0: jnp.ndarray, u_init: jnp.ndarray | None,
     """
     opts, comm = hier.options, hier.comm
     hier = hier._replace(g0=g0)
-    nan = jnp.full((opts.max_iter,), jnp.nan, g0.dtype)
+    nan = jnp.full((opts.most_iter if target is None else opts.max_iter,), jnp.nan, g0.dtype)
     if not hier.levels:  # one level: the (gathered) serial sweep is exact
         u = scatter(hier, serial_sweep(hier.step, hier.top.levels[0], g0, None))
         nan0 = jnp.asarray(jnp.nan, g0.dtype)
@@ -144,6 +144,9 @@ def solve_system(hier: Hierarchy, g0: jnp.ndarray, u_init: jnp.ndarray | None,
         state = jax.lax.while_loop(more, body, state)
     else:
         state = jax.lax.fori_loop(0, opts.max_iter - int(skipped), lambda _, s: body(s), state)
+        if opts.growth_iter:  # the residual ended above its start: more cycles, at most growth_iter
+            # (r0 is NaN after a skipped down-cycle: then no more cycles)
+            state = jax.lax.while_loop(lambda s: (s.k < opts.most_iter) & (s.residual > r0), body, state)
     norm = state.norm if target is not None else state_norm(state.grid, real_steps, comm)
     return join(state.grid), MGRITStats(state.residuals, r0, state.k, norm)
 

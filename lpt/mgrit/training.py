@@ -37,7 +37,7 @@ OnDivergence = Literal["error", "serial"]
 CONFIG_KEYS = ("cfactor", "max_levels", "min_coarse", "nrelax", "nrelax_fine", "cycle", "fwd_iters", "bwd_iters",
                "abs_tol", "rel_tol", "bwd_levels", "bwd_tol", "restrict", "warm_start", "on_divergence",
                "interval_batch", "skip_first_down", "control", "control_tol", "control_max_iters", "control_every",
-               "control_min_cos", "control_tightenings")
+               "control_min_cos", "control_tightenings", "growth_cycles")
 ONE_CYCLE_GROWTH = 10.0
 """Growth factor of a one-cycle solve's residual that counts as divergence."""
 GROWTH_ULPS = 100.0
@@ -231,6 +231,8 @@ class MGRITSolver:
                     f"solver.control_max_iters={control.max_iters} must be ≥ solver.fwd_iters={fwd_iters} and "
                     f"solver.bwd_iters={bwd_iters} (with control=adaptive these are the least cycles per solve)")
         most = control.max_iters if control.adaptive else None
+        # fixed control: more cycles where a solve ends above its start (the adaptive control has its own target)
+        common["growth_iter"] = 0 if control.adaptive else get("growth_cycles", 2)
         abs_tol = get("abs_tol", 0.0)
         fwd = MGRITOptions(**common, max_levels=max_levels, max_iter=most or fwd_iters, abs_tol=abs_tol)
         bwd = MGRITOptions(**common, max_levels=max_levels if bwd_levels is None else bwd_levels,

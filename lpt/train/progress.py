@@ -50,6 +50,7 @@ class RunProgress:
         self.fallbacks = 0
         self.logged = 0
         self.factors: dict[str, list[float]] = {"fwd": [], "bwd": []}
+        self.cycles: dict[str, list[float]] = {"fwd": [], "bwd": []}
         log.info("compiling the training step (the first step includes compilation) ...")
         self._first_done = threading.Event()
         self._beat = threading.Thread(target=self._compile_heartbeat, name="lpt-compile-heartbeat", daemon=True)
@@ -88,6 +89,8 @@ class RunProgress:
             value = float(np.asarray(stats.get(f"{key}_factor", math.nan)))
             if math.isfinite(value):
                 self.factors[key].append(value)
+            if f"{key}_cycles" in stats:
+                self.cycles[key].append(float(np.asarray(stats[f"{key}_cycles"])))
 
     def _per_step(self, done: int, now: float) -> float:
         """Seconds per step after the first (compiling) one."""
@@ -105,6 +108,9 @@ class RunProgress:
             fwd, bwd = (f"{np.mean(v):.3g}" if v else "n/a" for v in self.factors.values())
             parts.append(f"serial fallbacks {self.fallbacks} of {self.logged} logged steps")
             parts.append(f"mean MGRIT factors fwd {fwd} / adj {bwd}")
+            if all(self.cycles.values()):  # more than configured: growth cycles or the adaptive control's
+                fwd, bwd = (f"{np.mean(v):.3g}" for v in self.cycles.values())
+                parts.append(f"mean cycles fwd {fwd} / adj {bwd}")
         parts.append(f"log {log_path}")
         line = "; ".join(parts)
         (log.warning if self.rejected or self.fallbacks else log.info)("%s", line)
