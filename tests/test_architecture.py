@@ -1,5 +1,6 @@
 """The package's layers: no import cycles among lpt's modules, counting imports inside functions too (a local
-import hides a cycle from Python, not from the design); the code passes the linter's checks (pyproject.toml)."""
+import hides a cycle from Python, not from the design); the code passes the linter's checks (pyproject.toml); no
+module over 400 lines and no function over 60."""
 
 from __future__ import annotations
 
@@ -90,3 +91,27 @@ def test_the_check_finds_a_cycle_hidden_in_a_function(tmp_path):
     (pkg / "sub" / "b.py").write_text("def f():\n    from .. import a\n")
     (pkg / "c.py").write_text("import pkg.a\n")
     assert cycles(import_graph(pkg)) == [["pkg.a", "pkg.sub.b"]]
+
+
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 60
+
+
+def size_offenders(package: Path) -> list[str]:
+    """Every module of ``package`` over MAX_FILE_LINES lines and every function (or method) over
+    MAX_FUNCTION_LINES, counted from its ``def`` line to its last line (decorators left out)."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        text, where = path.read_text(), path.relative_to(package.parent)
+        if (n := len(text.splitlines())) > MAX_FILE_LINES:
+            found.append(f"{where}: {n} lines")
+        for node in ast.walk(ast.parse(text, str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if (n := node.end_lineno - node.lineno + 1) > MAX_FUNCTION_LINES:
+                    found.append(f"{where}::{node.name}: {n} lines")
+    return found
+
+
+def test_no_file_over_400_lines_and_no_function_over_60():
+    """Sizes a reader can take in at once: no module of lpt over 400 lines, no function over 60."""
+    offenders = size_offenders(LPT)
+    assert not offenders, "too long:\n" + "\n".join(offenders)

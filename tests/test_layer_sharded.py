@@ -98,7 +98,7 @@ def test_layer_sharded_training_equals_single_device(tmp_path, single, overrides
     np.testing.assert_allclose(rec.history["val_acc"], ref.history["val_acc"])
     for key in ("fwd_residual", "bwd_residual", "mode"):
         np.testing.assert_allclose(rec.mgrit[key], ref.mgrit[key], rtol=1e-9, atol=1e-13, err_msg=key)
-    # the bias check's cosine sums its dot products in float32 (lpt.mgrit.training._cosine): to an ulp of float32
+    # the bias check's cosine sums its dot products in float32 (lpt.mgrit.control.cosine): to an ulp of float32
     np.testing.assert_allclose(rec.mgrit["grad_cos"], ref.mgrit["grad_cos"], rtol=2e-7, err_msg="grad_cos")
     if "solver.control=adaptive" in overrides:  # the check fired and the run went serial
         assert np.nanmax(rec.mgrit["mode"]) == 1 and np.isfinite(rec.mgrit["grad_cos"]).any()

@@ -204,14 +204,14 @@ def test_the_header_states_the_real_and_the_padded_depth(depth, padded, level, c
     """MGRIT pads the fine level to whole intervals and each coarse level to its own (1025 → 1028, not 2048); the
     run says by how much (a warning with the nearest depths that need no padding when the levels' padding costs
     more than 5 %) and the log keeps both depths."""
-    from lpt.train.loop import _report_padding
+    from lpt.train.checks import report_padding
     from lpt.train.solver import make_solver
 
     cfg = compose_config(["solver=mgrit", "solver.cfactor=4"] if depth == 1100 else ["solver=mgrit"])
     solver = make_solver(cfg["solver"], full_batch=True)
     log = _Attrs()
     with caplog.at_level(logging.INFO, logger="lpt"):
-        _report_padding(solver, depth, log)
+        report_padding(solver, depth, log)
     assert log.attrs == {"depth": depth, "padded_depth": padded}
     (record,) = [r for r in caplog.records if "pads depth" in r.getMessage()]
     assert record.levelno == level

@@ -75,6 +75,30 @@ def _load_mat_array(path: os.PathLike[str], variable: str, shape: tuple[int, ...
     return array
 
 
+def _labelled_pixels(
+    data_dir: str | os.PathLike[str] | None, spec: _Variant
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reads the ground truth and the scene of ``spec`` and keeps the labelled pixels.
+
+    Returns:
+        The spectra ``(n, bands)`` of the pixels with a ground-truth class and their labels ``0..15``
+        (class minus one), in the scene's row-major pixel order.
+
+    Raises:
+        DataError: If a file is missing or malformed, or the ground truth holds labels outside ``0..16``.
+    """
+    gt_path = find_file(data_dir, NAME, [GT_FILE], source=_SOURCE)
+    cube_path = find_file(data_dir, NAME, [spec.file], source=_SOURCE)
+    gt = _load_mat_array(gt_path, GT_VARIABLE, SCENE_SHAPE).astype(np.int64)
+    if gt.min() < 0 or gt.max() > NUM_CLASSES:
+        raise DataError(
+            f"{NAME}: {gt_path} holds labels {gt.min()}..{gt.max()}; expected 0..{NUM_CLASSES}"
+        )
+    cube = _load_mat_array(cube_path, spec.variable, (*SCENE_SHAPE, spec.bands))
+    mask = gt > 0
+    return cube[mask], gt[mask] - 1
+
+
 def load_indian_pines(
     *,
     data_dir: str | os.PathLike[str] | None = None,
@@ -119,17 +143,7 @@ def load_indian_pines(
     fdtype = check_dtype(NAME, dtype)
     rng = make_rng(NAME, seed)
 
-    gt_path = find_file(data_dir, NAME, [GT_FILE], source=_SOURCE)
-    cube_path = find_file(data_dir, NAME, [spec.file], source=_SOURCE)
-    gt = _load_mat_array(gt_path, GT_VARIABLE, SCENE_SHAPE).astype(np.int64)
-    if gt.min() < 0 or gt.max() > NUM_CLASSES:
-        raise DataError(
-            f"{NAME}: {gt_path} holds labels {gt.min()}..{gt.max()}; expected 0..{NUM_CLASSES}"
-        )
-    cube = _load_mat_array(cube_path, spec.variable, (*SCENE_SHAPE, spec.bands))
-
-    mask = gt > 0
-    features, labels = cube[mask], gt[mask] - 1
+    features, labels = _labelled_pixels(data_dir, spec)
     if n_train + n_val > len(labels):
         raise DataError(
             f"{NAME}: invalid options n_train={n_train}, n_val={n_val}; "

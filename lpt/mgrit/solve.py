@@ -7,7 +7,7 @@ network and :func:`lpt.mgrit.adjoint.adjoint_solve` to the adjoint system (Günt
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -134,21 +134,31 @@ def solve_system(hier: Hierarchy, g0: jnp.ndarray, u_init: jnp.ndarray | None,
         r0 = jnp.asarray(jnp.nan, g0.dtype)
     else:
         state = _Loop(jnp.asarray(0, jnp.int32), grid, chat, r0, nan, norm0)
+    state = _cycles(body, state, opts, target, min_iter, r0, skipped)
+    norm = state.norm if target is not None else state_norm(state.grid, real_steps, comm)
+    return join(state.grid), MGRITStats(state.residuals, r0, state.k, norm)
+
+
+def _cycles(body: Callable[[_Loop], _Loop], state: _Loop, opts: MGRITOptions, target: jnp.ndarray | None,
+            min_iter: int, r0: jnp.ndarray, skipped: bool) -> _Loop:
+    """The cycles of :func:`solve_system` from its first ``state`` (``body``: one cycle). With a tolerance (the
+    options' ``abs_tol``/``rel_tol``, or ``target``·‖u‖₂) while the residual is above it or fewer than
+    ``min_iter`` cycles are done, at most ``max_iter``; without one ``max_iter`` cycles (the coarse guess counts
+    as one when ``skipped``), then growth cycles while ‖r‖₂ > ``r0``, at most ``most_iter`` in all."""
     if opts.has_tolerance or target is not None:
-        tol = jnp.maximum(jnp.asarray(opts.abs_tol, g0.dtype), opts.rel_tol * state.residual)
+        # state.residuals has g0's dtype (the NaN record solve_system fills)
+        tol = jnp.maximum(jnp.asarray(opts.abs_tol, state.residuals.dtype), opts.rel_tol * state.residual)
 
         def more(s: _Loop) -> jnp.ndarray:
             bound = tol if target is None else jnp.maximum(tol, target.astype(tol.dtype) * s.norm)
             return (s.k < opts.max_iter) & ((s.residual > bound) | (s.k < min_iter))
 
-        state = jax.lax.while_loop(more, body, state)
-    else:
-        state = jax.lax.fori_loop(0, opts.max_iter - int(skipped), lambda _, s: body(s), state)
-        if opts.growth_iter:  # the residual ended above its start: more cycles, at most growth_iter
-            # (r0 is NaN after a skipped down-cycle: then no more cycles)
-            state = jax.lax.while_loop(lambda s: (s.k < opts.most_iter) & (s.residual > r0), body, state)
-    norm = state.norm if target is not None else state_norm(state.grid, real_steps, comm)
-    return join(state.grid), MGRITStats(state.residuals, r0, state.k, norm)
+        return jax.lax.while_loop(more, body, state)
+    state = jax.lax.fori_loop(0, opts.max_iter - int(skipped), lambda _, s: body(s), state)
+    if opts.growth_iter:  # the residual ended above its start: more cycles, at most growth_iter
+        # (r0 is NaN after a skipped down-cycle: then no more cycles)
+        state = jax.lax.while_loop(lambda s: (s.k < opts.most_iter) & (s.residual > r0), body, state)
+    return state
 
 
 def forward_hierarchy(step: Step, theta: Any, hs: jnp.ndarray, options: MGRITOptions, layout: Layout,

@@ -9,8 +9,9 @@ Per optimisation step: a few forward MGRIT cycles (default 2), the head and loss
 
 With ``warm_start`` (full-batch training) the states y and ȳ of the previous step are the next initial
 iterate; otherwise the cheap coarse-level guess is used every step. Divergence (non-finite states or
-residuals, or a residual that grows over two cycles) is reported in the stats and, with
-``on_divergence="serial"``, answered by a serial recomputation of the step inside the compiled function.
+residuals, or a residual that grows over two cycles; :mod:`lpt.mgrit.divergence`) is reported in the stats
+and, with ``on_divergence="serial"``, answered by a serial recomputation of the step inside the compiled
+function. The inexactness control (fixed or adaptive cycle counts) is :mod:`lpt.mgrit.control`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from lpt.mgrit.adjoint import adjoint_hierarchy, exact_padding, layer_gradient
+from lpt.mgrit.control import Adaptive, Control, cosine
+from lpt.mgrit.divergence import anywhere, solve_diverged
 from lpt.mgrit.hierarchy import pad_states, pad_zeros
 from lpt.mgrit.layout import Layout, chunk, paired_layouts
 from lpt.mgrit.options import MGRITOptions, require
@@ -37,11 +40,8 @@ OnDivergence = Literal["error", "serial"]
 CONFIG_KEYS = ("cfactor", "max_levels", "min_coarse", "nrelax", "nrelax_fine", "cycle", "fwd_iters", "bwd_iters",
                "abs_tol", "rel_tol", "bwd_levels", "bwd_tol", "restrict", "warm_start", "on_divergence",
                "interval_batch", "skip_first_down", "control", "control_tol", "control_max_iters", "control_every",
-               "control_min_cos", "control_tightenings", "growth_cycles")
-ONE_CYCLE_GROWTH = 10.0
-"""Growth factor of a one-cycle solve's residual that counts as divergence."""
-GROWTH_ULPS = 100.0
-"""A residual counts as growing only above GROWTH_ULPS·eps·‖y‖₂ (below that it is round-off)."""
+               "control_min_cos", "control_tightenings", "growth_cycles",
+               "bwd_growth_cycles")
 
 
 class WarmStart(NamedTuple):
@@ -53,64 +53,6 @@ class WarmStart(NamedTuple):
     valid: jnp.ndarray
 
 
-class Adaptive(NamedTuple):
-    """State of the adaptive inexactness control: the warm-start states (or ()), the ``mode`` (k ≤
-    ``tightenings``: relative tolerance control_tol·10^−k; ``tightenings`` + 1: serial for the rest of the run)
-    and the number of steps done (the bias check runs every ``every`` steps)."""
-
-    warm: Any
-    mode: jnp.ndarray
-    count: jnp.ndarray
-
-
-@dataclass(frozen=True)
-class Control:
-    """Inexactness control of the one-shot solves (Jiang et al. 2026; README "One-shot accuracy and
-    inexactness control").
-
-    ``fixed``: exactly fwd_iters / bwd_iters cycles per step (the one-shot method of Günther et al. 2020).
-    ``adaptive``: each solve runs cycles until its residual is below ``tol``·10^−mode relative to the norm of
-    its states (‖r‖₂ ≤ tol·10^−mode·‖y‖₂, resp. ‖ȳ‖₂), at least fwd_iters / bwd_iters and at most
-    ``max_iters`` cycles; every ``every`` steps the one-shot gradient is compared with the exact (serial)
-    gradient, and a cosine below ``min_cos`` (a gradient biased enough to stall training) tightens the
-    tolerance ten-fold (mode + 1); after ``tightenings`` tightenings the next bias switches the run to serial
-    training (mode = tightenings + 1) for good.
-    """
-
-    kind: Literal["fixed", "adaptive"] = "fixed"
-    tol: float = 1e-2
-    max_iters: int = 6
-    every: int = 50
-    min_cos: float = 0.95
-    tightenings: int = 2
-
-    def __post_init__(self) -> None:
-        require(self.kind in ("fixed", "adaptive"),
-                f"solver.control={self.kind!r} is not valid; choose fixed or adaptive")
-        require(isinstance(self.tol, (int, float)) and not isinstance(self.tol, bool) and 0 < self.tol < 1,
-                f"solver.control_tol={self.tol!r} must be a number in (0, 1) (residual relative to the state norm)")
-        for name, low in (("max_iters", 1), ("every", 1), ("tightenings", 0)):
-            value = getattr(self, name)
-            require(isinstance(value, int) and not isinstance(value, bool) and value >= low,
-                    f"solver.control_{name}={value!r} must be an integer ≥ {low}")
-        require(isinstance(self.min_cos, (int, float)) and not isinstance(self.min_cos, bool)
-                and -1 <= self.min_cos < 1,
-                f"solver.control_min_cos={self.min_cos!r} must be a number in [-1, 1) (cosine between the "
-                f"one-shot and the exact gradient below which the control tightens)")
-
-    @property
-    def adaptive(self) -> bool:
-        return self.kind == "adaptive"
-
-    @property
-    def serial_mode(self) -> int:
-        return self.tightenings + 1
-
-    def target(self, mode: jnp.ndarray) -> jnp.ndarray:
-        """The relative tolerance of ``mode``: tol·10^−mode (the last tightening's in serial mode)."""
-        return self.tol * 10.0 ** (-jnp.minimum(mode, self.tightenings).astype(jnp.float32))
-
-
 class _Forward(NamedTuple):
     open_vjp: Callable
     theta: Any  # this chunk's weights (n_local, …)
@@ -118,41 +60,6 @@ class _Forward(NamedTuple):
     ys: jnp.ndarray  # this chunk's states with halo (n_local+1, …)
     y_final: jnp.ndarray  # y_N, on every chunk
     stats: MGRITStats
-
-
-def _grew(stats: MGRITStats, floor: jnp.ndarray) -> jnp.ndarray:
-    """Whether the solve diverges: the residual grew in two consecutive cycles, ‖r_k‖ > ‖r_{k−1}‖ > ‖r_{k−2}‖,
-    or grew by more than :data:`ONE_CYCLE_GROWTH` in a single cycle — in both cases above the round-off floor
-    or a residual exceeds the norm of the states (‖r_k‖ > ‖u‖₂: the iterate has blown up) — counting cycles
-    k ≥ 2 only (DESIGN §3: "factor > 1 over two cycles").
-
-    Cycle 1 is left out: its start, a warm start or a coarse guess, has a small residual but a larger error —
-    the residual at a C-point is the discrepancy of one interval, the error the sum of the discrepancies of all
-    earlier intervals carried along the layers. The first cycle removes most of that accumulated error and
-    leaves a rough remainder whose residual is as large as the remainder, so ‖r_1‖ > ‖r_0‖ while the error
-    falls (measured on the main job: the forward error falls ≈ 9× over two cycles in every step while ‖r_1‖/‖r_0‖
-    is 1.3–2.6; adjoint residuals grow up to ≈ 11× in cycle 1; README "One-shot accuracy").
-    """
-    seq = jnp.concatenate([stats.initial_residual[None], stats.residuals])
-    k = jnp.arange(1, seq.shape[0])
-    done = (k <= stats.iterations) & (k >= 2)
-    up = done & (seq[1:] > seq[:-1]) & (seq[1:] > floor)
-    twice = jnp.any(up[1:] & up[:-1])
-    jump = jnp.any(done & (seq[1:] > ONE_CYCLE_GROWTH * seq[:-1]) & (seq[1:] > floor))
-    # a residual larger than the states themselves (a blown-up iterate)
-    blown = jnp.any(done & (seq[1:] > stats.state_norm))
-    return twice | jump | blown
-
-
-def _finite(stats: MGRITStats) -> jnp.ndarray:
-    """Whether the residuals of all cycles done are finite."""
-    done = jnp.arange(stats.residuals.shape[0]) < stats.iterations
-    return jnp.all(jnp.isfinite(stats.residuals) | ~done)
-
-
-def _diverged(states: jnp.ndarray, stats: MGRITStats) -> jnp.ndarray:
-    floor = GROWTH_ULPS * jnp.finfo(states.dtype).eps * jnp.sqrt(jnp.sum(jnp.square(states)))
-    return ~jnp.all(jnp.isfinite(states)) | ~_finite(stats) | _grew(stats, floor)
 
 
 @dataclass(frozen=True)
@@ -168,8 +75,8 @@ class MGRITSolver:
         comm: communication along the layer chunks (:mod:`lpt.parallel.comm`). Each chunk holds its
             ``n_local`` layers' states (the warm-start state too); parameters, objective and gradient are
             the same on every chunk (layer gradients are gathered), so the optimiser runs unchanged.
-        control: the inexactness control (:class:`Control`); with ``adaptive`` the cycle counts become
-            minima and ``max_iter`` of the solves is ``control.max_iters``.
+        control: the inexactness control (:class:`lpt.mgrit.control.Control`); with ``adaptive`` the cycle
+            counts become minima and ``max_iter`` of the solves is ``control.max_iters``.
         local_layers: layer-sharded parameters (:mod:`lpt.parallel.sharded`): ``params["layers"]`` given to
             :meth:`value_and_grad` and :meth:`value` is this chunk's ``n_local`` layers of the padded stack, the
             layer gradient returned is this chunk's (nothing gathered), and objective and gradient leave out the
@@ -231,12 +138,19 @@ class MGRITSolver:
                     f"solver.control_max_iters={control.max_iters} must be ≥ solver.fwd_iters={fwd_iters} and "
                     f"solver.bwd_iters={bwd_iters} (with control=adaptive these are the least cycles per solve)")
         most = control.max_iters if control.adaptive else None
-        # fixed control: more cycles where a solve ends above its start (the adaptive control has its own target)
-        common["growth_iter"] = 0 if control.adaptive else get("growth_cycles", 2)
+        # fixed control: more cycles where a solve ends above its start (the adaptive control has its own target);
+        # by default on the forward solve only (README "One-shot accuracy": the adjoint's cost more than they gain)
+        growth, bwd_growth = get("growth_cycles", 2), get("bwd_growth_cycles", 0)
+        require(bwd_growth is None or (isinstance(bwd_growth, int) and not isinstance(bwd_growth, bool)
+                                       and bwd_growth >= 0),
+                f"solver.bwd_growth_cycles={bwd_growth!r} must be null (= growth_cycles) or an integer ≥ 0")
+        growth, bwd_growth = (0, 0) if control.adaptive else (growth, growth if bwd_growth is None else bwd_growth)
         abs_tol = get("abs_tol", 0.0)
-        fwd = MGRITOptions(**common, max_levels=max_levels, max_iter=most or fwd_iters, abs_tol=abs_tol)
+        fwd = MGRITOptions(**common, max_levels=max_levels, max_iter=most or fwd_iters, abs_tol=abs_tol,
+                           growth_iter=growth)
         bwd = MGRITOptions(**common, max_levels=max_levels if bwd_levels is None else bwd_levels,
-                           max_iter=most or bwd_iters, abs_tol=abs_tol if bwd_tol is None else bwd_tol)
+                           max_iter=most or bwd_iters, abs_tol=abs_tol if bwd_tol is None else bwd_tol,
+                           growth_iter=bwd_growth)
         warm = get("warm_start", "auto")
         require(warm in ("auto", True, False), f"solver.warm_start={warm!r} must be auto, true or false")
         return cls(fwd=fwd, bwd=bwd, warm_start=full_batch if warm == "auto" else bool(warm),
@@ -296,7 +210,7 @@ class MGRITSolver:
 
         obj, aux, grads, warm, stats = jax.lax.cond(serial_mode, serial, one_shot)
         check = ~serial_mode & (state.count % ctl.every == ctl.every - 1)
-        cos = jax.lax.cond(check, lambda: _cosine(comm, grads, self._exact(model, params, x, y)[2], self.local_layers),
+        cos = jax.lax.cond(check, lambda: cosine(comm, grads, self._exact(model, params, x, y)[2], self.local_layers),
                            lambda: jnp.asarray(jnp.nan, jnp.float32))
         mode = state.mode + (check & (cos < ctl.min_cos)).astype(jnp.int32)
         stats = {**stats, "mode": state.mode, "grad_cos": cos.astype(stats["fwd_norm"].dtype)}
@@ -322,7 +236,7 @@ class MGRITSolver:
         obj, grads = self._regularized(model, params, loss, grads)
         result = (obj, {"loss": loss, "outputs": outputs}, grads)
 
-        diverged = _anywhere(comm, _diverged(fw.ys, fw.stats) | _diverged(ybars, bstats))
+        diverged = anywhere(comm, solve_diverged(fw.ys, fw.stats) | solve_diverged(ybars, bstats))
         fallback = diverged if self.on_divergence == "serial" else jnp.asarray(False)
         if self.on_divergence == "serial":
             result = jax.lax.cond(diverged, lambda: self._exact(model, params, x, y), lambda: result)
@@ -343,7 +257,7 @@ class MGRITSolver:
         fw = self._forward(model, params, x, state, target)
         value = self._regularized(model, params, model.data_loss(model.head(params, fw.y_final), y))[0]
         if self.on_divergence == "serial":
-            value = jax.lax.cond(_anywhere(self.comm, _diverged(fw.ys, fw.stats)),
+            value = jax.lax.cond(anywhere(self.comm, solve_diverged(fw.ys, fw.stats)),
                                  lambda: self._exact(model, params, x, y, grad=False), lambda: value)
         return value
 
@@ -424,30 +338,6 @@ def solve_stats(prefix: str, stats: MGRITStats) -> dict[str, jnp.ndarray]:
             f"{prefix}_initial": stats.initial_residual, f"{prefix}_cycles": stats.iterations,
             f"{prefix}_norm": stats.state_norm, f"{prefix}_factor": convergence_factor(stats),
             f"{prefix}_factor_last": last_factor(stats)}
-
-
-def _cosine(comm, a: Any, b: Any, local_layers: bool = False) -> jnp.ndarray:
-    """cos∠(a, b) of two gradients (pytrees) summed over the data-parallel ranks — the gradients the optimiser
-    sees (each rank differentiates the mean loss of its own samples) — the same on every rank and grid. With
-    ``local_layers`` the ``"layers"`` entries are each chunk's: their dot products are summed over the chunks."""
-    a, b = comm.data_sum(a), comm.data_sum(b)  # message: two gradients, at the bias checks only
-
-    def leaves(u, v):
-        return sum(jnp.vdot(p, q).astype(jnp.float32) for p, q in zip(jax.tree_util.tree_leaves(u),
-                                                                      jax.tree_util.tree_leaves(v)))
-
-    def dot(u, v):
-        if not local_layers:
-            return leaves(u, v)
-        rest = lambda t: {k: w for k, w in t.items() if k != "layers"}  # noqa: E731
-        return leaves(rest(u), rest(v)) + comm.layer_sum(leaves(u["layers"], v["layers"]))
-
-    return dot(a, b) / jnp.sqrt(jnp.maximum(dot(a, a) * dot(b, b), jnp.finfo(jnp.float32).tiny))
-
-
-def _anywhere(comm, flag: jnp.ndarray) -> jnp.ndarray:
-    """True on every chunk if ``flag`` is set on any chunk (all chunks then take the same branch)."""
-    return comm.layer_sum(flag.astype(jnp.int32)) > 0
 
 
 def _serial() -> SerialSolver:

@@ -23,6 +23,7 @@ from lpt.model import ModelError
 from lpt.parallel import GridError, ProcessorGrid
 from lpt.parallel.runtime import Runtime
 from lpt.train.build import ConfigError, LoopSettings, build_dataset, build_model, check_batch, check_dtype
+from lpt.train.checks import StabilityCheck, report_padding
 from lpt.train.memory import device_memory, estimate_step_memory, gib, memory_message
 from lpt.train.nonfinite import NonFiniteGuard, inject_nan
 from lpt.train.optim import make_optimizer, needs_value_fn
@@ -249,7 +250,7 @@ class _Run:
         self.not_evaluated = {f"val_{k}": math.nan
                               for k in (("acc", "loss") if self.metric == "acc" else ("mse", "rel_err"))}
         self.raise_on_divergence = getattr(s.solver, "on_divergence", "serial") == "error"
-        self.stability = _StabilityCheck(s.solver, s.model, self.x_train, warn=s.runtime.is_root)
+        self.stability = StabilityCheck(s.solver, s.model, self.x_train, warn=s.runtime.is_root)
         self.pending: list = []  # (step, metrics, stats, non-finite or None) since the last row, on the device
         self.final: dict[str, float] = {}
 
@@ -322,7 +323,7 @@ class _Run:
         log.info("%s: N=%d width=%d %s/%s, solver=%s, optimizer=%s, %d training samples, batch %d, steps %d",
                  s.data.name, s.model.depth, s.model.width, s.model.layer, s.model.activation,
                  self.cfg["solver"]["name"], self.cfg["optimizer"]["name"], self.n, self.batch, loop.steps)
-        _report_padding(s.solver, s.model.depth, self.runlog)
+        report_padding(s.solver, s.model.depth, self.runlog)
         self.stability.start(self.state.params)
         self.progress = RunProgress(loop.steps, self.start, bar=loop.progress and s.runtime.is_root)
         self.t0 = time.perf_counter() - self.elapsed
@@ -375,71 +376,3 @@ class _Run:
             raise self.guard.stop(self.state)
         if done % loop.checkpoint_every == 0 or done == loop.steps:
             self.checkpoint(self.state)
-
-
-PADDING_WARN = 0.05
-"""Padding (identity steps the MGRIT layout adds, relative to the depth) above which the run warns."""
-
-
-def _report_padding(solver, depth: int, runlog) -> None:
-    """The real and the padded depth of an MGRIT run: logged (a warning above :data:`PADDING_WARN` more work,
-    with the nearest depths that need no padding) and kept as the log's attributes ``depth`` and
-    ``padded_depth``."""
-    if not hasattr(solver, "layouts"):
-        runlog.set_attr("depth", depth)
-        runlog.set_attr("padded_depth", depth)
-        return
-    fwd = solver.layouts(depth)[0]
-    runlog.set_attr("depth", depth)
-    runlog.set_attr("padded_depth", fwd.n_pad)
-    extra = fwd.extra_work
-    line = (f"MGRIT pads depth {depth} to {fwd.n_pad} layer steps ({fwd.n_pad - depth} identity steps; "
-            f"{100 * extra:.2g} % more work per cycle with the coarse levels' own padding), so that every level of "
-            f"the hierarchy and each of the {fwd.chunks} layer chunk(s) hold whole intervals")
-    if extra <= PADDING_WARN:
-        log.info("%s", line)
-        return
-    below = next((d for d in range(depth - 1, 0, -1) if _unpadded(solver, d)), None)
-    above = next(d for d in range(depth + 1, 2 * fwd.n_pad + 2) if _unpadded(solver, d))
-    log.warning("%s; depth %s needs none", line, " or ".join(str(d) for d in (below, above) if d))
-
-
-def _unpadded(solver, depth: int) -> bool:
-    try:
-        return solver.layouts(depth)[0].extra_work == 0
-    except ValueError:  # too shallow for the layer ranks
-        return False
-
-
-class _StabilityCheck:
-    """The coarse-step stability estimate H·ρ of the MGRIT levels (:mod:`lpt.mgrit.stability`): checked when the
-    run starts and at every evaluation, logged as ``mgrit/coarse_hrho`` (step × coarse level, NaN where not
-    evaluated); the first level that :func:`lpt.mgrit.stability.stability_message` finds unstable is warned
-    about once per run, by the rank that writes the log only. Nothing for other solvers."""
-
-    def __init__(self, solver, model, x: jnp.ndarray, warn: bool = True) -> None:
-        self.estimate = getattr(solver, "coarse_stability", None)
-        self.model, self.x, self.warned = model, x, not warn
-        self.blank = np.zeros(0)
-
-    def check(self, params) -> np.ndarray:
-        values, message = self.estimate(self.model, params, self.x)
-        if np.size(values) == 0:  # one level only (e.g. min_coarse ≥ N): no coarse steps, nothing to log
-            self.estimate = None
-        if message is not None and not self.warned:
-            log.warning("%s", message)
-            self.warned = True
-        self.blank = np.full(np.shape(values), np.nan)
-        return np.asarray(values, np.float64)
-
-    def start(self, params) -> None:
-        """The check when the run starts (a warning only; the log's rows come with the evaluations)."""
-        if self.estimate is not None:
-            self.check(params)
-
-    def row(self, params) -> dict[str, np.ndarray]:
-        """``{"coarse_hrho": …}`` for a logged row: the estimate at ``params``, or NaN (``params`` None)."""
-        if self.estimate is None:
-            return {}
-        values = self.blank if params is None else self.check(params)
-        return {} if self.estimate is None else {"coarse_hrho": values}
