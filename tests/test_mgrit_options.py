@@ -89,8 +89,7 @@ def test_config_file_builds_the_default_solver():
     assert solver.warm_start and solver.on_divergence == "serial"
     assert solver.fwd == MGRITOptions(cfactor=4, max_levels=10, min_coarse=2, nrelax=1, nrelax_fine=0, max_iter=3,
                                       growth_iter=2)
-    assert solver.bwd == MGRITOptions(cfactor=4, max_levels=10, min_coarse=2, nrelax=1, nrelax_fine=0, max_iter=3,
-                                      growth_iter=2)
+    assert solver.bwd == MGRITOptions(cfactor=4, max_levels=10, min_coarse=2, nrelax=1, nrelax_fine=0, max_iter=3)
     # missing keys take the config file's defaults
     bare = MGRITSolver.from_config({}, full_batch=True)
     assert (bare.fwd, bare.bwd, bare.min_iters) == (solver.fwd, solver.bwd, solver.min_iters)
@@ -108,12 +107,15 @@ def test_from_config_backward_settings_and_errors():
     assert solver.bwd.cycle == "F" and solver.bwd.nrelax_fine == 0
     # growth cycles: the fixed control's (0 turns them off); the adaptive control has its own target
     assert MGRITSolver.from_config({"growth_cycles": 0}).fwd.growth_iter == 0
+    both = MGRITSolver.from_config({"growth_cycles": 1, "bwd_growth_cycles": None})
+    assert both.fwd.growth_iter == both.bwd.growth_iter == 1
     adaptive = MGRITSolver.from_config({"control": "adaptive"})
     assert adaptive.fwd.growth_iter == adaptive.bwd.growth_iter == 0
     for bad, option in [({"fwd_iters": 0}, "solver.fwd_iters"), ({"bwd_iters": -1}, "solver.bwd_iters"),
                         ({"bwd_levels": 0}, "solver.bwd_levels"), ({"bwd_tol": -1.0}, "solver.bwd_tol"),
                         ({"warm_start": "sometimes"}, "solver.warm_start"), ({"cfactor": 1}, "solver.cfactor"),
                         ({"on_divergence": "ignore"}, "solver.on_divergence"), ({"cfactr": 4}, "cfactr"),
-                        ({"growth_cycles": -2}, "solver.growth_cycles")]:
+                        ({"growth_cycles": -2}, "solver.growth_cycles"),
+                        ({"bwd_growth_cycles": 1.5}, "solver.bwd_growth_cycles")]:
         with pytest.raises(ValueError, match=option.replace(".", r"\.")):
             MGRITSolver.from_config(bad)
