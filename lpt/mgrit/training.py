@@ -1,7 +1,8 @@
 """One-shot layer-parallel training strategy (Günther et al. 2020, §4; DESIGN §3).
 
-Per optimisation step: a few forward MGRIT cycles (default 2), the head and loss, a few adjoint MGRIT cycles
-(default 2), and the gradient assembled explicitly:
+Per optimisation step: a few forward MGRIT cycles (default 3, and up to ``growth_cycles`` more while the
+residual is above its start), the head and loss, a few adjoint MGRIT cycles (default 3), and the gradient
+assembled explicitly:
 
     y_0 = open(x; θ_open),  y ≈ MGRIT(y_0; θ),  ȳ_N = ∂loss/∂y_N,  ȳ ≈ adjoint MGRIT(ȳ_N; θ, y),
     ∇_{θ_n} = (∂Φ_n/∂θ_n(y_n))ᵀ ȳ_{n+1},  ∇_{θ_open} = (∂open/∂θ_open)ᵀ ȳ_0,
@@ -40,8 +41,7 @@ OnDivergence = Literal["error", "serial"]
 CONFIG_KEYS = ("cfactor", "max_levels", "min_coarse", "nrelax", "nrelax_fine", "cycle", "fwd_iters", "bwd_iters",
                "abs_tol", "rel_tol", "bwd_levels", "bwd_tol", "restrict", "warm_start", "on_divergence",
                "interval_batch", "skip_first_down", "control", "control_tol", "control_max_iters", "control_every",
-               "control_min_cos", "control_tightenings", "growth_cycles",
-               "bwd_growth_cycles")
+               "control_min_cos", "control_tightenings", "growth_cycles", "bwd_growth_cycles")
 
 
 class WarmStart(NamedTuple):

@@ -108,7 +108,7 @@ class RunProgress:
             fwd, bwd = (f"{np.mean(v):.3g}" if v else "n/a" for v in self.factors.values())
             parts.append(f"serial fallbacks {self.fallbacks} of {self.logged} logged steps")
             parts.append(f"mean MGRIT factors fwd {fwd} / adj {bwd}")
-            if all(self.cycles.values()):  # more than configured: growth cycles or the adaptive control's
+            if all(self.cycles.values()):  # above the configured counts where growth cycles or the adaptive control ran
                 fwd, bwd = (f"{np.mean(v):.3g}" for v in self.cycles.values())
                 parts.append(f"mean cycles fwd {fwd} / adj {bwd}")
         parts.append(f"log {log_path}")
