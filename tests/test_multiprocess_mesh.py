@@ -116,6 +116,32 @@ def test_a_signal_to_one_process_stops_both_and_the_resumed_run_continues_bit_fo
         np.testing.assert_array_equal(b[key], a[key], err_msg=key)
 
 
+@pytest.mark.slow(seconds=60)
+def test_an_error_on_one_process_ends_both_with_the_error_shown(tmp_path):
+    """Process 1 raises at step 3, after the collectives of steps 1-2: it prints the error and leaves without
+    JAX's shutdown barrier; process 0, waiting in a collective, fails on the closed connection and ends too (at
+    the latest when the coordination service misses process 1's heartbeat, 10 s here). Before, process 1 sat in
+    the shutdown barrier and both hung until its 300 s timeout."""
+    procs = _start(tmp_path / "run", "train.inject_error_at_step=3", "parallel.heartbeat_s=10")
+    ended = [None, None]
+    deadline = time.time() + 300
+    while time.time() < deadline and None in ended:
+        for i, p in enumerate(procs):
+            if ended[i] is None and p.poll() is not None:
+                ended[i] = time.time()
+        time.sleep(0.2)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    out = [p.stdout.read() for p in procs]
+    assert None not in ended, "a process was still running 300 s after the start:\n" + out[0][-2000:]
+    assert procs[0].returncode != 0 and procs[1].returncode == 1, out[1][-2000:]
+    assert "lpt: process 1 of 2: RuntimeError: injected fault at step 3" in out[1], out[1][-2000:]
+    assert "Traceback" in out[1] and "ending all processes" in out[1]
+    print(f"process 0 ended {ended[0] - ended[1]:.1f} s after process 1")
+    assert ended[0] - ended[1] < 60
+
+
 def _rows(log: Path) -> int:
     try:
         return len(read_run(log).history["step"])
@@ -132,6 +158,7 @@ def _rows(log: Path) -> int:
      "parallel.coordinator='node001' must be host:port of process 0"),
     (["parallel=mesh", "parallel.processes=2", "parallel.process_id=2"],
      "parallel.process_id=2 must be an integer in [0, 1] (parallel.processes=2)"),
+    (["parallel=mesh", "parallel.heartbeat_s=0"], "parallel.heartbeat_s=0 must be a positive integer (seconds)"),
 ])
 def test_bad_process_options_are_refused_in_one_line(overrides, message, tmp_path):
     from lpt.cli.compose import compose_config

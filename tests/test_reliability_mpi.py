@@ -65,3 +65,22 @@ def test_a_stop_signal_on_one_rank_stops_all_ranks_after_the_same_step():
     assert proc.returncode == 0, output[-3000:]
     for rank in (0, 1):
         assert f"rank {rank} stopped before step 4 on SIGUSR1" in output, output[-3000:]
+
+
+@pytest.mark.slow(seconds=60)
+def test_an_error_on_one_rank_of_lpt_train_ends_every_rank(tmp_path):
+    """Through ``lpt-train`` (where Hydra catches the exception before ``sys.excepthook``): rank 1 raises at
+    step 3, after collectives; every rank ends by MPI_Abort with the error and traceback shown."""
+    exe = shutil.which("mpirun")
+    if exe is None or importlib.util.find_spec("mpi4py") is None:
+        pytest.skip("MPI fault tests need OpenMPI (mpirun) and mpi4py: pip install '.[mpi]'")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
+    env["XLA_FLAGS"] = ""
+    cmd = [exe, "--allow-run-as-root", "--oversubscribe", "-np", "2", str(Path(sys.executable).with_name("lpt-train")),
+           "solver=mgrit", "model.depth=16", "train.steps=6", "logging.progress=false", "parallel=mpi",
+           "parallel.layers=2", "train.inject_error_at_step=3", f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BOUND_S + 240, env=env)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-3000:]
+    assert "lpt: rank 1 of 2: RuntimeError: injected fault at step 3" in output, output[-3000:]
+    assert "Traceback" in output and "ending all processes" in output

@@ -2,7 +2,9 @@
 
 Exit status: 0 trained; 2 invalid input (one line on stderr); 3 numerical failure (non-finite steps stopped the
 run, checkpoint of the last good state written); 128 + signal number when SIGINT (130), SIGUSR1 (138) or
-SIGTERM (143) interrupted the run after a checkpoint; 1 an unexpected error (traceback).
+SIGTERM (143) interrupted the run after a checkpoint; 1 an unexpected error (traceback). In a run of several
+processes (``parallel=mpi``, ``parallel.processes`` > 1) an unexpected error on one process ends all of them
+(:func:`lpt.parallel.faults.end_all_processes`).
 """
 
 from __future__ import annotations
@@ -73,6 +75,13 @@ def main(cfg: DictConfig) -> float | None:
     except Interrupted as exc:
         print(f"lpt-train: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        parallel = resolved.get("parallel") or {}
+        if parallel.get("name") == "mpi" or (parallel.get("processes") or 1) > 1:
+            from lpt.parallel.faults import end_all_processes
+
+            end_all_processes(exc, parallel.get("name"))  # else the other processes wait for this one for ever
+        raise
     log.info("log written to %s", result.log_path)
     for key in ("val_acc", "val_mse"):
         if key in result.final:

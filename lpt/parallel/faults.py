@@ -10,6 +10,7 @@ when one process ends abnormally; with srun use ``--kill-on-bad-exit=1``.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import traceback
@@ -83,3 +84,44 @@ def agree_max(comm: Any = None) -> Callable[[int], int]:
 
     private = (comm or MPI.COMM_WORLD).Dup()
     return lambda value: int(private.allreduce(int(value), op=MPI.MAX))
+
+
+def end_all_processes(exc: BaseException, backend: str, code: int = ABORT_CODE) -> None:
+    """End every process of a multi-process run after an unexpected exception on this one, with the error shown.
+
+    Under ``lpt-train`` Hydra catches the exception before ``sys.excepthook`` could see it, and a normal exit
+    would wait for the other processes, which wait in a collective for this one: under MPI (``backend="mpi"``)
+    the ranks end by ``MPI_Abort``. On a multi-process mesh this process leaves by ``os._exit``, without JAX's
+    shutdown barrier, which would hold it (and its connections) while the others wait in a collective: a process
+    waiting in a CPU collective then fails at once on the closed connection (and ends the same way), any other
+    when JAX's coordination service misses this process's heartbeat (``parallel.heartbeat_s``).
+    """
+    if backend == "mpi":
+        from mpi4py import MPI
+
+        where = f"rank {MPI.COMM_WORLD.Get_rank()} of {MPI.COMM_WORLD.Get_size()}"
+    else:
+        import jax
+
+        where = f"process {jax.process_index()} of {jax.process_count()}"
+    try:
+        sys.stderr.write(f"lpt: {where}: {type(exc).__name__}: {exc}\n")
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        sys.stderr.write(f"lpt: {where}: ending all processes (exit status {code})\n")
+        sys.stderr.flush()
+        sys.stdout.flush()
+    finally:
+        if backend == "mpi":
+            MPI.COMM_WORLD.Abort(code)
+        os._exit(code)
+
+
+def is_last_process(runtime: Any) -> bool:
+    """Whether this is the last process of the run (the last MPI rank or JAX process; the only one otherwise)."""
+    if runtime.grid.processes > 1:
+        import jax
+
+        return jax.process_index() == jax.process_count() - 1
+    if runtime.grid.backend == "mpi":
+        return runtime.comm.rank == runtime.grid.size - 1
+    return True

@@ -28,6 +28,9 @@ class ProcessorGrid:
             the devices of all processes, started by :meth:`connect`).
         coordinator, process_id: ``host:port`` of process 0 and this process's number; None: detected by
             ``jax.distributed.initialize`` (SLURM, Open MPI's mpirun).
+        heartbeat_s: seconds after which JAX's coordination service declares a silent process dead and ends the
+            others (``jax.distributed.initialize(heartbeat_timeout_seconds=)``): how long the processes of a
+            multi-process mesh outlive one that failed.
     """
 
     backend: Backend = "single"
@@ -36,6 +39,7 @@ class ProcessorGrid:
     processes: int = 1
     coordinator: str | None = None
     process_id: int | None = None
+    heartbeat_s: int = 100
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -50,6 +54,8 @@ class ProcessorGrid:
             raise GridError(f"parallel.processes={self.processes} starts JAX's multi-process runtime, which needs "
                             f"parallel=mesh (one global mesh); parallel={self.backend} runs "
                             + ("one process per MPI rank by itself" if self.backend == "mpi" else "in one process"))
+        if not isinstance(self.heartbeat_s, int) or isinstance(self.heartbeat_s, bool) or self.heartbeat_s < 1:
+            raise GridError(f"parallel.heartbeat_s={self.heartbeat_s!r} must be a positive integer (seconds)")
         if self.coordinator is not None and (not isinstance(self.coordinator, str)
                                              or not self.coordinator.rpartition(":")[2].isdigit()):
             raise GridError(f"parallel.coordinator={self.coordinator!r} must be host:port of process 0 "
@@ -70,7 +76,7 @@ class ProcessorGrid:
     def from_config(cls, cfg: Mapping[str, Any]) -> "ProcessorGrid":
         return cls(backend=cfg.get("name", "single"), data=cfg.get("data", 1), layers=cfg.get("layers", 1),
                    processes=cfg.get("processes", 1), coordinator=cfg.get("coordinator"),
-                   process_id=cfg.get("process_id"))
+                   process_id=cfg.get("process_id"), heartbeat_s=cfg.get("heartbeat_s", 100))
 
     def connect(self) -> None:
         """Join the JAX processes of a multi-process mesh (``processes`` > 1; CPU collectives over gloo).
@@ -85,7 +91,7 @@ class ProcessorGrid:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         try:
             jax.distributed.initialize(coordinator_address=self.coordinator, num_processes=self.processes,
-                                       process_id=self.process_id)
+                                       process_id=self.process_id, heartbeat_timeout_seconds=self.heartbeat_s)
         except (RuntimeError, ValueError) as exc:
             raise GridError(f"parallel.processes={self.processes}: the JAX processes could not connect "
                             f"(parallel.coordinator={self.coordinator}, parallel.process_id={self.process_id}): "

@@ -57,6 +57,7 @@ class LoopSettings:
     lr_factor: float = 0.5
     max_rejections: int = 10
     inject_nan_at_step: int | None = None  # testing only: this step's inputs are NaN for the configured solver
+    inject_error_at_step: int | None = None  # testing only: the last process raises an error at this step
 
     @classmethod
     def from_config(cls, train: Mapping[str, Any], logging: Mapping[str, Any]) -> "LoopSettings":
@@ -82,6 +83,7 @@ class LoopSettings:
             lr_factor=float(factor),
             max_rejections=_int(train, "max_rejections", "train", minimum=1, default=10),
             inject_nan_at_step=_int(train, "inject_nan_at_step", "train", minimum=1, allow_none=True),
+            inject_error_at_step=_int(train, "inject_error_at_step", "train", minimum=1, allow_none=True),
         )
 
 

@@ -21,6 +21,7 @@ from lpt.logging import (CHECKPOINT_NAME, LOG_NAME, RunDirBusy, RunDirLock, RunL
 from lpt.logging.null import NullLog
 from lpt.model import ModelError
 from lpt.parallel import GridError, ProcessorGrid
+from lpt.parallel.faults import is_last_process
 from lpt.parallel.runtime import Runtime
 from lpt.train.build import ConfigError, LoopSettings, build_dataset, build_model, check_batch, check_dtype
 from lpt.train.checks import StabilityCheck, report_padding
@@ -361,6 +362,8 @@ class _Run:
         loop, done = self.s.loop, step + 1
         xb, yb = self.batch_at(step)
         x_in = inject_nan(xb) if done == loop.inject_nan_at_step else xb  # test hook, normally xb
+        if done == loop.inject_error_at_step and is_last_process(self.s.runtime):  # test hook
+            raise RuntimeError(f"injected fault at step {done} (train.inject_error_at_step, for tests)")
         self.state, metrics, stats = self.train_step(self.state, x_in, yb)
         compiling.done()
         nonfinite = None  # known on the host only under on_nonfinite=serial; else read with the next row

@@ -72,7 +72,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
 TOP_LEVEL_KEYS = ("seed", "data_dir", "resume", "dtype", "dataset", "model", "solver", "optimizer", "parallel",
                   "train", "logging")
 TRAIN_KEYS = ("steps", "batch_size", "eval_every", "checkpoint_every", "eval_chunk", "on_nonfinite", "lr_factor",
-              "max_rejections", "inject_nan_at_step")
+              "max_rejections", "inject_nan_at_step", "inject_error_at_step")
 LOGGING_KEYS = ("log_every", "progress")
 
 
