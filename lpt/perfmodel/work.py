@@ -7,7 +7,8 @@ Two kinds of counts:
   n(m−1)/m on each level of n = N/m^ℓ steps, summed over ℓ), ≈ N(3m−1)/(m−1) for FCF, in general
   N((2+ν)m−1)/(m−1) with ν CF-sweeps (:func:`textbook_work_per_cycle`);
 * the operations this implementation performs on one layer rank (:func:`solve_ops`, :func:`gradient_ops`),
-  mirrored from :mod:`lpt.mgrit` on the padded level sizes of :func:`lpt.mgrit.layout.make_layout`. Each
+  mirrored from :mod:`lpt.mgrit` on the padded level sizes of :func:`lpt.mgrit.layout.make_layout` (and checked
+  against the solver itself: :mod:`lpt.perfmodel.trace` counts the same quantities in the traced code). Each
   relaxation sweep of a level with n_c intervals is a scan of m steps, each step vmapped over the rank's
   n_c/P intervals; the coarsest level is a serial sweep; the levels below the first one with fewer intervals
   than ranks are gathered and solved redundantly. A cycle that receives the C-point predictions of the
@@ -215,6 +216,8 @@ def solve_ops(layout: Layout, options: MGRITOptions, curve: Curve = "step", *, i
     if layout.chunks > 1:
         ops.message("allreduce", 0)  # initial residual norm
     ops.add(cycle_ops(layout, options, curve), options.max_iter if iterations is None else iterations)
+    if layout.chunks > 1:
+        ops.message("allreduce", 0)  # ‖u‖ of the result (the scale of the relative residual)
     return ops
 
 
