@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -28,8 +28,8 @@ from lpt.model.activations import ACTIVATIONS, get_activation
 from lpt.model.conv import CONV_IMPLS, CONV_LAYOUTS, resolve_conv_layout
 from lpt.model.layers import CONV_KINDS, LAYER_KINDS, LayerKind, init_weight, linear_apply
 from lpt.model.propagate import propagate
+from lpt.model.protocol import Params
 
-Params = dict[str, Any]
 Opening = Literal["dense", "conv", "zero"]
 Task = Literal["classification", "regression"]
 

@@ -13,32 +13,32 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
-from lpt.model.resnet import Params, ResNet
+from lpt.model.protocol import Model, Params
 
 
 class Solver(Protocol):
     """The contract between the trainer and a gradient strategy."""
 
-    def init_state(self, model: ResNet, params: Params, x: jnp.ndarray) -> Any:
+    def init_state(self, model: Model, params: Params, x: jnp.ndarray) -> Any:
         """Warm-start state for a batch ``x`` (a pytree; may be empty)."""
 
     def value_and_grad(
-        self, model: ResNet, params: Params, x: jnp.ndarray, y: jnp.ndarray, state: Any
+        self, model: Model, params: Params, x: jnp.ndarray, y: jnp.ndarray, state: Any
     ) -> tuple[jnp.ndarray, dict, Params, Any, dict]:
         """Return (objective, aux, grads, new_state, stats); aux = {"loss", "outputs"}; stats fixed-shape arrays."""
 
-    def value(self, model: ResNet, params: Params, x: jnp.ndarray, y: jnp.ndarray, state: Any) -> jnp.ndarray:
+    def value(self, model: Model, params: Params, x: jnp.ndarray, y: jnp.ndarray, state: Any) -> jnp.ndarray:
         """The objective alone (for line searches)."""
 
 
-def data_objective(model: ResNet, params: Params, x: jnp.ndarray, y: jnp.ndarray) -> tuple[jnp.ndarray, dict]:
+def data_objective(model: Model, params: Params, x: jnp.ndarray, y: jnp.ndarray) -> tuple[jnp.ndarray, dict]:
     """Serial data loss loss(output, y) without the regularisation, with aux {"loss", "outputs"}."""
     outputs = model.forward(params, x)
     loss = model.data_loss(outputs, y)
     return loss, {"loss": loss, "outputs": outputs}
 
 
-def objective(model: ResNet, params: Params, x: jnp.ndarray, y: jnp.ndarray) -> tuple[jnp.ndarray, dict]:
+def objective(model: Model, params: Params, x: jnp.ndarray, y: jnp.ndarray) -> tuple[jnp.ndarray, dict]:
     """Serial objective loss(output, y) + regularisation(θ), with aux {"loss", "outputs"}."""
     loss, aux = data_objective(model, params, x, y)
     return loss + model.regularization(params), aux
@@ -48,7 +48,7 @@ def objective(model: ResNet, params: Params, x: jnp.ndarray, y: jnp.ndarray) -> 
 class SerialSolver:
     """Forward propagation by ``lax.scan`` and the gradient by ``jax.grad``: the reference strategy."""
 
-    def init_state(self, model: ResNet, params: Params, x: jnp.ndarray) -> tuple:
+    def init_state(self, model: Model, params: Params, x: jnp.ndarray) -> tuple:
         return ()
 
     def value_and_grad(self, model, params, x, y, state):
