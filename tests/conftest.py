@@ -1,6 +1,7 @@
 """Test session set-up: 8 emulated host devices and float64 enabled, set before jax is imported.
 
-Library code always passes explicit dtypes, so float32 paths stay float32 under x64.
+Library code always passes explicit dtypes, so float32 paths stay float32 under x64 (``tests/test_float32.py``
+checks that no float64 value appears in a float32 one-shot gradient, and runs MGRIT in float32 with x64 off).
 
 Property tests (hypothesis) are derandomised: the same examples everywhere, unless
 ``LPT_HYPOTHESIS_PROFILE=explore``.
