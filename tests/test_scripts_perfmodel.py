@@ -39,7 +39,9 @@ def _check_validation_rows(stdout: str, rows_file: Path, backend: str, ranks: in
         assert row["mgrit_measured_s"] > 0 and row["mgrit_predicted_s"] > 0
         assert math.isclose(row["mgrit_ratio"], row["mgrit_predicted_s"] / row["mgrit_measured_s"])
         assert float(ratio) == pytest.approx(row["mgrit_ratio"], abs=0.006)
-    assert "all ratios within 25 %:" in stdout
+    # the verdict follows from the rows (which way it goes depends on the timing, not checked here)
+    ok = all(0.75 <= r[k] <= 1.25 for r in rows for k in ("mgrit_ratio", "serial_ratio") if k in r)
+    assert f"all ratios within 25 %: {'yes' if ok else 'NO'}" in stdout
 
 
 @pytest.fixture(scope="module")
