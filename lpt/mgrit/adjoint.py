@@ -15,6 +15,7 @@ coarsening factors; on uneven depths the identity steps sit at the other end).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable
 
@@ -74,12 +75,18 @@ def adjoint_hierarchy(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, 
 
 
 def adjoint_chunk(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, ybar_final: jnp.ndarray,
-                  options: MGRITOptions, layout: Layout, comm: Any = SINGLE,
-                  w_init: jnp.ndarray | None = None) -> tuple[jnp.ndarray, MGRITStats]:
-    """This chunk's adjoint states ȳ (n_local+1, …, forward order, the right end a halo) by MGRIT."""
+                  options: MGRITOptions, layout: Layout, comm: Any = SINGLE, w_init: jnp.ndarray | None = None,
+                  valid: jnp.ndarray | None = None,
+                  target: jnp.ndarray | None = None) -> tuple[jnp.ndarray, MGRITStats]:
+    """This chunk's adjoint states ȳ (n_local+1, …, forward order, the right end a halo) by MGRIT, from
+    ``w_init`` (a warm start; used where ``valid`` is true when given, else the cheap coarse guess) or, without
+    it, the nested iteration; ``target``: a relative tolerance as in :func:`solve_system`."""
     hier = adjoint_hierarchy(step, theta, hs, ys, options, layout, comm)
+    if w_init is not None and valid is not None:
+        warm = w_init
+        w_init = jax.lax.cond(valid, lambda: warm, lambda: initial_guess(hier, ybar_final)[::-1].astype(warm.dtype))
     w_init = None if w_init is None else exact_padding(w_init, ybar_final, layout, comm)[::-1]
-    w, stats = solve_system(hier, ybar_final, w_init)
+    w, stats = solve_system(hier, ybar_final, w_init, target)
     return w[::-1], stats
 
 
@@ -139,30 +146,60 @@ def layer_gradient(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, yba
     return over_intervals(one, batch, ys[0])(theta, ys[:-1], hs, ybars[1:])
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 4, 5))
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def differentiable_solve(solver: Any, theta: Any, hs: jnp.ndarray, y0: jnp.ndarray, warm: Any) -> tuple[Any, Any]:
+    """(y_N, new forward states) by ``solver.forward``; under ``jax.grad`` the cotangents come from
+    ``solver.backward``, the adjoint MGRIT solve.
+
+    ``solver`` (static) has ``forward(θ, hs, y0, warm) -> (y_N, states, saved)`` and ``backward(θ, hs, saved,
+    ȳ_N, warm) -> (θ̄, ȳ_0, warm cotangent)``. The step sizes get zero cotangents. The "cotangent" of ``warm``
+    (a warm start the caller threads through the steps, or None) is the solver's new warm start, not a
+    derivative; the cotangent of the returned states is ignored (callers stop their gradient).
+    """
+    y_final, states, _ = solver.forward(theta, hs, y0, warm)
+    return y_final, states
+
+
+def _solve_fwd(solver, theta, hs, y0, warm):
+    y_final, states, saved = solver.forward(theta, hs, y0, warm)
+    return (y_final, states), (theta, hs, saved, warm)
+
+
+def _solve_bwd(solver, residuals, cotangents):
+    theta, hs, saved, warm = residuals
+    g_theta, ybar_0, warm_cotangent = solver.backward(theta, hs, saved, cotangents[0], warm)
+    return g_theta, jnp.zeros_like(hs), ybar_0, warm_cotangent
+
+
+differentiable_solve.defvjp(_solve_fwd, _solve_bwd)
+
+
+@dataclass(frozen=True)
+class _OneDevice:
+    """The :func:`differentiable_solve` solver of :func:`mgrit_propagate`: one device, cold starts."""
+
+    step: Step
+    fwd: MGRITOptions
+    bwd: MGRITOptions
+
+    def forward(self, theta, hs, y0, warm):
+        u, _ = mgrit_solve(self.step, theta, hs, y0, self.fwd)
+        return u[-1], None, u
+
+    def backward(self, theta, hs, u, ybar_final, warm):
+        ybars, _ = adjoint_solve(self.step, theta, hs, u, ybar_final, self.bwd)
+        return layer_gradient(self.step, theta, hs, u, ybars, self.bwd.interval_batch), ybars[0], None
+
+
 def mgrit_propagate(step: Step, theta: Any, hs: jnp.ndarray, y0: jnp.ndarray, fwd_options: MGRITOptions,
                     bwd_options: MGRITOptions) -> jnp.ndarray:
     """y_N by forward MGRIT; under ``jax.grad`` the cotangents come from the adjoint MGRIT solve.
 
     Backward: ȳ by :func:`adjoint_solve` from ȳ_N, then θ̄ by :func:`layer_gradient` and ȳ_0 for y0; the
-    step sizes get zero cotangents. Drop-in for :func:`lpt.model.propagate`.
+    step sizes get zero cotangents. Drop-in for :func:`lpt.model.propagate`; :func:`differentiable_solve`
+    with a one-device solver (:mod:`lpt.api` uses it on every back-end, with warm starts).
     """
-    u, _ = mgrit_solve(step, theta, hs, y0, fwd_options)
-    return u[-1]
-
-
-def _propagate_fwd(step, theta, hs, y0, fwd_options, bwd_options):
-    u, _ = mgrit_solve(step, theta, hs, y0, fwd_options)
-    return u[-1], (theta, hs, u)
-
-
-def _propagate_bwd(step, fwd_options, bwd_options, residuals, ybar_final):
-    theta, hs, u = residuals
-    ybars, _ = adjoint_solve(step, theta, hs, u, ybar_final, bwd_options)
-    return layer_gradient(step, theta, hs, u, ybars, bwd_options.interval_batch), jnp.zeros_like(hs), ybars[0]
-
-
-mgrit_propagate.defvjp(_propagate_fwd, _propagate_bwd)
+    return differentiable_solve(_OneDevice(step, fwd_options, bwd_options), theta, hs, y0, None)[0]
 
 
 def adjoint_initial_guess(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, ybar_final: jnp.ndarray,

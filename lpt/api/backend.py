@@ -1,0 +1,155 @@
+"""The solves behind :func:`lpt.layer_parallel` on the three back-ends, one code per layer chunk (DESIGN §4).
+
+:class:`ChunkedSolver` is the ``solver`` of :func:`lpt.mgrit.adjoint.differentiable_solve`: ``forward`` runs the
+forward FAS-MGRIT solve, ``backward`` the adjoint MGRIT solve and the layer gradient. Each runs one function per
+layer chunk, written against a :class:`~lpt.parallel.comm.Comm`: called directly on one device (``SingleComm``)
+and on an MPI rank (``MPIComm``: every rank passes the whole parameter stack and holds its chunk's states), and
+under ``jax.shard_map`` over the "layers" (and "data") axes of a mesh (``MeshComm``). The parameters come in
+whole and replicated; each chunk slices its layers (``lpt.mgrit.layout.chunk``), and the layer gradient is
+gathered over the chunks (and summed over data ranks), so y_N, ȳ_0 and the gradient are the same everywhere.
+States (the warm start) stay per chunk: (n_local+1, …) per chunk, chunk after chunk on a mesh.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from lpt.mgrit.adjoint import adjoint_chunk, layer_gradient
+from lpt.mgrit.layout import Layout, chunk, paired_layouts
+from lpt.mgrit.options import MGRITOptions
+from lpt.mgrit.solve import forward_hierarchy, initial_guess, padded, solve_system
+
+
+class Warm(NamedTuple):
+    """The one-shot warm start that the caller threads through the training steps.
+
+    Attributes:
+        ys: forward states of the last step, per layer chunk (chunks × (n_local+1), …flat state).
+        ybars: adjoint states of the last step, same layout.
+        valid: 1.0 when the states hold a previous step's solution, 0.0 for a cold start (the cheap coarse-level
+            guess is used); a float, so that ``jax.grad`` can return the next warm start as its "cotangent".
+    """
+
+    ys: jnp.ndarray
+    ybars: jnp.ndarray
+    valid: jnp.ndarray
+
+
+def _owned(comm: Any, owner: int, x: jnp.ndarray) -> jnp.ndarray:
+    """``x`` of chunk ``owner`` on every chunk (a masked sum over the chunks: exact)."""
+    return comm.layer_sum(jnp.where(comm.layer_rank() == owner, x, jnp.zeros_like(x)))
+
+
+@dataclass(frozen=True)
+class ChunkedSolver:
+    """Forward and adjoint MGRIT of y_{n+1} = step(θ_n, y_n, h_n), n < ``n``, on one back-end (hashable: the
+    static argument of the compiled solves).
+
+    Attributes:
+        step: the step on flat states (:class:`lpt.api.state.FlatStep`).
+        fwd, bwd: options of the forward and the adjoint solve.
+        n: the depth N.
+        comm: ``SingleComm``, ``MeshComm`` (with ``mesh``) or ``MPIComm``.
+        mesh: the mesh of a ``MeshComm``, else None.
+        tol: relative tolerance ‖r‖₂ ≤ tol·‖u‖₂ of both solves; 0: the options' own stopping rule.
+    """
+
+    step: Any
+    fwd: MGRITOptions
+    bwd: MGRITOptions
+    n: int
+    comm: Any
+    mesh: Any = None
+    tol: float = 0.0
+
+    @property
+    def layouts(self) -> tuple[Layout, Layout]:
+        return paired_layouts(self.n, self.fwd, self.bwd, self.comm.layers)
+
+    @property
+    def local_chunks(self) -> int:
+        """Chunks whose states this process holds: all of them on one device or a mesh, one on an MPI rank."""
+        return self.comm.layers if self.mesh is not None or self.comm.layers == 1 else 1
+
+    def _target(self, dtype: Any) -> jnp.ndarray | None:
+        return jnp.asarray(self.tol, dtype) if self.tol > 0 else None
+
+    def _specs(self) -> tuple[P, P]:
+        """(states, one state) partition specs on the mesh: samples split over "data" when there are data ranks."""
+        if self.comm.data > 1:
+            return P("layers", "data"), P("data")
+        return P("layers"), P()
+
+    def _run(self, fn, args: tuple, in_specs: tuple, out_specs: tuple):
+        if self.mesh is None:
+            return fn(*args)
+        return jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)(*args)
+
+    def _local(self, theta: Any, hs: jnp.ndarray) -> tuple[Any, jnp.ndarray]:
+        layout = self.layouts[0]
+        return chunk((theta, hs), self.comm.layer_rank(), layout.n_local)
+
+    def _forward_chunk(self, theta, hs, y0, warm):
+        comm, layout = self.comm, self.layouts[0]
+        hier = forward_hierarchy(self.step, *self._local(theta, hs), self.fwd, layout, comm)
+        u_init = None
+        if warm is not None:
+            u_init = jax.lax.cond(warm.valid > 0, lambda: warm.ys,
+                                  lambda: initial_guess(hier, y0).astype(warm.ys.dtype))
+        ys, stats = solve_system(hier, y0, u_init, self._target(y0.dtype))
+        owner = (layout.n - 1) // layout.n_local
+        return ys, _owned(comm, owner, ys[layout.n - owner * layout.n_local]), stats
+
+    @partial(jax.jit, static_argnums=0)
+    def solve(self, theta: Any, hs: jnp.ndarray, y0: jnp.ndarray, warm: Warm | None):
+        """This process's chunk states (local_chunks·(n_local+1), …), y_N and the forward :class:`MGRITStats`."""
+        theta, hs = padded(theta, hs, self.layouts[0])
+        states, state = self._specs()
+        warm_spec = None if warm is None else Warm(states, states, P())
+        return self._run(self._forward_chunk, (theta, hs, y0, warm), (P(), P(), state, warm_spec),
+                         (states, state, P()))
+
+    def _backward_chunk(self, theta, hs, ys, ybar_final, warm):
+        comm, layout = self.comm, self.layouts[1]
+        theta, hs = self._local(theta, hs)
+        w_init, valid = (None, None) if warm is None else (warm.ybars, warm.valid > 0)
+        ybars, stats = adjoint_chunk(self.step, theta, hs, ys, ybar_final, self.bwd, layout, comm, w_init, valid,
+                                     self._target(ybar_final.dtype))
+        grads = layer_gradient(self.step, theta, hs, ys, ybars, self.bwd.interval_batch)
+        # message: the layer gradient, gathered over the chunks and summed over the data ranks
+        grads = jax.tree_util.tree_map(lambda g: comm.data_sum(comm.layer_gather(g)), grads)
+        return grads, _owned(comm, 0, ybars[0]), ybars, stats
+
+    @partial(jax.jit, static_argnums=0)
+    def adjoint(self, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, ybar_final: jnp.ndarray, warm: Warm | None):
+        """(θ̄ (N, …), ȳ_0, this process's chunk adjoint states, the adjoint :class:`MGRITStats`)."""
+        theta, hs = padded(theta, hs, self.layouts[0])
+        states, state = self._specs()
+        warm_spec = None if warm is None else Warm(states, states, P())
+        grads, ybar_0, ybars, stats = self._run(self._backward_chunk, (theta, hs, ys, ybar_final, warm),
+                                                (P(), P(), states, state, warm_spec), (P(), state, states, P()))
+        return jax.tree_util.tree_map(lambda g: g[: self.n], grads), ybar_0, ybars, stats
+
+    # --- the solver protocol of differentiable_solve ----------------------------------------------------
+    def forward(self, theta, hs, y0, warm):
+        ys, y_final, _ = self.solve(theta, hs, y0, warm)
+        return y_final, ys, ys
+
+    def backward(self, theta, hs, ys, ybar_final, warm):
+        grads, ybar_0, ybars, _ = self.adjoint(theta, hs, ys, ybar_final, warm)
+        new_warm = None if warm is None else Warm(ys, ybars, jnp.ones_like(warm.valid))
+        return grads, ybar_0, new_warm
+
+    def all_states(self, ys: jnp.ndarray) -> jnp.ndarray:
+        """y_0..y_N (N+1, …) from the chunk states (gathered from the ranks on MPI)."""
+        if self.local_chunks != self.comm.layers:
+            ys = self.comm.layer_gather(ys)  # message: all states (only where the caller asks for them)
+        blocks = ys.reshape(self.comm.layers, -1, *ys.shape[1:])
+        flat = jnp.concatenate([blocks[:, :-1].reshape(-1, *ys.shape[1:]), blocks[-1, -1:]], axis=0)
+        return flat[: self.n + 1]
