@@ -73,11 +73,13 @@ class MGRITSolver:
         on_divergence: "serial" recomputes a diverged step serially (stats["fallback"]); "error" only sets
             stats["diverged"] for the trainer to raise.
         comm: communication along the layer chunks (:mod:`lpt.parallel.comm`). Each chunk holds its
-            ``n_local`` layers' states (the warm-start state too); parameters, objective and gradient are
-            the same on every chunk (layer gradients are gathered), so the optimiser runs unchanged.
+            ``n_local`` layers' states (the warm-start state too); without ``local_layers`` parameters,
+            objective and gradient are the same on every chunk (layer gradients are gathered), so the optimiser
+            runs unchanged.
         control: the inexactness control (:class:`lpt.mgrit.control.Control`); with ``adaptive`` the cycle
             counts become minima and ``max_iter`` of the solves is ``control.max_iters``.
-        local_layers: layer-sharded parameters (:mod:`lpt.parallel.sharded`): ``params["layers"]`` given to
+        local_layers: layer-sharded parameters (:mod:`lpt.parallel.sharded`: ``LayerSharded`` on a device mesh,
+            ``ChunkLocal`` on MPI ranks): ``params["layers"]`` given to
             :meth:`value_and_grad` and :meth:`value` is this chunk's ``n_local`` layers of the padded stack, the
             layer gradient returned is this chunk's (nothing gathered), and objective and gradient leave out the
             regularisation, which the caller adds on the whole stack.

@@ -7,7 +7,9 @@
   per-chunk step runs under ``shard_map`` with parameters and optimiser state replicated. Samples are split
   along "data", MGRIT warm-start states along "layers" and "data".
 - ``mpi``: one process per rank; every rank runs the per-chunk step on its slice of the batch, and only
-  rank 0 writes files and prints.
+  rank 0 writes files and prints. With layer chunks each rank holds only its chunk's layer parameters and
+  optimiser state (:class:`~lpt.parallel.sharded.ChunkLocal`, :meth:`Runtime.shard_layers`); checkpoints
+  gather them to rank 0, and a resumed rank takes its chunk back.
 """
 
 from __future__ import annotations
@@ -18,19 +20,24 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 
 from lpt.parallel.comm import Comm
 from lpt.parallel.grid import ProcessorGrid
-from lpt.parallel.sharded import (REPLICATED, SAMPLES, LayerSharded, chunk_state_specs, on_mesh, place, stored_specs,
-                                  shardings)
+from lpt.parallel.sharded import (REPLICATED, SAMPLES, ChunkLocal, LayerSharded, chunk_norm, chunk_state_specs,
+                                  on_mesh, place, shardings, stored_specs, under_layers)
 
 
 @dataclass(frozen=True, eq=False)
 class Runtime:
-    """The processor grid of a run and its communication."""
+    """The processor grid of a run and its communication; ``layer_shards``: MPI ranks hold only their chunk's
+    layer parameters and optimiser state (:meth:`shard_layers`), ``layout`` says where the layer state lives."""
 
     grid: ProcessorGrid
     comm: Comm
+    layer_shards: bool = False
+    layout: str = ""
 
     @classmethod
     def create(cls, grid: ProcessorGrid) -> "Runtime":
@@ -46,7 +53,8 @@ class Runtime:
     def host_state(self, state: Any, batch_axis: int = 0) -> Any:
         """The training state ``state`` whole, for a checkpoint: warm-start states of all layer chunks (and
         data ranks) joined as the mesh joins them (chunk blocks along the layer axis, sample blocks along the
-        batch axis). A collective: every process calls it. MPI ranks other than 0 get their own blocks back."""
+        batch axis), and with ``layer_shards`` the chunks' layer parameters and optimiser state joined along the
+        layer axis. A collective: every process calls it. MPI ranks other than 0 get their own blocks back."""
         if self.grid.processes > 1:
             from jax.experimental import multihost_utils
 
@@ -58,7 +66,6 @@ class Runtime:
             return jax.tree_util.tree_map(whole, state)
         if self.grid.backend != "mpi" or self.grid.size == 1:
             return state
-        import numpy as np
 
         def join(a):
             if getattr(a, "ndim", 0) < 2:  # replicated scalars (valid, mode, count)
@@ -69,6 +76,11 @@ class Runtime:
             chunks = self.comm.layer_comm.gather(np.concatenate(samples, axis=1 + batch_axis), root=0)
             return a if chunks is None else np.concatenate(chunks, axis=0)
 
+        def layers(a):  # message: a layer chunk to rank 0
+            chunks = self.comm.layer_comm.gather(np.asarray(a), root=0)
+            return a if chunks is None else np.concatenate(chunks, axis=0)
+
+        state = self._on_layers(state, layers)
         return state._replace(solver_state=jax.tree_util.tree_map(join, state.solver_state))
 
     def checkpoint_template(self, state: Any, batch_axis: int = 0) -> Any:
@@ -84,10 +96,13 @@ class Runtime:
             shape[1 + batch_axis] *= self.grid.data
             return jax.ShapeDtypeStruct(tuple(shape), a.dtype)
 
+        state = self._on_layers(state, lambda a: jax.ShapeDtypeStruct((a.shape[0] * self.grid.layers, *a.shape[1:]),
+                                                                      a.dtype))
         return state._replace(solver_state=jax.tree_util.tree_map(whole, state.solver_state))
 
     def local_state(self, state: Any, batch_axis: int = 0) -> Any:
-        """This MPI rank's blocks of a whole state (a loaded checkpoint); other back-ends take it whole."""
+        """This MPI rank's blocks of a whole state (a loaded checkpoint): its warm-start blocks and, with
+        ``layer_shards``, its chunk of the layer parameters and optimiser state; other back-ends take it whole."""
         if self.grid.backend != "mpi" or self.grid.size == 1:
             return state
         layer, data = self.comm.layer_comm.Get_rank(), self.comm.data_comm.Get_rank()
@@ -100,7 +115,61 @@ class Runtime:
             index = (slice(None),) * (1 + batch_axis) + (slice(data * cols, (data + 1) * cols),)
             return a[index]
 
+        state = self._on_layers(state, self._own_chunk)
         return state._replace(solver_state=jax.tree_util.tree_map(block, state.solver_state))
+
+    # --- MPI ranks with layer-sharded parameters -------------------------------------------------------
+    def shard_layers(self, solver: Any, depth: int, line_search: bool = False) -> tuple["Runtime", Any]:
+        """The runtime and solver of a depth-``depth`` network: on ``parallel=mpi`` with layer chunks each rank
+        keeps only its chunk's layers (:class:`~lpt.parallel.sharded.ChunkLocal`) when MPI's layout does not
+        pad the depth (chunk p holds layers p·N/P … (p+1)·N/P − 1 of the solve) and the optimiser has no line
+        search (L-BFGS's inner products would need the whole stack); otherwise every rank keeps the whole
+        stack, as ``layout`` then says."""
+        if self.grid.backend != "mpi" or self.grid.layers == 1 or not hasattr(solver, "local_layers"):
+            return self, solver
+        n_pad, where = solver.layouts(depth)[0].n_pad, f"over the {self.grid.layers} layer ranks"
+        if line_search or n_pad != depth:
+            why = ("optimizer=lbfgs: its line search needs the whole stack" if line_search else
+                   f"MGRIT pads depth {depth} to {n_pad} steps; depths that need no padding split")
+            return dataclasses.replace(self, layout=f"layer parameters and optimiser state replicated on every "
+                                                    f"rank ({why})"), solver
+        line = f"layer parameters and optimiser state split {where} ({depth // self.grid.layers} layers each)"
+        sharded = ChunkLocal(dataclasses.replace(solver, local_layers=True))
+        return dataclasses.replace(self, layer_shards=True, layout=line), sharded
+
+    @property
+    def tree_norm(self) -> Callable[[Any], jnp.ndarray]:
+        """‖·‖₂ of a gradient-shaped pytree as this process holds it (summed over the chunks when sharded)."""
+        return chunk_norm(self.comm) if self.layer_shards else optax.tree.norm
+
+    def local_params(self, params: Any) -> Any:
+        """This rank's chunk of parameter-shaped pytree ``params`` (the whole tree unless ``layer_shards``)."""
+        return self._map_layers(params, self._own_chunk) if self.layer_shards else params
+
+    def whole_params(self, params: Any) -> Any:
+        """The whole layer stack on every rank (a collective; for evaluations): the inverse of
+        :meth:`local_params`."""
+        if not self.layer_shards:
+            return params
+        # message: every layer chunk to every rank
+        return self._map_layers(params, lambda a: jnp.asarray(np.concatenate(
+            self.comm.layer_comm.allgather(np.asarray(a)), axis=0)))
+
+    def _own_chunk(self, a: Any) -> Any:
+        rows = a.shape[0] // self.grid.layers
+        rank = self.comm.layer_comm.Get_rank()
+        return a[rank * rows:(rank + 1) * rows]
+
+    @staticmethod
+    def _map_layers(tree: Any, fn: Callable[[Any], Any]) -> Any:
+        return jax.tree_util.tree_map_with_path(lambda path, a: fn(a) if under_layers(path) else a, tree)
+
+    def _on_layers(self, state: Any, fn: Callable[[Any], Any]) -> Any:
+        """``state`` with ``fn`` applied to the layer leaves of its parameters and optimiser state (sharded only)."""
+        if not self.layer_shards:
+            return state
+        return state._replace(params=self._map_layers(state.params, fn),
+                              opt_state=self._map_layers(state.opt_state, fn))
 
     def agree_stop(self) -> Callable[[int], int] | None:
         """How the processes agree on a stop signal (the largest signal number any received), or None for one

@@ -1,8 +1,9 @@
-"""Running a per-chunk function on the ``mesh`` back-end: ``shard_map`` over the ("data", "layers") mesh.
+"""Layer-sharded parameters: on the ``mesh`` back-end :class:`LayerSharded` (``shard_map`` over the ("data",
+"layers") mesh), on the ``mpi`` back-end :class:`ChunkLocal` (each rank holds its chunk's layers).
 
-Parameters and optimiser state are replicated; samples are split along "data"; per-chunk states (the MGRIT
-warm start) are split along "layers" (and "data"). The same per-chunk code runs on the ``single`` and ``mpi``
-back-ends without a wrapper.
+Samples are split along "data"; per-chunk states (the MGRIT warm start) along "layers" (and "data"). Without
+layer chunks, parameters and optimiser state are replicated and the same per-chunk code runs on the ``single``
+and ``mpi`` back-ends without a wrapper.
 """
 
 from __future__ import annotations
@@ -37,11 +38,16 @@ def chunk_state_specs(state: Any, batch_axis: int = 0) -> Any:
     return jax.tree_util.tree_map(lambda a: spec if getattr(a, "ndim", 0) >= 2 else REPLICATED, state)
 
 
+def under_layers(path: tuple) -> bool:
+    """Whether a pytree path passes a ``"layers"`` key (a leaf of the layer stack, its gradient or moments)."""
+    return any(getattr(key, "key", None) == "layers" for key in path)
+
+
 def layer_axis(path: tuple, shape: tuple[int, ...], depth: int, layers: int) -> int | None:
     """The axis of a parameter-shaped leaf (parameters, gradients, optimiser moments, L-BFGS histories) that is
     split over the layer chunks: for leaves under a ``"layers"`` key the first of axes 0 and 1 with ``depth``
     entries, when ``depth`` is a multiple of the chunks; None (replicated) otherwise."""
-    if depth % layers or not any(getattr(key, "key", None) == "layers" for key in path):
+    if depth % layers or not under_layers(path):
         return None
     return next((k for k in (0, 1) if len(shape) > k and shape[k] == depth), None)
 
@@ -54,7 +60,7 @@ def stored_axis(path: tuple, shape: tuple[int, ...], depth: int, layers: int) ->
     scalars, and for everything when ``depth`` is no multiple of the chunks."""
     if depth % layers:
         return None
-    if any(getattr(key, "key", None) == "layers" for key in path):
+    if under_layers(path):
         return layer_axis(path, shape, depth, layers)
     if len(shape) < 2:
         return None
@@ -166,3 +172,93 @@ class LayerSharded:
         value = self._island(chunk_fn, model, params, x, y, state, lambda specs, s_specs: REPLICATED)
         return value + model.regularization(params)
 
+
+
+class ChunkLocal:
+    """A layer-parallel solver whose layer parameters, their gradient and optimiser state live only on the MPI
+    rank of their chunk (``parallel=mpi``, ``parallel.layers`` = P > 1, a depth N that MGRIT does not pad): each
+    rank's ``params["layers"]`` are its N/P layers, the solver (``local_layers``) takes them as they are and
+    returns their gradient (nothing gathered); opening and classifier are replicated. The regularisation of the
+    whole stack is added here from the chunk and a one-layer halo (:func:`chunk_regularization`). Every other
+    attribute is the wrapped solver's."""
+
+    def __init__(self, solver: Any):
+        self.solver = solver
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.solver, name)
+
+    def init_state(self, model, params, x):
+        return self.solver.init_state(model, params, x)
+
+    def value_and_grad(self, model, params, x, y, state):
+        obj, aux, grads, state, stats = self.solver.value_and_grad(model, params, x, y, state)
+        reg, g_reg = chunk_regularization(model, params, self.solver.comm)
+        return obj + reg, aux, jax.tree_util.tree_map(jax.numpy.add, grads, g_reg), state, stats
+
+    def value(self, model, params, x, y, state):
+        return self.solver.value(model, params, x, y, state) + chunk_regularization(model, params,
+                                                                                   self.solver.comm)[0]
+
+    def exact(self) -> "ChunkLocal":
+        """The serial (exact) strategy on the same chunks (``train.on_nonfinite=serial``): the layers are
+        gathered for the serial propagation, the gradient is this chunk's."""
+        return ChunkLocal(_ExactChunks(self.solver))
+
+
+class _ExactChunks:
+    """The exact step of a ``local_layers`` MGRIT solver (its serial branch) as a solver."""
+
+    def __init__(self, solver: Any):
+        self.comm = solver.comm
+        self._exact = solver._exact
+
+    def value_and_grad(self, model, params, x, y, state):
+        return (*self._exact(model, params, x, y), state, {})
+
+    def value(self, model, params, x, y, state):
+        return self._exact(model, params, x, y, grad=False)
+
+
+def chunk_regularization(model, params: Any, comm: Any) -> tuple[Any, Any]:
+    """The regularisation R(θ) of the whole network and its gradient, from this chunk's layers θ_a..θ_b and the
+    previous chunk's last layer θ_{a−1} (a halo, received by ``comm.shift``):
+
+        R = Σ_chunks [R(θ_{a−1}, θ_a, …, θ_b) − R(θ_{a−1})] + R(no layers),
+
+    non-layer entries zero in the chunk terms, as they are in the last term. Exact for regularisers that sum
+    per-layer terms and terms of neighbouring layers (γ_tik/2 Σ‖θ_n‖², γ_ddt/2 Σ‖(θ_n − θ_{n−1})/h‖²) plus terms
+    of the other parameters (γ_class/2 ‖W_c‖²): the halo's own term cancels, the difference across the chunk
+    boundary is counted once. The first chunk's halo is its own first layer (a zero difference). The halo's
+    gradient belongs to the previous chunk's last layer: it is sent back (a reverse shift)."""
+    layers = params["layers"]
+    zeros = {k: jax.tree_util.tree_map(jax.numpy.zeros_like, v) for k, v in params.items() if k != "layers"}
+    # message: one layer's weights from the previous chunk
+    halo = jax.tree_util.tree_map(lambda a: comm.shift(a[-1:], a[:1]), layers)
+
+    def chunk_term(halo, layers):
+        joined = jax.tree_util.tree_map(lambda h, a: jax.numpy.concatenate([h, a]), halo, layers)
+        return model.regularization({**zeros, "layers": joined}) - model.regularization({**zeros, "layers": halo})
+
+    part, (g_halo, g_layers) = jax.value_and_grad(chunk_term, argnums=(0, 1))(halo, layers)
+    # message: the halo's gradient back to the previous chunk, onto its last layer (nothing to the last chunk)
+    g_layers = jax.tree_util.tree_map(
+        lambda g, gh: g.at[-1:].add(comm.shift(gh, jax.numpy.zeros_like(gh), reverse=True)), g_layers, g_halo)
+    empty = jax.tree_util.tree_map(lambda a: a[:0], layers)
+    rest = {k: v for k, v in params.items() if k != "layers"}
+    once, g_rest = jax.value_and_grad(lambda r: model.regularization({**r, "layers": empty}))(rest)
+    # message: one scalar, summed over the chunks
+    return comm.layer_sum(part) + once, {**g_rest, "layers": g_layers}
+
+
+def chunk_norm(comm: Any) -> Callable[[Any], Any]:
+    """``tree -> ‖tree‖₂`` of a parameter-shaped pytree whose layer stacks are split over the layer chunks of
+    ``comm``: the squares of the leaves under ``"layers"`` summed over the chunks, the (replicated) others once."""
+    def norm(tree):
+        flat = jax.tree_util.tree_leaves_with_path(tree)
+        zero = jax.numpy.zeros((), jax.numpy.result_type(*[leaf for _, leaf in flat]))
+        squares = [sum((jax.numpy.sum(jax.numpy.square(leaf)) for path, leaf in flat if under_layers(path) == local),
+                       zero) for local in (True, False)]
+        return jax.numpy.sqrt(comm.layer_sum(squares[0]) + squares[1])  # message: one scalar
+
+    return norm

@@ -23,6 +23,7 @@ from lpt.model import ModelError
 from lpt.parallel import GridError, ProcessorGrid
 from lpt.parallel.faults import is_last_process
 from lpt.parallel.runtime import Runtime
+from lpt.parallel.sharded import ChunkLocal
 from lpt.train.build import ConfigError, LoopSettings, build_dataset, build_model, check_batch, check_dtype
 from lpt.train.checks import StabilityCheck, report_padding
 from lpt.train.memory import device_memory, estimate_step_memory, gib, memory_message
@@ -130,7 +131,7 @@ def _setup(cfg: Mapping[str, Any]) -> _Setup:
     data = build_dataset(cfg)
     model = build_model(cfg["model"], data)
     check_batch(loop, data, cfg["optimizer"].get("name"))
-    optimizer = make_optimizer(cfg["optimizer"])
+    make_optimizer(cfg["optimizer"])  # its option checks, before the grid's
     if cfg["model"].get("arch") == "parareal" and cfg["solver"].get("name") != "serial":
         raise ConfigError(f"model.arch=parareal is trained end-to-end by ordinary backpropagation: use "
                           f"solver=serial, not solver={cfg['solver'].get('name')}")
@@ -139,6 +140,9 @@ def _setup(cfg: Mapping[str, Any]) -> _Setup:
     solver = runtime.with_comm(make_solver(cfg["solver"], full_batch=full_batch))
     if hasattr(solver, "layouts"):
         solver.layouts(model.depth)  # too many layer ranks for this depth: refused before any work
+    # MPI ranks with layer chunks: each keeps its chunk's layers; the clipping norm then sums over the chunks
+    runtime, solver = runtime.shard_layers(solver, model.depth, line_search=needs_value_fn(cfg["optimizer"]))
+    optimizer = make_optimizer(cfg["optimizer"], norm=runtime.tree_norm)
     _check_memory(cfg, model, solver, optimizer, data, dtype, loop, runtime)
     return _Setup(dtype, runtime, loop, seed, data, model, optimizer, full_batch, solver)
 
@@ -197,7 +201,8 @@ class _Run:
     def _initial_state(self) -> None:
         """The state at step 0, or the checkpoint's (``resume``); ``elapsed`` seconds of the run before."""
         s = self.s
-        self.params = s.model.init(jax.random.PRNGKey(s.seed), jnp.dtype(s.dtype))
+        # the whole initialisation on every rank (one random draw), then this rank's chunk (MPI, layer-sharded)
+        self.params = s.runtime.local_params(s.model.init(jax.random.PRNGKey(s.seed), jnp.dtype(s.dtype)))
         solver_state = s.runtime.init_solver_state(s.solver, s.model, self.params, self.x_train[:self.batch])
         self.state = init_state(self.params, s.optimizer, solver_state, jnp.asarray(1.0, jnp.float32),
                                 count_rejections=True)
@@ -209,7 +214,7 @@ class _Run:
                                               s.runtime.checkpoint_template(self.state, self.batch_axis))
             except ValueError as exc:  # another model/optimizer/solver than the checkpoint's
                 raise ConfigError(str(exc)) from exc
-            self.state = s.runtime.local_state(state, self.batch_axis)  # MPI: this rank's warm-start blocks
+            self.state = s.runtime.local_state(state, self.batch_axis)  # MPI: this rank's blocks
             self.elapsed = float(meta.get("time_s", 0.0))
             step = int(self.state.step)
             if step >= s.loop.steps:
@@ -237,16 +242,17 @@ class _Run:
         """The compiled training step (state donated, fault policy inside), its serial fallback, evaluation."""
         s, cfg = self.s, self.cfg
         options = dict(lr=float(cfg["optimizer"]["lr"]), line_search=needs_value_fn(cfg["optimizer"]),
-                       comm=s.runtime.step_comm(s.solver),
+                       comm=s.runtime.step_comm(s.solver), norm=s.runtime.tree_norm,
                        wrap=s.runtime.wrap_step(s.solver, s.model, self.params, self.x_train[:self.batch]))
-        self.guard = NonFiniteGuard(s.loop, lambda: make_train_step(s.model, SerialSolver(), s.optimizer, **options),
+        serial = s.solver.exact() if isinstance(s.solver, ChunkLocal) else SerialSolver()
+        self.guard = NonFiniteGuard(s.loop, lambda: make_train_step(s.model, serial, s.optimizer, **options),
                                     self.save_last_good, lr_scale=float(self.state.lr_scale),
                                     rejections=int(self.state.rejections))
         # the state is donated: the step replaces it in place instead of holding it twice
         self.train_step = make_train_step(s.model, s.solver, s.optimizer, **options, faults=self.guard.policy(),
                                           donate=True)
         self.evaluate = make_evaluate(s.model, s.loop.eval_chunk)
-        self.metric = "acc" if s.data.task == "classification" else "mse"
+        self.metric = "mse" if s.data.task == "regression" else "acc"  # sequence: per-character accuracy
         # every validation column gets a row per logged step (NaN where not evaluated), so columns stay aligned
         self.not_evaluated = {f"val_{k}": math.nan
                               for k in (("acc", "loss") if self.metric == "acc" else ("mse", "rel_err"))}
@@ -296,8 +302,8 @@ class _Run:
     def _row(self, done: int, metrics, stats, nonfinite: bool, evaluated: bool) -> None:
         row = {"step": done, "epoch": done * self.batch / self.n, **{k: float(v) for k, v in metrics.items()},
                "nonfinite": float(nonfinite), **self.not_evaluated}
-        params = self.state.params
-        stats = {**stats, **self.stability.row(params if evaluated else None)}
+        params = self.s.runtime.whole_params(self.state.params) if evaluated else None  # MPI: a gather
+        stats = {**stats, **self.stability.row(params)}
         if evaluated:
             row.update({f"val_{k}": v for k, v in self.evaluate(params, self.x_val, self.y_val).items()})
             self.final = dict(row)
@@ -325,7 +331,9 @@ class _Run:
                  s.data.name, s.model.depth, s.model.width, s.model.layer, s.model.activation,
                  self.cfg["solver"]["name"], self.cfg["optimizer"]["name"], self.n, self.batch, loop.steps)
         report_padding(s.solver, s.model.depth, self.runlog)
-        self.stability.start(self.state.params)
+        if s.runtime.layout:
+            log.info("%s", s.runtime.layout)
+        self.stability.start(s.runtime.whole_params(self.state.params))
         self.progress = RunProgress(loop.steps, self.start, bar=loop.progress and s.runtime.is_root)
         self.t0 = time.perf_counter() - self.elapsed
         # SIGTERM, SIGINT, SIGUSR1: finish the step, checkpoint, exit 128 + signal. MPI ranks agree at every step

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
+import jax
 import optax
 
 OPTIMIZERS = ("sgd", "adam", "lbfgs")
@@ -24,8 +25,24 @@ def _fraction(cfg: Mapping[str, Any], key: str, default: float) -> float:
     return float(value)
 
 
-def make_optimizer(cfg: Mapping[str, Any]) -> optax.GradientTransformationExtraArgs:
-    """Build the optax transformation for config group ``optimizer``.
+def clip_by_global_norm(max_norm: float, norm: Callable[[Any], Any] = optax.tree.norm) -> optax.GradientTransformation:
+    """``optax.clip_by_global_norm`` with the norm as a function: u ← u if ‖u‖ < max_norm, else u·max_norm/‖u‖.
+    On layer-sharded parameters ``norm`` sums the squares of the layer leaves over the chunks
+    (:func:`lpt.parallel.sharded.chunk_norm`), so every chunk scales by the norm of the whole gradient."""
+    def update(updates, state, params=None):
+        del params
+        g_norm = norm(updates)
+        trigger = g_norm < max_norm
+        return jax.tree_util.tree_map(lambda t: jax.lax.select(trigger, t, (t / g_norm.astype(t.dtype)) * max_norm),
+                                      updates), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update)
+
+
+def make_optimizer(cfg: Mapping[str, Any],
+                   norm: Callable[[Any], Any] = optax.tree.norm) -> optax.GradientTransformationExtraArgs:
+    """Build the optax transformation for config group ``optimizer``; ``norm`` is the global norm of a
+    gradient-shaped pytree that ``clip_norm`` clips by (a sum over the chunks on layer-sharded parameters).
 
     Keys: ``name`` (sgd | adam | lbfgs), ``lr``; sgd: ``momentum``, ``nesterov``; adam: ``b1``, ``b2``, ``eps``;
     lbfgs: ``memory_size`` (its step size comes from a zoom line search; ``lr`` scales the search start);
@@ -62,7 +79,7 @@ def make_optimizer(cfg: Mapping[str, Any]) -> optax.GradientTransformationExtraA
     clip = float(cfg.get("clip_norm", 0.0) or 0.0)
     if clip < 0:
         raise ValueError(f"optimizer.clip_norm={clip!r} must be ≥ 0 (0 = off)")
-    return optax.chain(optax.clip_by_global_norm(clip), core) if clip > 0 else core
+    return optax.chain(clip_by_global_norm(clip, norm), core) if clip > 0 else core
 
 
 def needs_value_fn(cfg: Mapping[str, Any]) -> bool:

@@ -82,7 +82,7 @@ def current_lr(opt_state: Any, default: float) -> jnp.ndarray:
 def make_train_step(model: ResNet, solver: Solver, optimizer: optax.GradientTransformationExtraArgs,
                     *, lr: float, line_search: bool, comm: Any = None,
                     wrap: Callable[[Callable], Callable] | None = None, faults: FaultPolicy | None = None,
-                    donate: bool = False) -> Callable:
+                    donate: bool = False, norm: Callable[[Any], jnp.ndarray] = optax.tree.norm) -> Callable:
     """Build the jitted step ``(state, x, y) -> (state, metrics, stats)``.
 
     The step computes (objective, gradient) with the solver, applies the optimiser update θ ← θ + s·Δθ and
@@ -95,6 +95,9 @@ def make_train_step(model: ResNet, solver: Solver, optimizer: optax.GradientTran
     With data-parallel ranks (``comm.data`` > 1) each rank holds its own samples: objective, gradient and
     metrics are averaged over the ranks before the update, so parameters stay identical everywhere. ``wrap``
     adapts the per-chunk step to the back-end (``shard_map`` on a device mesh).
+
+    ``norm`` is the gradient norm logged (on MPI ranks with layer-sharded parameters a sum over the chunks,
+    :func:`lpt.parallel.sharded.chunk_norm`; the non-finite check is reduced over all ranks in any case).
 
     With ``faults`` (and a state that counts ``rejections``) the step applies the policy itself
     (:class:`FaultPolicy`). With ``donate`` the input state's buffers are given to the output (the caller must
@@ -119,7 +122,7 @@ def make_train_step(model: ResNet, solver: Solver, optimizer: optax.GradientTran
         metrics = {
             "objective": obj,
             "loss": aux["loss"],
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": norm(grads),
             "lr": current_lr(opt_state, lr) * scale,
             **{f"train_{k}": data_mean(v) for k, v in model.metrics(aux["outputs"], y).items()},
             "rejected": ~ok,
@@ -190,9 +193,10 @@ def make_evaluate(model: ResNet, chunk: int) -> Callable:
 
     def sums(params, xc, yc, mask):
         out = model.forward(params, xc)
-        if model.task == "classification":
-            return {"correct": jnp.sum(mask * (jnp.argmax(out, -1) == yc)), "loss": jnp.sum(
-                mask * optax.softmax_cross_entropy_with_integer_labels(out, yc))}
+        if model.task != "regression":  # classification; sequence: per sample the mean over its positions
+            per_sample = lambda v: v.reshape(v.shape[0], -1).mean(axis=1)  # noqa: E731
+            return {"correct": jnp.sum(mask * per_sample(jnp.argmax(out, -1) == yc)), "loss": jnp.sum(
+                mask * per_sample(optax.softmax_cross_entropy_with_integer_labels(out, yc)))}
         err = (out - yc).reshape(out.shape[0], -1)
         return {"sq_err": jnp.sum(mask[:, None] * err**2),
                 "sq_ref": jnp.sum(mask[:, None] * yc.reshape(err.shape) ** 2)}
@@ -213,7 +217,7 @@ def make_evaluate(model: ResNet, chunk: int) -> Callable:
                 yc = jnp.pad(yc, [(0, c - m)] + [(0, 0)] * (y.ndim - 1))
             for k, v in jax.device_get(sums(params, xc, yc, mask)).items():
                 total[k] = total.get(k, 0.0) + float(v)
-        if model.task == "classification":
+        if model.task != "regression":
             return {"acc": total["correct"] / n, "loss": total["loss"] / n}
         n_out = model.num_outputs
         return {"mse": total["sq_err"] / (n * n_out),

@@ -1,0 +1,121 @@
+"""Layer-sharded parameters on MPI ranks (issue 13 item 1, ``parallel=mpi``): each rank keeps only its chunk's layer
+parameters and optimiser state, and training equals the one-process run (float64, 1e-10) with Adam, γ_tik, γ_ddt
+(a difference across the chunk boundary), γ_class and gradient clipping; the checkpoint holds the whole state.
+L-BFGS (its line search's inner products would need the whole stack) and depths that MGRIT pads keep the layers
+replicated."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from lpt.cli.compose import compose_config
+from lpt.logging import read_run
+from lpt.mgrit import MGRITSolver
+from lpt.model import ResNet
+from lpt.parallel.comm import SingleComm
+from lpt.parallel.grid import ProcessorGrid
+from lpt.parallel.runtime import Runtime
+from lpt.parallel.sharded import ChunkLocal, chunk_norm, chunk_regularization, layer_specs, on_mesh
+from lpt.train import run
+from test_parallel_comm import mpirun
+
+HERE = Path(__file__).resolve().parent
+RUN = ["solver=mgrit", "dtype=float64", "model.depth=16", "model.gamma_tik=1e-3", "model.gamma_ddt=1e-2",
+       "model.gamma_class=1e-3", "optimizer.clip_norm=0.5", "train.steps=6", "train.eval_every=3",
+       "dataset.n_train=200", "dataset.n_val=50", "logging.progress=false",
+       # step 2's inputs are NaN: it is rejected and recomputed serially (on MPI from the gathered layers)
+       "train.on_nonfinite=serial", "train.inject_nan_at_step=2"]
+
+
+def _checkpoint(run_dir: Path) -> dict[str, np.ndarray]:
+    with np.load(run_dir / "checkpoint.npz") as ckpt:
+        return {name: ckpt[f"leaf_{i:05d}"] for i, name in enumerate(ckpt["names"])}
+
+
+@pytest.mark.slow(seconds=165)
+def test_sharded_mpi_training_equals_one_process(tmp_path):
+    """2 ranks, depth 16: each holds 8 layers (tests/mpi/sharded_check.py asserts shapes, the chunked
+    regularisation and norm, gather and checkpoint blocks); histories (with a serially recomputed step) and final
+    states equal one process's."""
+    proc = mpirun(2, HERE / "mpi" / "sharded_check.py", str(tmp_path / "mpi"), "16", *RUN[3:], timeout=400)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("ok") == 2, proc.stdout[-2000:]
+    run(compose_config(RUN), tmp_path / "single")
+    rec, ref = read_run(tmp_path / "mpi"), read_run(tmp_path / "single")
+    assert (ref.history["grad_norm"] > 0.5).all(), "the clipping is active at every step"
+    np.testing.assert_array_equal(rec.history["step"][rec.history["nonfinite"] == 1], [2])
+    for key in ("loss", "objective", "grad_norm", "lr", "train_acc"):
+        np.testing.assert_allclose(rec.history[key], ref.history[key], rtol=1e-10, atol=1e-14, err_msg=key)
+    np.testing.assert_array_equal(rec.history["val_acc"], ref.history["val_acc"])
+    for key in ("fwd_residual", "bwd_residual"):
+        np.testing.assert_allclose(rec.mgrit[key], ref.mgrit[key], rtol=1e-9, atol=1e-13, err_msg=key)
+    # the checkpoint written by rank 0 holds the whole stack, the Adam moments and the warm-start states
+    mine, theirs = _checkpoint(tmp_path / "mpi"), _checkpoint(tmp_path / "single")
+    assert mine["params.layers.K"].shape[0] == 16 and mine.keys() - {"solver_state.ys", "solver_state.ybars",
+                                                                    "solver_state.valid"} == theirs.keys() - {
+        "solver_state.ys", "solver_state.ybars", "solver_state.valid"}
+    for name, value in theirs.items():
+        if name.startswith(("params", "opt_state")):
+            np.testing.assert_allclose(mine[name], value, rtol=1e-10, atol=1e-13, err_msg=name)
+
+
+@pytest.mark.slow(seconds=120)
+def test_lbfgs_under_mpi_keeps_the_layers_replicated_and_equals_one_process(tmp_path):
+    args = ["solver=mgrit", "dtype=float64", "model.depth=16", "model.gamma_ddt=1e-2", "optimizer=lbfgs",
+            "train.steps=4", "train.eval_every=2", "dataset.n_train=200", "dataset.n_val=50", "logging.progress=false"]
+    exe = Path(sys.executable).with_name("lpt-train")
+    proc = mpirun(2, exe, *args, "parallel=mpi", "parallel.layers=2", f"hydra.run.dir={tmp_path / 'mpi'}",
+                  timeout=400)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "replicated on every rank (optimizer=lbfgs" in proc.stdout + proc.stderr
+    run(compose_config(args), tmp_path / "single")
+    rec, ref = read_run(tmp_path / "mpi"), read_run(tmp_path / "single")
+    for key in ("loss", "objective", "grad_norm", "lr"):
+        np.testing.assert_allclose(rec.history[key], ref.history[key], rtol=1e-10, atol=1e-14, err_msg=key)
+
+
+def _runtime_for(layers: int) -> tuple[Runtime, MGRITSolver]:
+    """An MPI runtime of ``layers`` ranks without MPI (its layout decisions only)."""
+    comm = SingleComm(layers=layers)
+    return Runtime(ProcessorGrid("mpi", layers=layers), comm), MGRITSolver(comm=comm)
+
+
+@pytest.mark.parametrize("depth,line_search,sharded,says", [
+    (16, False, True, "split over the 2 layer ranks (8 layers each)"),
+    (16, True, False, "replicated on every rank (optimizer=lbfgs: its line search needs the whole stack)"),
+    (100, False, False, "replicated on every rank (MGRIT pads depth 100 to 128 steps"),
+])
+def test_which_mpi_runs_shard_their_layers(depth, line_search, sharded, says):
+    runtime, solver = _runtime_for(2)
+    runtime, solver = runtime.shard_layers(solver, depth, line_search)
+    assert runtime.layer_shards == sharded and isinstance(solver, ChunkLocal) == sharded
+    assert says in runtime.layout
+    if sharded:
+        assert solver.local_layers and solver.on_divergence == "serial"  # the wrapped solver's attributes
+
+
+def test_chunked_regularisation_and_norm_equal_the_whole_stacks_on_four_chunks():
+    """The halo regularisation and the chunked norm on 4 chunks (middle chunks receive a halo and send its
+    gradient back), per chunk under ``shard_map`` with the mesh's collectives: the whole stack's value and gradient
+    (float64, 1e-13)."""
+    model = ResNet(input_shape=(2,), num_outputs=5, depth=16, width=4, gamma_tik=1e-3, gamma_ddt=1e-2,
+                   gamma_class=1e-3)
+    params = model.init(jax.random.PRNGKey(1), np.float64)
+    grid = ProcessorGrid("mesh", layers=4)
+    comm = grid.comm()
+    specs = layer_specs(params, 16, 4)
+    reg, grads = jax.jit(on_mesh(lambda p: chunk_regularization(model, p, comm), grid, (specs,),
+                                 (P(), specs)))(params)
+    ref, g_ref = jax.value_and_grad(model.regularization)(params)
+    np.testing.assert_allclose(float(reg), float(ref), rtol=1e-13)
+    for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+    norm = jax.jit(on_mesh(chunk_norm(comm), grid, (specs,), P()))(params)
+    np.testing.assert_allclose(float(norm), float(optax.tree.norm(params)), rtol=1e-13)
