@@ -113,3 +113,30 @@ def test_the_estimate_counts_each_devices_shard_of_layer_sharded_state(tmp_path)
             r.lock.release()
     # the layer stacks are most of the parameters: a quarter of them per device, plus the replicated rest
     assert estimates[4].gradient < 0.35 * estimates[1].gradient and estimates[4].state < estimates[1].state
+
+
+def test_the_estimate_counts_each_mpi_ranks_chunk_of_the_layers():
+    """parallel=mpi with layer shards (ChunkLocal): each rank holds half of the layer stacks of the parameters,
+    gradient and Adam's moments, and all of the opening and classifier; the estimate counts exactly that."""
+    import optax
+
+    from lpt.mgrit import MGRITSolver
+    from lpt.model import ResNet
+    from lpt.parallel.sharded import ChunkLocal
+
+    class TwoRanks:  # the attributes of an MPIComm that the estimate reads
+        layers, data = 2, 1
+
+        def layer_rank(self):
+            return 0
+
+    model = ResNet(input_shape=(2,), num_outputs=3, depth=16, width=8)
+    x = jax.ShapeDtypeStruct((100, 2), jax.numpy.float32)
+    opt = optax.adam(1e-3)
+    whole = estimate_step_memory(model, MGRITSolver(comm=TwoRanks()), opt, x)
+    chunk = estimate_step_memory(model, ChunkLocal(MGRITSolver(comm=TwoRanks(), local_layers=True)), opt, x)
+    params = model.init(jax.random.PRNGKey(0), jax.numpy.float32)
+    layers = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(params["layers"]))
+    assert whole.gradient - chunk.gradient == layers // 2
+    assert whole.state - chunk.state == 3 * layers // 2  # parameters and Adam's two moments
+    assert whole.layer_states == chunk.layer_states

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lpt.parallel.sharded import LayerSharded, stored_axis
+from lpt.parallel.sharded import ChunkLocal, LayerSharded, layer_axis, stored_axis
 
 STATE_ARRAYS = {("serial", "dense"): 1.1, ("serial", "conv"): 2.7, ("mgrit", "dense"): 11.0, ("mgrit", "conv"): 8.0}
 """Arrays of layer states (N + 1) × batch × state size that a step holds at its peak besides the training state,
@@ -43,12 +43,13 @@ class MemoryEstimate(NamedTuple):
         return self.state + self.gradient + self.layer_states
 
 
-def _nbytes(tree: Any, depth: int = 0, layer_chunks: int = 1) -> int:
-    """Bytes of ``tree`` on one device; with ``layer_chunks`` > 1 its layer stacks and matrices (:func:`stored_axis`)
-    are split over that many devices."""
+def _nbytes(tree: Any, depth: int = 0, layer_chunks: int = 1, split_axis=stored_axis) -> int:
+    """Bytes of ``tree`` on one device; with ``layer_chunks`` > 1 the leaves that ``split_axis`` splits (the mesh:
+    layer stacks and matrices, :func:`stored_axis`; MPI: layer stacks, :func:`layer_axis`) are split over that
+    many devices."""
     def size(path, leaf) -> float:
         full = math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize
-        split = layer_chunks > 1 and stored_axis(path, leaf.shape, depth, layer_chunks) is not None
+        split = layer_chunks > 1 and split_axis(path, leaf.shape, depth, layer_chunks) is not None
         return full // layer_chunks if split else full
 
     return int(sum(size(path, leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)))
@@ -58,8 +59,13 @@ def estimate_step_memory(model, solver, optimizer, x: jax.ShapeDtypeStruct, *, l
                          data_ranks: int = 1) -> MemoryEstimate:
     """The estimate for a step on a batch shaped like ``x`` (the whole batch; ``data_ranks`` share it). A
     :class:`~lpt.parallel.sharded.LayerSharded` solver keeps the parameters, their gradient and optimiser state
-    split over its layer chunks (:func:`~lpt.parallel.sharded.stored_axis`)."""
-    layer_chunks = solver.grid.layers if isinstance(solver, LayerSharded) else 1
+    split over its layer chunks (:func:`~lpt.parallel.sharded.stored_axis`), a
+    :class:`~lpt.parallel.sharded.ChunkLocal` one (MPI) its layer stacks (:func:`~lpt.parallel.sharded.layer_axis`)."""
+    layer_chunks, split_axis = 1, stored_axis
+    if isinstance(solver, LayerSharded):
+        layer_chunks = solver.grid.layers
+    elif isinstance(solver, ChunkLocal):
+        layer_chunks, split_axis = solver.comm.layers, layer_axis
     batch = x.shape[0] // data_ranks
     local = jax.ShapeDtypeStruct((batch, *x.shape[1:]), x.dtype)
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x.dtype))
@@ -75,8 +81,8 @@ def estimate_step_memory(model, solver, optimizer, x: jax.ShapeDtypeStruct, *, l
     arrays = STATE_ARRAYS[kind, layer] + (LINE_SEARCH_ARRAYS if line_search and kind == "mgrit" else 0.0)
     layer_states = int(arrays * (steps + 1) * _nbytes(y0))
     per_device = (params, opt_state)
-    return MemoryEstimate(_nbytes(per_device, model.depth, layer_chunks) + _nbytes(solver_state),
-                          _nbytes(params, model.depth, layer_chunks), layer_states)
+    return MemoryEstimate(_nbytes(per_device, model.depth, layer_chunks, split_axis) + _nbytes(solver_state),
+                          _nbytes(params, model.depth, layer_chunks, split_axis), layer_states)
 
 
 def memory_message(estimate: MemoryEstimate, available: int, cfg) -> str | None:
