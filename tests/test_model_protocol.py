@@ -13,18 +13,25 @@ import numpy as np
 import pytest
 
 from lpt.model import PARAM_PARTS, Model, ResNet, propagate
+from lpt.model.transformer import Transformer
 
 MODELS = {
     "dense": lambda: ResNet(input_shape=(2,), num_outputs=3, depth=6, width=5),
     "dense regression": lambda: ResNet(input_shape=(2,), num_outputs=1, depth=5, width=4, task="regression",
                                        activation="relu"),
     "conv": lambda: ResNet(input_shape=(6, 6, 1), num_outputs=4, depth=4, width=3, layer="conv", opening="conv"),
+    "vision transformer": lambda: Transformer(input_shape=(8, 8, 1), num_outputs=3, depth=3, d_model=8, heads=2,
+                                              patch=4),
+    "character transformer": lambda: Transformer(input_shape=(6,), num_outputs=11, depth=3, d_model=8, heads=2,
+                                                 task="sequence"),
     "conv2": lambda: ResNet(input_shape=(6, 6, 1), num_outputs=4, depth=4, width=3, layer="conv2", opening="conv",
                             activation="relu"),
 }
 
 
 def _inputs(model, key, batch=3, dtype=jnp.float64):
+    if model.task == "sequence":  # character indices (the loop passes them in the run's dtype)
+        return jax.random.randint(key, (batch, *model.input_shape), 0, model.num_outputs).astype(dtype)
     return jax.random.normal(key, (batch, *model.input_shape), dtype)
 
 

@@ -1,4 +1,4 @@
-"""Data sets of lpt: peaks, Indian Pines, MNIST and regression tasks (DESIGN.md §5).
+"""Data sets of lpt: peaks, Indian Pines, MNIST, regression tasks and Shakespeare (DESIGN.md §5).
 
 Entry point :func:`load_dataset`; every loader returns a :class:`Dataset` of numpy arrays and raises
 :class:`DataError` for missing or malformed files and invalid options. Files are looked up in the
@@ -18,6 +18,7 @@ from lpt.data.indian_pines import load_indian_pines
 from lpt.data.mnist import load_mnist
 from lpt.data.peaks import load_peaks
 from lpt.data.regression import load_regression_peaks, load_regression_pendulum
+from lpt.data.shakespeare import load_shakespeare
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -30,6 +31,7 @@ __all__ = [
     "load_peaks",
     "load_regression_peaks",
     "load_regression_pendulum",
+    "load_shakespeare",
     "resolve_data_dir",
 ]
 
@@ -40,6 +42,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "cifar10": load_cifar10,
     "regression_peaks": load_regression_peaks,
     "regression_pendulum": load_regression_pendulum,
+    "shakespeare": load_shakespeare,
 }
 """Loader of each data set name accepted by :func:`load_dataset`."""
 

@@ -15,6 +15,7 @@ import numpy as np
 from lpt.data import DataError, Dataset, load_dataset
 from lpt.model import ResNet
 from lpt.model.parareal import PARAREAL_KEYS, ParaRealNet
+from lpt.model.transformer import TRANSFORMER_KEYS, Transformer
 
 MODEL_KEYS = ("depth", "width", "T", "activation", "layer", "opening", "kernel_size", "init_scale",
               "gamma_tik", "gamma_ddt", "gamma_class", "conv_impl", "conv_layout")
@@ -115,14 +116,17 @@ def check_finite(data: Dataset) -> Dataset:
     return data
 
 
-ARCHITECTURES = ("resnet", "parareal")
+ARCHITECTURES = ("resnet", "parareal", "transformer")
 
 
 def build_model(model_cfg: Mapping[str, Any], data: Dataset):
-    """Build the network of config group ``model`` (``arch``: resnet | parareal) for the shapes of ``data``."""
+    """Build the network of config group ``model`` (``arch``: resnet | parareal | transformer) for the shapes of
+    ``data``."""
     arch = model_cfg.get("arch", "resnet")
     if arch == "parareal":
         return _build_parareal(model_cfg, data)
+    if arch == "transformer":
+        return _build_transformer(model_cfg, data)
     if arch != "resnet":
         raise ConfigError(f"model.arch={arch!r} is not a known architecture; choose one of {list(ARCHITECTURES)}")
     unknown = sorted(set(model_cfg) - set(MODEL_KEYS) - {"arch"})
@@ -146,6 +150,18 @@ def _build_parareal(model_cfg: Mapping[str, Any], data: Dataset) -> ParaRealNet:
     resnet = build_model({**{k: v for k, v in model_cfg.items() if k in MODEL_KEYS}, "arch": "resnet"}, data)
     return ParaRealNet(resnet=resnet, num_parallel=model_cfg.get("num_parallel", 4),
                        coarse_units=model_cfg.get("coarse_units"), precond=model_cfg.get("precond"))
+
+
+def _build_transformer(model_cfg: Mapping[str, Any], data: Dataset) -> Transformer:
+    """The transformer of config group ``model`` (``arch: transformer``, :data:`TRANSFORMER_KEYS`): a vision
+    transformer on image classification data, a causal character model on sequence data."""
+    unknown = sorted(set(model_cfg) - set(TRANSFORMER_KEYS) - {"arch"})
+    if unknown:
+        raise ConfigError(f"model: unknown option(s) {unknown} for model.arch=transformer; valid options are "
+                          f"{list(TRANSFORMER_KEYS)}")
+    # null is a value of causal (decided by the task); of the other options it means the default
+    kwargs = {k: v for k, v in model_cfg.items() if k in TRANSFORMER_KEYS and (v is not None or k == "causal")}
+    return Transformer(input_shape=data.x_train.shape[1:], num_outputs=data.num_outputs, task=data.task, **kwargs)
 
 
 def check_batch(loop: LoopSettings, data: Dataset, optimizer_name: str) -> None:

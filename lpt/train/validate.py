@@ -115,6 +115,9 @@ def _probe_dataset(model_cfg: Mapping[str, Any]) -> Dataset:
     """A one-sample data set that fits any model (image inputs for convolutional layers): for the data-free
     checks."""
     shape = (1,) if model_cfg.get("layer", "dense") == "dense" else (1, 1, 1)
+    if model_cfg.get("arch") == "transformer":  # one image patch (the sequence-only checks run with the data)
+        patch = model_cfg.get("patch", 7)
+        shape = (patch, patch, 1) if isinstance(patch, int) and 0 < patch < 1024 else (1, 1, 1)
     x = np.zeros((1, *shape), np.float32)
     y = np.zeros((1,), np.int32)
     return Dataset(x, y, x, y, "classification", 1, "probe")
@@ -199,7 +202,7 @@ def _check_memory(cfg: Mapping[str, Any], loop: LoopSettings, model) -> None:
     """
     net = getattr(model, "resnet", model)  # ParaRealNet wraps the ResNet it cuts
     depth, width = net.depth, net.width
-    k2 = 1 if net.layer == "dense" else net.kernel_size**2
+    k2 = net.kernel_size**2 if net.layer in ("conv", "conv2") else 1
     units = depth
     if net is not model:
         units += (model.num_parallel - 1) * model.coarse_units
