@@ -248,3 +248,17 @@ def test_charlm_preset_reports_nats_per_character(tmp_path, shared_data):
     # at initialisation the loss is about ln 80 = 4.38 nats per character; accuracy is per character
     assert 3.0 < h["val_loss"][-1] < 6.0 and 0.0 <= h["val_acc"][-1] <= 1.0
     assert abs(h["loss"][0] - np.log(80)) < 1.5
+    # the README's sampler reads the run's config and checkpoint: the prompt and 20 characters of the vocabulary
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from lpt.data.shakespeare import shakespeare_vocabulary
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "sample_charlm.py"
+    out = [subprocess.run([sys.executable, str(script), str(tmp_path), "--chars", "20", "--prompt", "ROMEO.",
+                           "--seed", "0"], capture_output=True, text=True, timeout=300) for _ in range(2)]
+    assert out[0].returncode == 0, out[0].stderr[-2000:]
+    text = out[0].stdout[:-1]  # print's newline
+    assert text.startswith("ROMEO.") and len(text) == 26 and set(text) <= set(shakespeare_vocabulary(shared_data))
+    assert out[1].stdout == out[0].stdout  # seeded
