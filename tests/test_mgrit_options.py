@@ -116,6 +116,8 @@ def test_from_config_backward_settings_and_errors():
                         ({"warm_start": "sometimes"}, "solver.warm_start"), ({"cfactor": 1}, "solver.cfactor"),
                         ({"on_divergence": "ignore"}, "solver.on_divergence"), ({"cfactr": 4}, "cfactr"),
                         ({"growth_cycles": -2}, "solver.growth_cycles"),
-                        ({"bwd_growth_cycles": 1.5}, "solver.bwd_growth_cycles")]:
+                        ({"bwd_growth_cycles": 1.5}, "solver.bwd_growth_cycles"),
+                        ({"control": "adaptive", "growth_cycles": -1}, "solver.growth_cycles"),  # checked, if unused
+                        ({"control": "adaptive", "bwd_growth_cycles": "x"}, "solver.bwd_growth_cycles")]:
         with pytest.raises(ValueError, match=option.replace(".", r"\.")):
             MGRITSolver.from_config(bad)

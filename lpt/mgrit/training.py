@@ -115,14 +115,9 @@ class MGRITSolver:
         if not isinstance(cfactor, (int, str)) and hasattr(cfactor, "__iter__"):
             cfactor = tuple(cfactor)
         max_levels = get("max_levels", 10)
-        for name, default in (("fwd_iters", 3), ("bwd_iters", 3)):
-            value = get(name, default)
-            require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                    f"solver.{name}={value!r} must be an integer ≥ 1 (MGRIT cycles per training step)")
-        bwd_levels = get("bwd_levels")
-        require(bwd_levels is None or (isinstance(bwd_levels, int) and not isinstance(bwd_levels, bool)
-                                       and bwd_levels >= 1),
-                f"solver.bwd_levels={bwd_levels!r} must be null (= max_levels) or an integer ≥ 1")
+        fwd_iters, bwd_iters = (_count(get, key, 1, why="MGRIT cycles per training step")
+                                for key in ("fwd_iters", "bwd_iters"))
+        bwd_levels = _count(get, "bwd_levels", 1, null="max_levels")
         bwd_tol = get("bwd_tol")
         require(bwd_tol is None or (isinstance(bwd_tol, (int, float)) and not isinstance(bwd_tol, bool)
                                     and bwd_tol >= 0),
@@ -134,7 +129,6 @@ class MGRITSolver:
         control = Control(kind=get("control", "fixed"), tol=get("control_tol", 1e-2),
                           max_iters=get("control_max_iters", 6), every=get("control_every", 50),
                           min_cos=get("control_min_cos", 0.95), tightenings=get("control_tightenings", 2))
-        fwd_iters, bwd_iters = get("fwd_iters", 3), get("bwd_iters", 3)
         if control.adaptive:
             require(control.max_iters >= max(fwd_iters, bwd_iters),
                     f"solver.control_max_iters={control.max_iters} must be ≥ solver.fwd_iters={fwd_iters} and "
@@ -142,10 +136,10 @@ class MGRITSolver:
         most = control.max_iters if control.adaptive else None
         # fixed control: more cycles where a solve ends above its start (the adaptive control has its own target);
         # by default on the forward solve only (README "One-shot accuracy": the adjoint's cost more than they gain)
-        growth, bwd_growth = get("growth_cycles", 2), get("bwd_growth_cycles", 0)
-        require(bwd_growth is None or (isinstance(bwd_growth, int) and not isinstance(bwd_growth, bool)
-                                       and bwd_growth >= 0),
-                f"solver.bwd_growth_cycles={bwd_growth!r} must be null (= growth_cycles) or an integer ≥ 0")
+        # (checked also where the adaptive control turns them off)
+        growth = _count(get, "growth_cycles", 0, why="more cycles at most when a solve's residual ends above its "
+                                                     "start; 0 = off")
+        bwd_growth = _count(get, "bwd_growth_cycles", 0, null="growth_cycles")
         growth, bwd_growth = (0, 0) if control.adaptive else (growth, growth if bwd_growth is None else bwd_growth)
         abs_tol = get("abs_tol", 0.0)
         fwd = MGRITOptions(**common, max_levels=max_levels, max_iter=most or fwd_iters, abs_tol=abs_tol,
@@ -324,6 +318,21 @@ class MGRITSolver:
 
         loss, vjp, outputs = jax.vjp(head_loss, params["classifier"], y_final, has_aux=True)
         return (loss, outputs), vjp
+
+
+COUNT_DEFAULTS = {"fwd_iters": 3, "bwd_iters": 3, "bwd_levels": None, "growth_cycles": 2, "bwd_growth_cycles": 0}
+
+
+def _count(get: Callable[[str, Any], Any], key: str, minimum: int, *, null: str | None = None,
+           why: str = "") -> int | None:
+    """The integer option ``solver.<key>`` (≥ ``minimum``; with ``null`` also None, meaning that option), checked
+    in one place with one message."""
+    value = get(key, COUNT_DEFAULTS[key])
+    ok = (null is not None and value is None) or (isinstance(value, int) and not isinstance(value, bool)
+                                                  and value >= minimum)
+    require(ok, f"solver.{key}={value!r} must be " + (f"null (= {null}) or " if null else "")
+            + f"an integer ≥ {minimum}" + (f" ({why})" if why else ""))
+    return value
 
 
 def _from_chunk(comm, owner: int, x: jnp.ndarray) -> jnp.ndarray:
