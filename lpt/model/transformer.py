@@ -32,8 +32,8 @@ from lpt.model.propagate import propagate
 from lpt.model.resnet import ModelError, Params, ResNet
 
 TransformerTask = Literal["classification", "sequence"]
-TRANSFORMER_KEYS = ("depth", "d_model", "heads", "mlp_ratio", "T", "causal", "patch", "init_scale", "gamma_tik",
-                    "gamma_ddt", "gamma_class")
+TRANSFORMER_KEYS = ("depth", "d_model", "heads", "mlp_ratio", "T", "causal", "patch", "init_scale", "embed_scale",
+                    "gamma_tik", "gamma_ddt", "gamma_class")
 """Options of config group ``model`` with ``arch: transformer``."""
 LN_EPS = 1e-5
 
@@ -85,6 +85,9 @@ class Transformer:
         task: "classification" (one label per image, mean over tokens) or "sequence" (next-character
             prediction at every position, loss in nats per character).
         init_scale: block weights are drawn N(0, init_scale²/fan_in).
+        embed_scale: X_0 is this factor times the embedding. The blocks see X only through LayerNorm, so the
+            Jacobian of a step falls as 1/‖X‖: a larger scale makes the coarse steps of MGRIT stable (H·ρ < 2)
+            and the blocks' updates smaller relative to the state (README "Transformers").
         gamma_tik, gamma_ddt, gamma_class: the regularisation weights of :meth:`ResNet.regularization`.
     """
 
@@ -99,6 +102,7 @@ class Transformer:
     patch: int = 7
     task: TransformerTask = "classification"
     init_scale: float = 1.0
+    embed_scale: float = 1.0
     gamma_tik: float = 0.0
     gamma_ddt: float = 0.0
     gamma_class: float = 0.0
@@ -119,6 +123,10 @@ class Transformer:
                  and self.T > 0, f"model.T={self.T!r} must be a positive finite number (final time; h = T/depth)")
         _require(self.causal in (None, True, False), f"model.causal={self.causal!r} must be true, false or null "
                  f"(null: causal for sequences, not for images)")
+        _require(isinstance(self.embed_scale, (int, float)) and not isinstance(self.embed_scale, bool)
+                 and math.isfinite(self.embed_scale) and self.embed_scale > 0,
+                 f"model.embed_scale={self.embed_scale!r} must be a positive finite number (X_0 = embed_scale · "
+                 f"embedding)")
         for name in ("init_scale", "gamma_tik", "gamma_ddt", "gamma_class"):
             value = getattr(self, name)
             _require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -201,10 +209,10 @@ class Transformer:
         indices (given as integers or as exact floats), plus the learned positions."""
         p = params["opening"]
         if self.task == "sequence":
-            return jnp.take(p["E"], x.astype(jnp.int32), axis=0) + p["pos"]
+            return self.embed_scale * (jnp.take(p["E"], x.astype(jnp.int32), axis=0) + p["pos"])
         B, (H, W, C), s = x.shape[0], self.input_shape, self.patch
         patches = x.reshape(B, H // s, s, W // s, s, C).transpose(0, 1, 3, 2, 4, 5).reshape(B, self.tokens, -1)
-        return patches @ p["W"] + p["b"] + p["pos"]
+        return self.embed_scale * (patches @ p["W"] + p["b"] + p["pos"])
 
     def step(self, theta_n: dict[str, jnp.ndarray], y: jnp.ndarray, h: jnp.ndarray) -> jnp.ndarray:
         """Φ_n(X) = X + h(φ₁(X) + φ₂(X + φ₁(X))), φ₁ = attention ∘ LN₁, φ₂ = MLP ∘ LN₂ (Jiang et al. 2026)."""
