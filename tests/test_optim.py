@@ -57,3 +57,21 @@ def test_lbfgs_refuses_weight_decay_in_one_line():
     with pytest.raises(ValueError, match=r"optimizer.weight_decay=0.01 is not available with optimizer=lbfgs .* "
                                          r"model.gamma_tik"):
         make_optimizer({"name": "lbfgs", "lr": 1.0, "weight_decay": 0.01})
+
+
+def test_clip_norm_scales_a_long_gradient_to_the_norm_and_keeps_a_short_one():
+    """optimizer.clip_norm (lpt's clip_by_global_norm, whose norm the MPI layer shards replace): u·c/‖u‖ when
+    ‖u‖ > c, u unchanged otherwise, as optax's clip_by_global_norm."""
+    import jax.numpy as jnp
+    import optax
+
+    from lpt.train.optim import clip_by_global_norm
+
+    clip = clip_by_global_norm(1.0)
+    state = clip.init({"a": jnp.zeros(2)})
+    long = {"a": jnp.asarray([3.0, 4.0])}
+    short = {"a": jnp.asarray([0.3, 0.4])}
+    np.testing.assert_allclose(clip.update(long, state)[0]["a"], [0.6, 0.8], rtol=1e-12)
+    np.testing.assert_array_equal(clip.update(short, state)[0]["a"], short["a"])
+    ref = optax.clip_by_global_norm(1.0)
+    np.testing.assert_array_equal(clip.update(long, state)[0]["a"], ref.update(long, ref.init(long))[0]["a"])

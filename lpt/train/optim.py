@@ -36,7 +36,7 @@ def clip_by_global_norm(max_norm: float, norm: Callable[[Any], Any] = optax.tree
         return jax.tree_util.tree_map(lambda t: jax.lax.select(trigger, t, (t / g_norm.astype(t.dtype)) * max_norm),
                                       updates), state
 
-    return optax.GradientTransformation(optax.init_empty_state, update)
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def make_optimizer(cfg: Mapping[str, Any],
