@@ -23,7 +23,8 @@ from jax.sharding import PartitionSpec as P
 from lpt.mgrit.adjoint import adjoint_chunk, layer_gradient
 from lpt.mgrit.layout import Layout, chunk, paired_layouts
 from lpt.mgrit.options import MGRITOptions
-from lpt.mgrit.solve import forward_hierarchy, initial_guess, padded, solve_system
+from lpt.mgrit.solve import final_state, forward_hierarchy, initial_guess, padded, solve_system
+from lpt.parallel.comm import from_chunk
 
 
 class Warm(NamedTuple):
@@ -39,11 +40,6 @@ class Warm(NamedTuple):
     ys: jnp.ndarray
     ybars: jnp.ndarray
     valid: jnp.ndarray
-
-
-def _owned(comm: Any, owner: int, x: jnp.ndarray) -> jnp.ndarray:
-    """``x`` of chunk ``owner`` on every chunk (a masked sum over the chunks: exact)."""
-    return comm.layer_sum(jnp.where(comm.layer_rank() == owner, x, jnp.zeros_like(x)))
 
 
 @dataclass(frozen=True)
@@ -103,8 +99,7 @@ class ChunkedSolver:
             u_init = jax.lax.cond(warm.valid > 0, lambda: warm.ys,
                                   lambda: initial_guess(hier, y0).astype(warm.ys.dtype))
         ys, stats = solve_system(hier, y0, u_init, self._target(y0.dtype))
-        owner = (layout.n - 1) // layout.n_local
-        return ys, _owned(comm, owner, ys[layout.n - owner * layout.n_local]), stats
+        return ys, final_state(ys, layout, comm), stats
 
     @partial(jax.jit, static_argnums=0)
     def solve(self, theta: Any, hs: jnp.ndarray, y0: jnp.ndarray, warm: Warm | None):
@@ -124,7 +119,7 @@ class ChunkedSolver:
         grads = layer_gradient(self.step, theta, hs, ys, ybars, self.bwd.interval_batch)
         # message: the layer gradient, gathered over the chunks and summed over the data ranks
         grads = jax.tree_util.tree_map(lambda g: comm.data_sum(comm.layer_gather(g)), grads)
-        return grads, _owned(comm, 0, ybars[0]), ybars, stats
+        return grads, from_chunk(comm, 0, ybars[0]), ybars, stats
 
     @partial(jax.jit, static_argnums=0)
     def adjoint(self, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, ybar_final: jnp.ndarray, warm: Warm | None):

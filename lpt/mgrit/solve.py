@@ -18,7 +18,7 @@ from lpt.mgrit.layout import Layout, make_layout
 from lpt.mgrit.options import MGRITOptions
 from lpt.mgrit.relax import f_sweep, landing, residual_norm, serial_sweep
 from lpt.model import Step
-from lpt.parallel.comm import SingleComm
+from lpt.parallel.comm import SingleComm, from_chunk
 
 SINGLE = SingleComm()
 
@@ -165,6 +165,14 @@ def forward_hierarchy(step: Step, theta: Any, hs: jnp.ndarray, options: MGRITOpt
                       comm: Any = SINGLE) -> Hierarchy:
     """The forward system's chunk hierarchy for this chunk's weights ``theta`` and step sizes ``hs``."""
     return chunk_hierarchy(step, theta, hs, options, forward_restriction(options), layout, comm)
+
+
+def final_state(ys: jnp.ndarray, layout: Layout, comm: Any) -> jnp.ndarray:
+    """y_N on every chunk from this chunk's states with halo ``ys`` (n_local+1, …): the state after the last real
+    layer, taken from the chunk that holds it. The identity steps after it carry y_N unchanged only within its
+    interval (or once converged), and how many there are depends on the processor grid."""
+    owner = (layout.n - 1) // layout.n_local
+    return from_chunk(comm, owner, ys[layout.n - owner * layout.n_local])
 
 
 def padded(theta: Any, hs: jnp.ndarray, layout: Layout) -> tuple[Any, jnp.ndarray]:

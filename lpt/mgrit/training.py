@@ -29,12 +29,12 @@ from lpt.mgrit.divergence import anywhere, solve_diverged
 from lpt.mgrit.hierarchy import pad_states, pad_zeros
 from lpt.mgrit.layout import Layout, chunk, paired_layouts
 from lpt.mgrit.options import MGRITOptions, require
-from lpt.mgrit.solve import (MGRITStats, convergence_factor, forward_hierarchy, forward_restriction, initial_guess,
-                             last_factor, padded, solve_system)
+from lpt.mgrit.solve import (MGRITStats, convergence_factor, final_state, forward_hierarchy, forward_restriction,
+                             initial_guess, last_factor, padded, solve_system)
 from lpt.mgrit.stability import coarse_step_stability, stability_message
 from lpt.model import Params
 from lpt.model.serial import SerialSolver, data_objective
-from lpt.parallel.comm import SingleComm
+from lpt.parallel.comm import SingleComm, from_chunk
 
 OnDivergence = Literal["error", "serial"]
 
@@ -224,7 +224,7 @@ class MGRITSolver:
         w_init = None if w_init is None else exact_padding(w_init, ybar_final, b_layout, comm)[::-1]
         w, bstats = solve_system(hier, ybar_final, w_init, target, self.min_iters[1])
         ybars = w[::-1]
-        ybar_0 = _from_chunk(comm, 0, ybars[0])
+        ybar_0 = from_chunk(comm, 0, ybars[0])
         layers = layer_gradient(model.step, fw.theta, fw.hs, fw.ys, ybars, self.bwd.interval_batch)
         if not self.local_layers:
             layers = jax.tree_util.tree_map(lambda g: comm.layer_gather(g)[: model.depth], layers)  # message: θ̄
@@ -305,10 +305,7 @@ class MGRITSolver:
         hier = forward_hierarchy(model.step, theta, hs, self.fwd, layout, comm)
         u_init = self._guess(state, "ys", lambda: initial_guess(hier, y0))
         ys, stats = solve_system(hier, y0, u_init, target, self.min_iters[0])
-        # y_N, after the last real layer: the identity steps after it carry y_N unchanged only within its interval
-        # (or once converged), and how many there are depends on the processor grid
-        owner = (layout.n - 1) // layout.n_local
-        return _Forward(open_vjp, theta, hs, ys, _from_chunk(comm, owner, ys[layout.n - owner * layout.n_local]), stats)
+        return _Forward(open_vjp, theta, hs, ys, final_state(ys, layout, comm), stats)
 
     @staticmethod
     def _head_vjp(model, params: Params, y: jnp.ndarray, y_final: jnp.ndarray):
@@ -333,12 +330,6 @@ def _count(get: Callable[[str, Any], Any], key: str, minimum: int, *, null: str 
     require(ok, f"solver.{key}={value!r} must be " + (f"null (= {null}) or " if null else "")
             + f"an integer ≥ {minimum}" + (f" ({why})" if why else ""))
     return value
-
-
-def _from_chunk(comm, owner: int, x: jnp.ndarray) -> jnp.ndarray:
-    """``x`` of chunk ``owner`` on every chunk (a masked sum over the chunks: exact)."""
-    # message: one state, reduced over the layer chunks
-    return comm.layer_sum(jnp.where(comm.layer_rank() == owner, x, jnp.zeros_like(x)))
 
 
 def solve_stats(prefix: str, stats: MGRITStats) -> dict[str, jnp.ndarray]:

@@ -81,6 +81,12 @@ def data_mean(comm: Any) -> Any:
     return lambda tree: jax.tree_util.tree_map(lambda a: comm.data_sum(a) / comm.data, tree)
 
 
+def from_chunk(comm: Any, owner: int, x: jnp.ndarray) -> jnp.ndarray:
+    """``x`` of chunk ``owner`` on every chunk (a masked sum over the chunks: exact)."""
+    # message: one state, reduced over the layer chunks
+    return comm.layer_sum(jnp.where(comm.layer_rank() == owner, x, jnp.zeros_like(x)))
+
+
 def _select_boundary(is_end: jnp.ndarray, boundary: jnp.ndarray, received: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(is_end, boundary, received)
 
