@@ -20,11 +20,10 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from lpt.mgrit.adjoint import adjoint_chunk, layer_gradient
+from lpt.mgrit.adjoint import adjoint_gradient_chunk
 from lpt.mgrit.layout import Layout, chunk, paired_layouts
 from lpt.mgrit.options import MGRITOptions
-from lpt.mgrit.solve import final_state, forward_hierarchy, initial_guess, padded, solve_system
-from lpt.parallel.comm import from_chunk
+from lpt.mgrit.solve import forward_chunk, padded
 
 
 class Warm(NamedTuple):
@@ -92,14 +91,9 @@ class ChunkedSolver:
         return chunk((theta, hs), self.comm.layer_rank(), layout.n_local)
 
     def _forward_chunk(self, theta, hs, y0, warm):
-        comm, layout = self.comm, self.layouts[0]
-        hier = forward_hierarchy(self.step, *self._local(theta, hs), self.fwd, layout, comm)
-        u_init = None
-        if warm is not None:
-            u_init = jax.lax.cond(warm.valid > 0, lambda: warm.ys,
-                                  lambda: initial_guess(hier, y0).astype(warm.ys.dtype))
-        ys, stats = solve_system(hier, y0, u_init, self._target(y0.dtype))
-        return ys, final_state(ys, layout, comm), stats
+        u_init, valid = (None, None) if warm is None else (warm.ys, warm.valid > 0)
+        return forward_chunk(self.step, *self._local(theta, hs), y0, self.fwd, self.layouts[0], self.comm, u_init,
+                             valid, self._target(y0.dtype))
 
     @partial(jax.jit, static_argnums=0)
     def solve(self, theta: Any, hs: jnp.ndarray, y0: jnp.ndarray, warm: Warm | None):
@@ -111,15 +105,14 @@ class ChunkedSolver:
                          (states, state, P()))
 
     def _backward_chunk(self, theta, hs, ys, ybar_final, warm):
-        comm, layout = self.comm, self.layouts[1]
-        theta, hs = self._local(theta, hs)
+        comm = self.comm
         w_init, valid = (None, None) if warm is None else (warm.ybars, warm.valid > 0)
-        ybars, stats = adjoint_chunk(self.step, theta, hs, ys, ybar_final, self.bwd, layout, comm, w_init, valid,
-                                     self._target(ybar_final.dtype))
-        grads = layer_gradient(self.step, theta, hs, ys, ybars, self.bwd.interval_batch)
+        grads, ybar_0, ybars, stats = adjoint_gradient_chunk(
+            self.step, *self._local(theta, hs), ys, ybar_final, self.bwd, self.layouts[1], comm, w_init=w_init,
+            valid=valid, target=self._target(ybar_final.dtype))
         # message: the layer gradient, gathered over the chunks and summed over the data ranks
         grads = jax.tree_util.tree_map(lambda g: comm.data_sum(comm.layer_gather(g)), grads)
-        return grads, from_chunk(comm, 0, ybars[0]), ybars, stats
+        return grads, ybar_0, ybars, stats
 
     @partial(jax.jit, static_argnums=0)
     def adjoint(self, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, ybar_final: jnp.ndarray, warm: Warm | None):

@@ -28,9 +28,9 @@ from lpt.mgrit.hierarchy import Level, average, inject_last, pad_states
 from lpt.mgrit.layout import Layout, make_layout
 from lpt.mgrit.options import MGRITOptions
 from lpt.mgrit.solve import (SINGLE, MGRITStats, chunk_hierarchy, initial_guess, map_levels, mgrit_solve, padded,
-                             solve_system)
+                             solve_system, warm_or_guess)
 from lpt.model import Step
-from lpt.parallel.comm import ReversedComm
+from lpt.parallel.comm import ReversedComm, from_chunk
 
 
 def _reverse(tree: Any) -> Any:
@@ -76,18 +76,28 @@ def adjoint_hierarchy(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, 
 
 def adjoint_chunk(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, ybar_final: jnp.ndarray,
                   options: MGRITOptions, layout: Layout, comm: Any = SINGLE, w_init: jnp.ndarray | None = None,
-                  valid: jnp.ndarray | None = None,
-                  target: jnp.ndarray | None = None) -> tuple[jnp.ndarray, MGRITStats]:
+                  valid: jnp.ndarray | None = None, target: jnp.ndarray | None = None,
+                  min_iter: int = 1) -> tuple[jnp.ndarray, MGRITStats]:
     """This chunk's adjoint states ȳ (n_local+1, …, forward order, the right end a halo) by MGRIT, from
-    ``w_init`` (a warm start; used where ``valid`` is true when given, else the cheap coarse guess) or, without
-    it, the nested iteration; ``target``: a relative tolerance as in :func:`solve_system`."""
+    ``w_init`` (a warm start; used where ``valid`` is true when given, else the cheap coarse guess:
+    :func:`~lpt.mgrit.solve.warm_or_guess`) or, without it, the nested iteration; ``target``, ``min_iter`` as in
+    :func:`solve_system`."""
     hier = adjoint_hierarchy(step, theta, hs, ys, options, layout, comm)
-    if w_init is not None and valid is not None:
-        warm = w_init
-        w_init = jax.lax.cond(valid, lambda: warm, lambda: initial_guess(hier, ybar_final)[::-1].astype(warm.dtype))
+    w_init = warm_or_guess(hier, ybar_final, w_init, valid, reverse=True)
     w_init = None if w_init is None else exact_padding(w_init, ybar_final, layout, comm)[::-1]
-    w, stats = solve_system(hier, ybar_final, w_init, target)
+    w, stats = solve_system(hier, ybar_final, w_init, target, min_iter)
     return w[::-1], stats
+
+
+def adjoint_gradient_chunk(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, ybar_final: jnp.ndarray,
+                           options: MGRITOptions, layout: Layout, comm: Any = SINGLE, **solve: Any):
+    """The backward pass of one layer chunk: adjoint states ȳ (:func:`adjoint_chunk`, ``solve``: its warm start,
+    target and ``min_iter``), this chunk's layer gradient (n_local, …; :func:`layer_gradient`), ȳ_0 on every chunk,
+    and the adjoint stats: (θ̄ chunk, ȳ_0, ȳ, stats). The one gradient assembly of the training solver and of
+    :func:`lpt.layer_parallel`; gathering the chunks' θ̄ is the caller's."""
+    ybars, stats = adjoint_chunk(step, theta, hs, ys, ybar_final, options, layout, comm, **solve)
+    grads = layer_gradient(step, theta, hs, ys, ybars, options.interval_batch)
+    return grads, from_chunk(comm, 0, ybars[0]), ybars, stats
 
 
 def exact_padding(ybars: jnp.ndarray, ybar_final: jnp.ndarray, layout: Layout, comm: Any) -> jnp.ndarray:

@@ -167,6 +167,30 @@ def forward_hierarchy(step: Step, theta: Any, hs: jnp.ndarray, options: MGRITOpt
     return chunk_hierarchy(step, theta, hs, options, forward_restriction(options), layout, comm)
 
 
+def warm_or_guess(hier: Hierarchy, g0: jnp.ndarray, warm: jnp.ndarray | None, valid: jnp.ndarray | None,
+                  reverse: bool = False) -> jnp.ndarray | None:
+    """The initial iterate of a one-shot solve: ``warm`` (a previous step's states) where ``valid`` is true, else
+    the cheap coarse-level guess (in ``warm``'s dtype: line searches may try parameters of a promoted dtype);
+    ``warm`` alone, or None (the solver's nested iteration), when ``valid`` or ``warm`` is None. ``reverse``:
+    ``warm`` is in forward order and ``hier`` a reversed (adjoint) index."""
+    if warm is None or valid is None:
+        return warm
+    cheap = lambda: initial_guess(hier, g0)[:: -1 if reverse else 1].astype(warm.dtype)  # noqa: E731
+    return jax.lax.cond(valid, lambda: warm, cheap)
+
+
+def forward_chunk(step: Step, theta: Any, hs: jnp.ndarray, y0: jnp.ndarray, options: MGRITOptions, layout: Layout,
+                  comm: Any = SINGLE, u_init: jnp.ndarray | None = None, valid: jnp.ndarray | None = None,
+                  target: jnp.ndarray | None = None, min_iter: int = 1) -> tuple[jnp.ndarray, jnp.ndarray, MGRITStats]:
+    """This chunk's states y (n_local+1, …, the right end a halo), y_N (on every chunk) and the stats of the
+    forward FAS-MGRIT solve of one layer chunk (``theta``, ``hs``: its n_local steps), from ``u_init`` (a warm
+    start, see :func:`warm_or_guess`) or the nested iteration; ``target``, ``min_iter`` as in
+    :func:`solve_system`. The one forward solve of the training solver and of :func:`lpt.layer_parallel`."""
+    hier = forward_hierarchy(step, theta, hs, options, layout, comm)
+    ys, stats = solve_system(hier, y0, warm_or_guess(hier, y0, u_init, valid), target, min_iter)
+    return ys, final_state(ys, layout, comm), stats
+
+
 def final_state(ys: jnp.ndarray, layout: Layout, comm: Any) -> jnp.ndarray:
     """y_N on every chunk from this chunk's states with halo ``ys`` (n_local+1, …): the state after the last real
     layer, taken from the chunk that holds it. The identity steps after it carry y_N unchanged only within its

@@ -23,18 +23,17 @@ from typing import Any, Callable, Literal, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lpt.mgrit.adjoint import adjoint_hierarchy, exact_padding, layer_gradient
+from lpt.mgrit.adjoint import adjoint_gradient_chunk
 from lpt.mgrit.control import Adaptive, Control, cosine
 from lpt.mgrit.divergence import anywhere, solve_diverged
 from lpt.mgrit.hierarchy import pad_states, pad_zeros
 from lpt.mgrit.layout import Layout, chunk, paired_layouts
 from lpt.mgrit.options import MGRITOptions, require
-from lpt.mgrit.solve import (MGRITStats, convergence_factor, final_state, forward_hierarchy, forward_restriction,
-                             initial_guess, last_factor, padded, solve_system)
+from lpt.mgrit.solve import MGRITStats, convergence_factor, forward_chunk, forward_restriction, last_factor, padded
 from lpt.mgrit.stability import coarse_step_stability, stability_message
 from lpt.model import Params
 from lpt.model.serial import SerialSolver, data_objective
-from lpt.parallel.comm import SingleComm, from_chunk
+from lpt.parallel.comm import SingleComm
 
 OnDivergence = Literal["error", "serial"]
 
@@ -218,14 +217,9 @@ class MGRITSolver:
         fw = self._forward(model, params, x, state, target)
         (loss, outputs), head_vjp = self._head_vjp(model, params, y, fw.y_final)
         g_class, ybar_final = head_vjp(jnp.ones_like(loss))
-        b_layout = self.layouts(model.depth)[1]
-        hier = adjoint_hierarchy(model.step, fw.theta, fw.hs, fw.ys, self.bwd, b_layout, comm)
-        w_init = self._guess(state, "ybars", lambda: initial_guess(hier, ybar_final)[::-1])
-        w_init = None if w_init is None else exact_padding(w_init, ybar_final, b_layout, comm)[::-1]
-        w, bstats = solve_system(hier, ybar_final, w_init, target, self.min_iters[1])
-        ybars = w[::-1]
-        ybar_0 = from_chunk(comm, 0, ybars[0])
-        layers = layer_gradient(model.step, fw.theta, fw.hs, fw.ys, ybars, self.bwd.interval_batch)
+        layers, ybar_0, ybars, bstats = adjoint_gradient_chunk(
+            model.step, fw.theta, fw.hs, fw.ys, ybar_final, self.bwd, self.layouts(model.depth)[1], comm,
+            **self._warm(state, "ybars"), target=target, min_iter=self.min_iters[1])
         if not self.local_layers:
             layers = jax.tree_util.tree_map(lambda g: comm.layer_gather(g)[: model.depth], layers)  # message: θ̄
         grads = {"opening": fw.open_vjp(ybar_0)[0], "layers": layers, "classifier": g_class}
@@ -284,13 +278,11 @@ class MGRITSolver:
         layers = jax.tree_util.tree_map(lambda g: pad_zeros(g, n_local * comm.layers), grads["layers"])
         return obj, aux, {**grads, "layers": chunk(layers, comm.layer_rank(), n_local)}
 
-    def _guess(self, state, name: str, cheap: Callable[[], jnp.ndarray]) -> jnp.ndarray | None:
-        """Initial iterate: previous states when warm and valid, else the cheap guess (None: solver default)."""
+    def _warm(self, state, name: str) -> dict[str, Any]:
+        """The warm start of one solve (the previous step's states ``name`` and whether they are valid), or none."""
         if not self.warm_start:
-            return None
-        warm = getattr(state, name)
-        # line searches may evaluate trial parameters of a promoted dtype: keep the state's
-        return jax.lax.cond(state.valid, lambda: warm, lambda: cheap().astype(warm.dtype))
+            return {}
+        return {"valid": state.valid, "u_init" if name == "ys" else "w_init": getattr(state, name)}
 
     def _forward(self, model, params: Params, x: jnp.ndarray, state, target) -> _Forward:
         comm = self.comm
@@ -302,10 +294,9 @@ class MGRITSolver:
         else:
             theta, hs = chunk(padded(params["layers"], model.step_sizes(y0.dtype), layout), comm.layer_rank(),
                               layout.n_local)
-        hier = forward_hierarchy(model.step, theta, hs, self.fwd, layout, comm)
-        u_init = self._guess(state, "ys", lambda: initial_guess(hier, y0))
-        ys, stats = solve_system(hier, y0, u_init, target, self.min_iters[0])
-        return _Forward(open_vjp, theta, hs, ys, final_state(ys, layout, comm), stats)
+        ys, y_final, stats = forward_chunk(model.step, theta, hs, y0, self.fwd, layout, comm, **self._warm(state, "ys"),
+                                           target=target, min_iter=self.min_iters[0])
+        return _Forward(open_vjp, theta, hs, ys, y_final, stats)
 
     @staticmethod
     def _head_vjp(model, params: Params, y: jnp.ndarray, y_final: jnp.ndarray):
