@@ -11,10 +11,16 @@ import optax
 OPTIMIZERS = ("sgd", "adam", "lbfgs")
 
 
-def _positive(cfg: Mapping[str, Any], key: str) -> float:
-    value = cfg.get(key)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"optimizer.{key}={value!r} must be a positive finite number")
+def _number(cfg: Mapping[str, Any], key: str, default: float | None = None, positive: bool = False) -> float:
+    """The finite number ``optimizer.<key>``: > 0 with ``positive``, else ≥ 0 (null: ``default``)."""
+    value = cfg.get(key, default)
+    if value is None and not positive:
+        return default
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not (ok and (value > 0 if positive else value >= 0)):
+        off = " (0 = off)" if default == 0 else ""
+        valid = "a positive finite number" if positive else f"a finite number ≥ 0{off}"
+        raise ValueError(f"optimizer.{key}={value!r} must be {valid}")
     return float(value)
 
 
@@ -50,25 +56,26 @@ def make_optimizer(cfg: Mapping[str, Any],
     scaling, times ``lr``; 0 = off); all: ``clip_norm`` (global gradient-norm clipping, 0 = off).
     """
     name = cfg.get("name")
-    lr = _positive(cfg, "lr")
-    decay = float(cfg.get("weight_decay", 0.0) or 0.0)
-    if decay < 0:
-        raise ValueError(f"optimizer.weight_decay={decay!r} must be ≥ 0 (0 = off)")
+    lr = _number(cfg, "lr", positive=True)
+    decay, clip, eps = (_number(cfg, key, default)
+                        for key, default in (("weight_decay", 0.0), ("clip_norm", 0.0), ("eps", 1e-8)))
+    if not isinstance(cfg.get("nesterov", False), bool):
+        raise ValueError(f"optimizer.nesterov={cfg['nesterov']!r} must be true or false")
     # decoupled weight decay (Loshchilov & Hutter): θ ← θ − lr·(direction + weight_decay·θ), the decay added after
     # the momentum / adaptive scaling, so it is neither averaged in the momentum nor divided by Adam's √v
     decayed = [optax.add_decayed_weights(decay)] if decay > 0 else []
     if name == "sgd":
         momentum = _fraction(cfg, "momentum", 0.9)
-        core = optax.chain(*([optax.trace(momentum, bool(cfg.get("nesterov", False)))] if momentum else []), *decayed,
+        core = optax.chain(*([optax.trace(momentum, cfg.get("nesterov", False))] if momentum else []), *decayed,
                            optax.scale_by_learning_rate(lr))
     elif name == "adam":
         core = optax.chain(optax.scale_by_adam(b1=_fraction(cfg, "b1", 0.9), b2=_fraction(cfg, "b2", 0.999),
-                                               eps=float(cfg.get("eps", 1e-8))), *decayed,
+                                               eps=eps), *decayed,
                            optax.scale_by_learning_rate(lr))
     elif name == "lbfgs":
         memory = cfg.get("memory_size", 10)
-        if not isinstance(memory, int) or memory < 1:
-            raise ValueError(f"optimizer.memory_size={memory!r} must be a positive integer")
+        if not isinstance(memory, int) or isinstance(memory, bool) or memory < 1:
+            raise ValueError(f"optimizer.memory_size={memory!r} must be an integer ≥ 1 (L-BFGS history length)")
         if decay > 0:
             raise ValueError(f"optimizer.weight_decay={decay!r} is not available with optimizer=lbfgs (its line "
                              f"search minimises the objective, which a decay outside it would not match); "
@@ -76,9 +83,6 @@ def make_optimizer(cfg: Mapping[str, Any],
         core = optax.lbfgs(learning_rate=lr, memory_size=memory)
     else:
         raise ValueError(f"optimizer.name={name!r} is not a known optimizer; choose one of {list(OPTIMIZERS)}")
-    clip = float(cfg.get("clip_norm", 0.0) or 0.0)
-    if clip < 0:
-        raise ValueError(f"optimizer.clip_norm={clip!r} must be ≥ 0 (0 = off)")
     return optax.chain(clip_by_global_norm(clip, norm), core) if clip > 0 else core
 
 

@@ -12,7 +12,6 @@ when the data is loaded, still before compilation.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Mapping
 
@@ -36,10 +35,6 @@ MEMORY_CHECK_FROM = 2**30
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def _wrap(exc: ValueError, group: str) -> ConfigError:
@@ -162,17 +157,7 @@ def _check_solver(solver_cfg: Mapping[str, Any], depth: int) -> None:
 
 
 def _check_optimizer(opt_cfg: Mapping[str, Any]) -> None:
-    """Types the optimiser factory converts without checking, then the factory's own checks."""
-    for key in ("eps", "clip_norm", "weight_decay"):
-        value = opt_cfg.get(key, 0.0)
-        if value is not None and not (_is_number(value) and math.isfinite(value) and value >= 0):
-            raise ConfigError(f"optimizer.{key}={value!r} must be a finite number ≥ 0"
-                              + (" (0 = off)" if key != "eps" else ""))
-    if "nesterov" in opt_cfg and not isinstance(opt_cfg["nesterov"], bool):
-        raise ConfigError(f"optimizer.nesterov={opt_cfg['nesterov']!r} must be true or false")
-    memory = opt_cfg.get("memory_size", 10)
-    if opt_cfg.get("name") == "lbfgs" and not (_is_int(memory) and memory >= 1):
-        raise ConfigError(f"optimizer.memory_size={memory!r} must be an integer ≥ 1 (L-BFGS history length)")
+    """The optimiser factory's own checks (every optimiser option is checked there, once)."""
     try:
         make_optimizer(opt_cfg)
     except ValueError as exc:
