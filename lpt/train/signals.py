@@ -84,6 +84,10 @@ class StopRequest:
             agreed = int(self._agree(self.signum or 0))
             if agreed and self.signum is None:
                 self.signum = agreed
+            # the agreed answer, not this process's: a signal that arrives during the collective reaches only
+            # this process, which would stop alone (and wait for ever in the checkpoint's gather); it counts at the
+            # next agreement, on every process
+            return agreed != 0
         return self.signum is not None
 
     @property
