@@ -1,8 +1,8 @@
-"""Layer-sharded parameters on MPI ranks (issue 13 item 1, ``parallel=mpi``): each rank keeps only its chunk's layer
-parameters and optimiser state, and training equals the one-process run (float64, 1e-10) with Adam, γ_tik, γ_ddt
-(a difference across the chunk boundary), γ_class and gradient clipping; the checkpoint holds the whole state.
-L-BFGS (its line search's inner products would need the whole stack) and depths that MGRIT pads keep the layers
-replicated."""
+"""Layer-sharded parameters on MPI ranks (issue 13 item 1, ``parallel=mpi``): each rank keeps only its chunk's real
+layer parameters and optimiser state (on a depth that MGRIT pads the last rank fewer, no pad layer anywhere), and
+training equals the one-process run (float64, 1e-10) with Adam, γ_tik, γ_ddt (a difference across the chunk
+boundary), γ_class and gradient clipping; the checkpoint holds the whole state. L-BFGS (its line search's inner
+products would need the whole stack) and paddings that leave a rank no real layer keep the layers replicated."""
 
 from __future__ import annotations
 
@@ -40,14 +40,19 @@ def _checkpoint(run_dir: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.slow(seconds=165)
-def test_sharded_mpi_training_equals_one_process(tmp_path):
-    """2 ranks, depth 16: each holds 8 layers (tests/mpi/sharded_check.py asserts shapes, the chunked
-    regularisation and norm, gather and checkpoint blocks); histories (with a serially recomputed step) and final
-    states equal one process's."""
-    proc = mpirun(2, HERE / "mpi" / "sharded_check.py", str(tmp_path / "mpi"), "16", *RUN[3:], timeout=400)
+@pytest.mark.parametrize("depth,held", [(16, "layers 0..7 of 16|layers 8..15 of 16"),
+                                        (13, "layers 0..7 of 13 (padded to 16)|layers 8..12 of 13 (padded to 16)")])
+def test_sharded_mpi_training_equals_one_process(tmp_path, depth, held):
+    """2 ranks, depth 16 (8 layers each) and depth 13, which MGRIT pads to 16 steps (8 and 5 real layers; the
+    last rank's 3 identity steps exist only inside the solve): tests/mpi/sharded_check.py asserts shapes, the
+    chunked regularisation (γ_ddt across the chunk boundary and up to the last real layer) and norm, gather and
+    checkpoint blocks; histories (with a serially recomputed step) and final states equal one process's."""
+    args = [f"model.depth={depth}", *RUN[3:]]
+    proc = mpirun(2, HERE / "mpi" / "sharded_check.py", str(tmp_path / "mpi"), str(depth), *args, timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert proc.stdout.count("ok") == 2, proc.stdout[-2000:]
-    run(compose_config(RUN), tmp_path / "single")
+    assert all(part in proc.stdout for part in held.split("|")), proc.stdout[-2000:]
+    run(compose_config([*RUN[:2], *args]), tmp_path / "single")
     rec, ref = read_run(tmp_path / "mpi"), read_run(tmp_path / "single")
     assert (ref.history["grad_norm"] > 0.5).all(), "the clipping is active at every step"
     np.testing.assert_array_equal(rec.history["step"][rec.history["nonfinite"] == 1], [2])
@@ -58,7 +63,7 @@ def test_sharded_mpi_training_equals_one_process(tmp_path):
         np.testing.assert_allclose(rec.mgrit[key], ref.mgrit[key], rtol=1e-9, atol=1e-13, err_msg=key)
     # the checkpoint written by rank 0 holds the whole stack, the Adam moments and the warm-start states
     mine, theirs = _checkpoint(tmp_path / "mpi"), _checkpoint(tmp_path / "single")
-    assert mine["params.layers.K"].shape[0] == 16 and mine.keys() - {"solver_state.ys", "solver_state.ybars",
+    assert mine["params.layers.K"].shape[0] == depth and mine.keys() - {"solver_state.ys", "solver_state.ybars",
                                                                     "solver_state.valid"} == theirs.keys() - {
         "solver_state.ys", "solver_state.ybars", "solver_state.valid"}
     for name, value in theirs.items():
@@ -87,18 +92,23 @@ def _runtime_for(layers: int) -> tuple[Runtime, MGRITSolver]:
     return Runtime(ProcessorGrid("mpi", layers=layers), comm), MGRITSolver(comm=comm)
 
 
-@pytest.mark.parametrize("depth,line_search,sharded,says", [
-    (16, False, True, "split over the 2 layer ranks (8 layers each)"),
-    (16, True, False, "replicated on every rank (optimizer=lbfgs: its line search needs the whole stack)"),
-    (100, False, False, "replicated on every rank (MGRIT pads depth 100 to 128 steps"),
+@pytest.mark.parametrize("layers,depth,line_search,sharded,says", [
+    (2, 16, False, True, "split over the 2 layer ranks (8 layers each)"),
+    (2, 16, True, False, "replicated on every rank (optimizer=lbfgs: its line search needs the whole stack)"),
+    (2, 100, False, True, "split over the 2 layer ranks (64 + 36 layers; the 28 identity steps that pad depth 100 "
+                          "to 128 are added inside the solve only)"),
+    (2, 13, True, False, "replicated on every rank (optimizer=lbfgs"),
+    (4, 24, False, False, "replicated on every rank (MGRIT pads depth 24 to 32 steps, which leaves layer rank 3 "
+                          "no real layer)"),
 ])
-def test_which_mpi_runs_shard_their_layers(depth, line_search, sharded, says):
-    runtime, solver = _runtime_for(2)
+def test_which_mpi_runs_shard_their_layers(layers, depth, line_search, sharded, says):
+    runtime, solver = _runtime_for(layers)
     runtime, solver = runtime.shard_layers(solver, depth, line_search)
     assert runtime.layer_shards == sharded and isinstance(solver, ChunkLocal) == sharded
     assert says in runtime.layout
     if sharded:
         assert solver.local_layers and solver.on_divergence == "serial"  # the wrapped solver's attributes
+        assert (runtime.chunk_rows, runtime.depth) == (solver.layouts(depth)[0].n_local, depth)
 
 
 def test_chunked_regularisation_and_norm_equal_the_whole_stacks_on_four_chunks():
@@ -119,3 +129,21 @@ def test_chunked_regularisation_and_norm_equal_the_whole_stacks_on_four_chunks()
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
     norm = jax.jit(on_mesh(chunk_norm(comm), grid, (specs,), P()))(params)
     np.testing.assert_allclose(float(norm), float(optax.tree.norm(params)), rtol=1e-13)
+
+
+def test_the_memory_estimate_counts_the_largest_real_chunk_of_a_padded_depth():
+    """Depth 13 on 2 MPI ranks (padded to 16 steps): the first rank holds 8 real layers of the parameters, gradient
+    and Adam's moments, the second 5; the estimate counts the first rank's 8 of 13 layers, and no pad layer."""
+    from lpt.train.memory import estimate_step_memory
+
+    runtime, solver = _runtime_for(2)
+    runtime, sharded = runtime.shard_layers(solver, 13)
+    assert isinstance(sharded, ChunkLocal)
+    model = ResNet(input_shape=(2,), num_outputs=3, depth=13, width=8)
+    x = jax.ShapeDtypeStruct((100, 2), np.float32)
+    opt = optax.adam(1e-3)
+    whole, chunk = (estimate_step_memory(model, s, opt, x) for s in (solver, sharded))
+    layers = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(model.init(jax.random.PRNGKey(0),
+                                                                               np.float32)["layers"]))
+    assert whole.gradient - chunk.gradient == layers * 5 // 13
+    assert whole.state - chunk.state == 3 * (layers * 5 // 13)  # parameters and Adam's two moments

@@ -32,12 +32,15 @@ from lpt.parallel.sharded import (REPLICATED, SAMPLES, ChunkLocal, LayerSharded,
 @dataclass(frozen=True, eq=False)
 class Runtime:
     """The processor grid of a run and its communication; ``layer_shards``: MPI ranks hold only their chunk's
-    layer parameters and optimiser state (:meth:`shard_layers`), ``layout`` says where the layer state lives."""
+    layer parameters and optimiser state (:meth:`shard_layers`): layer rank p the real layers among
+    p·``chunk_rows`` … (p+1)·``chunk_rows`` − 1 of the ``depth``; ``layout`` says where the layer state lives."""
 
     grid: ProcessorGrid
     comm: Comm
     layer_shards: bool = False
     layout: str = ""
+    chunk_rows: int = 0
+    depth: int = 0
 
     @classmethod
     def create(cls, grid: ProcessorGrid) -> "Runtime":
@@ -96,8 +99,7 @@ class Runtime:
             shape[1 + batch_axis] *= self.grid.data
             return jax.ShapeDtypeStruct(tuple(shape), a.dtype)
 
-        state = self._on_layers(state, lambda a: jax.ShapeDtypeStruct((a.shape[0] * self.grid.layers, *a.shape[1:]),
-                                                                      a.dtype))
+        state = self._on_layers(state, lambda a: jax.ShapeDtypeStruct((self.depth, *a.shape[1:]), a.dtype))
         return state._replace(solver_state=jax.tree_util.tree_map(whole, state.solver_state))
 
     def local_state(self, state: Any, batch_axis: int = 0) -> Any:
@@ -121,21 +123,28 @@ class Runtime:
     # --- MPI ranks with layer-sharded parameters -------------------------------------------------------
     def shard_layers(self, solver: Any, depth: int, line_search: bool = False) -> tuple["Runtime", Any]:
         """The runtime and solver of a depth-``depth`` network: on ``parallel=mpi`` with layer chunks each rank
-        keeps only its chunk's layers (:class:`~lpt.parallel.sharded.ChunkLocal`) when MPI's layout does not
-        pad the depth (chunk p holds layers p·N/P … (p+1)·N/P − 1 of the solve) and the optimiser has no line
-        search (L-BFGS's inner products would need the whole stack); otherwise every rank keeps the whole
-        stack, as ``layout`` then says."""
+        keeps only its chunk's real layers (:class:`~lpt.parallel.sharded.ChunkLocal`: chunk p of the solve's
+        padded stack is layers p·n_local … (p+1)·n_local − 1, of which the last chunks of a padded depth hold
+        fewer real ones; the identity steps' weights are made inside the solve only) unless the optimiser has a
+        line search (L-BFGS's inner products would need the whole stack) or the padding leaves a chunk no real
+        layer; then every rank keeps the whole stack, as ``layout`` then says."""
         if self.grid.backend != "mpi" or self.grid.layers == 1 or not hasattr(solver, "local_layers"):
             return self, solver
-        n_pad, where = solver.layouts(depth)[0].n_pad, f"over the {self.grid.layers} layer ranks"
-        if line_search or n_pad != depth:
+        layout = solver.layouts(depth)[0]
+        counts = [min(layout.n_local, max(depth - p * layout.n_local, 0)) for p in range(self.grid.layers)]
+        if line_search or not all(counts):
             why = ("optimizer=lbfgs: its line search needs the whole stack" if line_search else
-                   f"MGRIT pads depth {depth} to {n_pad} steps; depths that need no padding split")
+                   f"MGRIT pads depth {depth} to {layout.n_pad} steps, which leaves layer rank "
+                   f"{counts.index(0)} no real layer")
             return dataclasses.replace(self, layout=f"layer parameters and optimiser state replicated on every "
                                                     f"rank ({why})"), solver
-        line = f"layer parameters and optimiser state split {where} ({depth // self.grid.layers} layers each)"
+        each = (f"{layout.n_local} layers each" if layout.n_pad == depth else
+                f"{' + '.join(map(str, counts))} layers; the {layout.n_pad - depth} identity steps that pad depth "
+                f"{depth} to {layout.n_pad} are added inside the solve only")
+        line = f"layer parameters and optimiser state split over the {self.grid.layers} layer ranks ({each})"
         sharded = ChunkLocal(dataclasses.replace(solver, local_layers=True))
-        return dataclasses.replace(self, layer_shards=True, layout=line), sharded
+        return dataclasses.replace(self, layer_shards=True, layout=line, chunk_rows=layout.n_local,
+                                   depth=depth), sharded
 
     @property
     def tree_norm(self) -> Callable[[Any], jnp.ndarray]:
@@ -156,9 +165,9 @@ class Runtime:
             self.comm.layer_comm.allgather(np.asarray(a)), axis=0)))
 
     def _own_chunk(self, a: Any) -> Any:
-        rows = a.shape[0] // self.grid.layers
-        rank = self.comm.layer_comm.Get_rank()
-        return a[rank * rows:(rank + 1) * rows]
+        """This layer rank's real layers of a whole stack (rows p·chunk_rows … up to the depth)."""
+        start = self.comm.layer_comm.Get_rank() * self.chunk_rows
+        return a[start:min(start + self.chunk_rows, self.depth)]
 
     @staticmethod
     def _map_layers(tree: Any, fn: Callable[[Any], Any]) -> Any:

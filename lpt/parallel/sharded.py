@@ -13,6 +13,7 @@ from typing import Any, Callable
 import jax
 from jax.sharding import PartitionSpec as P
 
+from lpt.mgrit.hierarchy import pad_states
 from lpt.parallel.comm import data_mean
 from lpt.parallel.grid import ProcessorGrid
 
@@ -173,14 +174,16 @@ class LayerSharded:
         return value + model.regularization(params)
 
 
-
 class ChunkLocal:
     """A layer-parallel solver whose layer parameters, their gradient and optimiser state live only on the MPI
-    rank of their chunk (``parallel=mpi``, ``parallel.layers`` = P > 1, a depth N that MGRIT does not pad): each
-    rank's ``params["layers"]`` are its N/P layers, the solver (``local_layers``) takes them as they are and
-    returns their gradient (nothing gathered); opening and classifier are replicated. The regularisation of the
-    whole stack is added here from the chunk and a one-layer halo (:func:`chunk_regularization`). Every other
-    attribute is the wrapped solver's."""
+    rank of their chunk (``parallel=mpi``, ``parallel.layers`` = P > 1): chunk p of the stack MGRIT pads to
+    n_pad = P·n_local steps holds layers p·n_local … (p+1)·n_local − 1, and each rank's ``params["layers"]`` are
+    the real ones among them (all n_local, fewer on the last chunks of a padded depth). Only for the solve are they
+    extended to n_local by the identity steps' weights (the last layer repeated, as :func:`~lpt.mgrit.hierarchy.
+    pad_states` pads the whole stack), and the solver's (``local_layers``) gradient is cut back to the real layers:
+    the pad layers never reach the optimiser, the regularisation, the norm or a checkpoint. Opening and classifier
+    are replicated. The regularisation of the whole stack is added here from the chunk and a one-layer halo
+    (:func:`chunk_regularization`). Every other attribute is the wrapped solver's."""
 
     def __init__(self, solver: Any):
         self.solver = solver
@@ -192,13 +195,21 @@ class ChunkLocal:
         return self.solver.init_state(model, params, x)
 
     def value_and_grad(self, model, params, x, y, state):
-        obj, aux, grads, state, stats = self.solver.value_and_grad(model, params, x, y, state)
+        obj, aux, grads, state, stats = self.solver.value_and_grad(model, self._padded(model, params), x, y, state)
+        # the gradient of the real layers only (a pad layer's is zero: step(θ, y, 0) = y)
+        grads = {**grads, "layers": jax.tree_util.tree_map(lambda g, a: g[: a.shape[0]], grads["layers"],
+                                                           params["layers"])}
         reg, g_reg = chunk_regularization(model, params, self.solver.comm)
         return obj + reg, aux, jax.tree_util.tree_map(jax.numpy.add, grads, g_reg), state, stats
 
     def value(self, model, params, x, y, state):
-        return self.solver.value(model, params, x, y, state) + chunk_regularization(model, params,
-                                                                                   self.solver.comm)[0]
+        return self.solver.value(model, self._padded(model, params), x, y, state) + chunk_regularization(
+            model, params, self.solver.comm)[0]
+
+    def _padded(self, model, params):
+        """``params`` with this chunk's layers extended to the solve's n_local by identity steps' weights."""
+        n_local = self.solver.layouts(model.depth)[0].n_local
+        return {**params, "layers": jax.tree_util.tree_map(lambda a: pad_states(a, n_local), params["layers"])}
 
     def exact(self) -> "ChunkLocal":
         """The serial (exact) strategy on the same chunks (``train.on_nonfinite=serial``): the layers are
@@ -210,7 +221,7 @@ class _ExactChunks:
     """The exact step of a ``local_layers`` MGRIT solver (its serial branch) as a solver."""
 
     def __init__(self, solver: Any):
-        self.comm = solver.comm
+        self.comm, self.layouts = solver.comm, solver.layouts
         self._exact = solver._exact
 
     def value_and_grad(self, model, params, x, y, state):

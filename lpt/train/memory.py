@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lpt.parallel.sharded import ChunkLocal, LayerSharded, layer_axis, stored_axis
+from lpt.parallel.sharded import ChunkLocal, LayerSharded, stored_axis, under_layers
 
 STATE_ARRAYS = {("serial", "dense"): 1.1, ("serial", "conv"): 2.7, ("mgrit", "dense"): 11.0, ("mgrit", "conv"): 8.0}
 """Arrays of layer states (N + 1) × batch × state size that a step holds at its peak besides the training state,
@@ -43,14 +43,14 @@ class MemoryEstimate(NamedTuple):
         return self.state + self.gradient + self.layer_states
 
 
-def _nbytes(tree: Any, depth: int = 0, layer_chunks: int = 1, split_axis=stored_axis) -> int:
+def _nbytes(tree: Any, depth: int = 0, layer_chunks: int = 1, split_axis=stored_axis, rows: int = 0) -> int:
     """Bytes of ``tree`` on one device; with ``layer_chunks`` > 1 the leaves that ``split_axis`` splits (the mesh:
-    layer stacks and matrices, :func:`stored_axis`; MPI: layer stacks, :func:`layer_axis`) are split over that
-    many devices."""
+    layer stacks and matrices, :func:`stored_axis`; MPI: layer stacks, :func:`_chunk_axis`) are split over that
+    many devices, evenly or, with ``rows``, ``rows`` of the ``depth`` layers on this device."""
     def size(path, leaf) -> float:
         full = math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize
         split = layer_chunks > 1 and split_axis(path, leaf.shape, depth, layer_chunks) is not None
-        return full // layer_chunks if split else full
+        return (full * rows // depth if rows else full // layer_chunks) if split else full
 
     return int(sum(size(path, leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)))
 
@@ -60,12 +60,14 @@ def estimate_step_memory(model, solver, optimizer, x: jax.ShapeDtypeStruct, *, l
     """The estimate for a step on a batch shaped like ``x`` (the whole batch; ``data_ranks`` share it). A
     :class:`~lpt.parallel.sharded.LayerSharded` solver keeps the parameters, their gradient and optimiser state
     split over its layer chunks (:func:`~lpt.parallel.sharded.stored_axis`), a
-    :class:`~lpt.parallel.sharded.ChunkLocal` one (MPI) its layer stacks (:func:`~lpt.parallel.sharded.layer_axis`)."""
-    layer_chunks, split_axis = 1, stored_axis
+    :class:`~lpt.parallel.sharded.ChunkLocal` one (MPI) the real layers of the first chunk of its layer stacks (the
+    largest chunk: n_local layers of the padded stack)."""
+    layer_chunks, split_axis, rows = 1, stored_axis, 0
     if isinstance(solver, LayerSharded):
         layer_chunks = solver.grid.layers
     elif isinstance(solver, ChunkLocal):
-        layer_chunks, split_axis = solver.comm.layers, layer_axis
+        layer_chunks, split_axis = solver.comm.layers, _chunk_axis
+        rows = min(solver.layouts(model.depth)[0].n_local, model.depth)
     batch = x.shape[0] // data_ranks
     local = jax.ShapeDtypeStruct((batch, *x.shape[1:]), x.dtype)
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x.dtype))
@@ -81,8 +83,14 @@ def estimate_step_memory(model, solver, optimizer, x: jax.ShapeDtypeStruct, *, l
     arrays = STATE_ARRAYS[kind, layer] + (LINE_SEARCH_ARRAYS if line_search and kind == "mgrit" else 0.0)
     layer_states = int(arrays * (steps + 1) * _nbytes(y0))
     per_device = (params, opt_state)
-    return MemoryEstimate(_nbytes(per_device, model.depth, layer_chunks, split_axis) + _nbytes(solver_state),
-                          _nbytes(params, model.depth, layer_chunks, split_axis), layer_states)
+    return MemoryEstimate(_nbytes(per_device, model.depth, layer_chunks, split_axis, rows) + _nbytes(solver_state),
+                          _nbytes(params, model.depth, layer_chunks, split_axis, rows), layer_states)
+
+
+def _chunk_axis(path: tuple, shape: tuple[int, ...], depth: int, layers: int) -> int | None:
+    """The layer axis of a layer stack's leaf that MPI ranks split (:class:`~lpt.parallel.sharded.ChunkLocal`, a
+    padded depth too): axis 0 of the leaves under ``"layers"`` with ``depth`` entries."""
+    return 0 if under_layers(path) and shape[:1] == (depth,) else None
 
 
 def memory_message(estimate: MemoryEstimate, available: int, cfg) -> str | None:

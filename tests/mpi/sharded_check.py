@@ -3,8 +3,9 @@
 Arguments: run directory, depth, then Hydra overrides (``parallel.data=D``: D data ranks, the others layer ranks).
 Every rank builds the run as ``lpt-train`` does, trains it (``_Run.train``: the log and checkpoint are written
 into the run directory, for the test to compare with one process) and checks:
-- its ``params["layers"]`` and the Adam moments hold its N/P layers (its rows of the whole initialisation), before
-  and after training; opening and classifier are whole;
+- its ``params["layers"]`` and the Adam moments hold its real layers of the padded stack (layer rank p: rows
+  p·n_local … (p+1)·n_local − 1 below N of the whole initialisation; fewer on the last rank when MGRIT pads the
+  depth, never a pad layer), before and after training; opening and classifier are whole;
 - the regularisation from the chunks (halo across the chunk boundary) equals the one of the whole stack, its
   gradient this chunk's rows of the whole gradient (float64, 1e-13);
 - the gradient norm summed over the chunks equals the norm of the whole tree;
@@ -34,11 +35,13 @@ layers = ranks // data
 cfg = compose_config(["solver=mgrit", "dtype=float64", "parallel=mpi", f"parallel.layers={layers}",
                       f"model.depth={depth}", *overrides])
 r = _Run(cfg, run_dir, _setup(cfg))
-s, n_local = r.s, depth // layers
+s, layout = r.s, r.s.solver.layouts(depth)[0]
 assert isinstance(s.solver, ChunkLocal) and s.runtime.layer_shards, s.runtime.layout
 whole = s.model.init(jax.random.PRNGKey(s.seed), jnp.float64)
 layer_rank = rank % layers
-rows = slice(layer_rank * n_local, (layer_rank + 1) * n_local)
+rows = slice(layer_rank * layout.n_local, min((layer_rank + 1) * layout.n_local, depth))
+n_local = rows.stop - rows.start  # this rank's real layers
+print(f"rank {rank}: layers {rows.start}..{rows.stop - 1} of {depth} (padded to {layout.n_pad})", flush=True)
 
 
 def layer_leaves(tree):
