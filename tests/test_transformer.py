@@ -245,8 +245,10 @@ TINY_VIT = ["dataset.n_train=64", "dataset.n_val=32", "model.depth=8", "model.d_
 
 @pytest.mark.slow(seconds=60)
 def test_vit_mnist_preset_trains_with_mgrit_and_adaptive_control(tmp_path, shared_data):
-    cfg = compose_config(["+experiment=vit_mnist", *TINY_VIT, "solver=mgrit", "solver.control=adaptive",
-                          "solver.control_every=2", "solver.control_min_cos=0.0", f"data_dir={shared_data}"])
+    # min_coarse 2: the preset's 8 would leave depth 8 a single level (a serial sweep, no coarse level to test)
+    cfg = compose_config(["+experiment=vit_mnist", *TINY_VIT, "solver=mgrit", "solver.min_coarse=2",
+                          "solver.control=adaptive", "solver.control_every=2", "solver.control_min_cos=0.0",
+                          f"data_dir={shared_data}"])
     result = run(cfg, tmp_path)
     rec = read_run(result.log_path)
     h, m = rec.history, rec.mgrit
@@ -282,3 +284,34 @@ def test_charlm_preset_reports_nats_per_character(tmp_path, shared_data):
     text = out[0].stdout[:-1]  # print's newline
     assert text.startswith("ROMEO.") and len(text) == 26 and set(text) <= set(shakespeare_vocabulary(shared_data))
     assert out[1].stdout == out[0].stdout  # seeded
+
+
+@pytest.mark.slow(seconds=25)
+def test_vit_mnist_preset_mgrit_factor_is_bounded_in_depth(capsys, shared_data):
+    """The preset's hierarchy (cfactor 2 down to min_coarse = 8 steps) keeps the coarsest step H = T/8 at every
+    depth, and at its initial weights (init_scale 0.5) H·ρ < 0.5 on every coarse level: the cold solve's factor
+    is the same at N = 16 and 64 (README "Transformers": 0.167 / 0.188 / 0.188 at N = 16 / 32 / 64, 32 samples,
+    8 cycles; with init_scale 1, H·ρ ≈ 1.75 on the coarsest level and 0.138 / 0.561 / 0.660, not flat)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "check_convergence.py"
+    spec = importlib.util.spec_from_file_location("check_convergence", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    def report(depth: int) -> tuple[list[int], list[float], float]:
+        script.main(["vit_mnist", f"model.depth={depth}", "dataset.n_train=16", "dataset.n_val=8", "--samples", "8",
+                     "--cycles", "6", f"data_dir={shared_data}"])
+        out = capsys.readouterr().out.splitlines()
+        levels = [int(n) for n in out[0].split("levels (steps) [")[1].rstrip("]").split(",")]
+        hrho = [float(v) for v in out[1].split(":")[1].split()]
+        return levels, hrho, float(out[-1].split(":")[1])
+
+    factors = []
+    for depth in (16, 64):
+        levels, hrho, factor = report(depth)
+        assert levels == [depth // 2**k for k in range(len(levels))] and levels[-1] == 8, levels
+        assert max(hrho) < 0.5, hrho
+        factors.append(factor)
+    assert max(factors) < 0.3 and max(factors) < 1.5 * min(factors), factors
