@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from lpt.logging import read_run
+from test_multiprocess_mesh import logged_rows
 
 EXE = str(Path(sys.executable).with_name("lpt-train"))
 RUN = ["solver=mgrit", "model.depth=16", "dtype=float64", "logging.progress=false", "train.eval_every=3",
@@ -80,7 +81,7 @@ def test_sigterm_to_one_rank_of_the_sharded_layout_stops_both_and_the_resumed_ru
         proc, ranks = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True), []
         try:
             deadline = time.time() + 300
-            while time.time() < deadline and proc.poll() is None and _rows(path / "run.h5") < 1:
+            while time.time() < deadline and proc.poll() is None and logged_rows(path / "run.h5") < 1:
                 time.sleep(0.2)
             ranks = [_rank_pid(proc.pid, rank) for rank in (0, 1)]
             os.kill(ranks[1], signal.SIGTERM)
@@ -112,13 +113,6 @@ def test_sigterm_to_one_rank_of_the_sharded_layout_stops_both_and_the_resumed_ru
     for key in KEYS:
         np.testing.assert_array_equal(b[key], a[key], err_msg=key)
     assert read_run(path).attrs["status"] == "completed"
-
-
-def _rows(log: Path) -> int:
-    try:
-        return len(read_run(log).history["step"])
-    except Exception:  # noqa: BLE001 - the file is being written, or not there yet
-        return 0
 
 
 def _rank_pid(root: int, rank: int) -> int:

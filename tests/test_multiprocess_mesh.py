@@ -101,7 +101,7 @@ def test_a_signal_to_one_process_stops_both_and_the_resumed_run_continues_bit_fo
     procs = _start(path, "logging.log_every=1")
     log = path / "run.h5"
     deadline = time.time() + 300
-    while time.time() < deadline and not (log.exists() and _rows(log) >= 1):
+    while time.time() < deadline and not (log.exists() and logged_rows(log) >= 1):
         time.sleep(0.5)
     procs[1].send_signal(signal.SIGTERM)
     results = _finish(procs)
@@ -142,7 +142,8 @@ def test_an_error_on_one_process_ends_both_with_the_error_shown(tmp_path):
     assert ended[0] - ended[1] < 60
 
 
-def _rows(log: Path) -> int:
+def logged_rows(log: Path) -> int:
+    """Rows in the run log so far (0 while it is being written or not there yet)."""
     try:
         return len(read_run(log).history["step"])
     except Exception:  # noqa: BLE001 - the file is being written

@@ -108,8 +108,8 @@ class ChunkedSolver:
         comm = self.comm
         w_init, valid = (None, None) if warm is None else (warm.ybars, warm.valid > 0)
         grads, ybar_0, ybars, stats = adjoint_gradient_chunk(
-            self.step, *self._local(theta, hs), ys, ybar_final, self.bwd, self.layouts[1], comm, w_init=w_init,
-            valid=valid, target=self._target(ybar_final.dtype))
+            self.step, *self._local(theta, hs), ys, ybar_final, self.bwd, self.layouts[1], comm, w_init, valid,
+            self._target(ybar_final.dtype))
         # message: the layer gradient, gathered over the chunks and summed over the data ranks
         grads = jax.tree_util.tree_map(lambda g: comm.data_sum(comm.layer_gather(g)), grads)
         return grads, ybar_0, ybars, stats

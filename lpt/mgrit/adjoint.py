@@ -90,12 +90,14 @@ def adjoint_chunk(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, ybar
 
 
 def adjoint_gradient_chunk(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, ybar_final: jnp.ndarray,
-                           options: MGRITOptions, layout: Layout, comm: Any = SINGLE, **solve: Any):
-    """The backward pass of one layer chunk: adjoint states ȳ (:func:`adjoint_chunk`, ``solve``: its warm start,
-    target and ``min_iter``), this chunk's layer gradient (n_local, …; :func:`layer_gradient`), ȳ_0 on every chunk,
-    and the adjoint stats: (θ̄ chunk, ȳ_0, ȳ, stats). The one gradient assembly of the training solver and of
-    :func:`lpt.layer_parallel`; gathering the chunks' θ̄ is the caller's."""
-    ybars, stats = adjoint_chunk(step, theta, hs, ys, ybar_final, options, layout, comm, **solve)
+                           options: MGRITOptions, layout: Layout, comm: Any = SINGLE, w_init: jnp.ndarray | None = None,
+                           valid: jnp.ndarray | None = None, target: jnp.ndarray | None = None, min_iter: int = 1):
+    """The backward pass of one layer chunk: adjoint states ȳ (:func:`adjoint_chunk`, with its warm start
+    ``w_init``/``valid``, ``target`` and ``min_iter``), this chunk's layer gradient (n_local, …;
+    :func:`layer_gradient`), ȳ_0 on every chunk, and the adjoint stats: (θ̄ chunk, ȳ_0, ȳ, stats). The one gradient
+    assembly of the training solver and of :func:`lpt.layer_parallel`; gathering the chunks' θ̄ is the caller's."""
+    ybars, stats = adjoint_chunk(step, theta, hs, ys, ybar_final, options, layout, comm, w_init, valid, target,
+                                 min_iter)
     grads = layer_gradient(step, theta, hs, ys, ybars, options.interval_batch)
     return grads, from_chunk(comm, 0, ybars[0]), ybars, stats
 

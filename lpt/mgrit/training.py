@@ -219,7 +219,7 @@ class MGRITSolver:
         g_class, ybar_final = head_vjp(jnp.ones_like(loss))
         layers, ybar_0, ybars, bstats = adjoint_gradient_chunk(
             model.step, fw.theta, fw.hs, fw.ys, ybar_final, self.bwd, self.layouts(model.depth)[1], comm,
-            **self._warm(state, "ybars"), target=target, min_iter=self.min_iters[1])
+            *self._warm(state, "ybars"), target, self.min_iters[1])
         if not self.local_layers:
             layers = jax.tree_util.tree_map(lambda g: comm.layer_gather(g)[: model.depth], layers)  # message: θ̄
         grads = {"opening": fw.open_vjp(ybar_0)[0], "layers": layers, "classifier": g_class}
@@ -278,11 +278,9 @@ class MGRITSolver:
         layers = jax.tree_util.tree_map(lambda g: pad_zeros(g, n_local * comm.layers), grads["layers"])
         return obj, aux, {**grads, "layers": chunk(layers, comm.layer_rank(), n_local)}
 
-    def _warm(self, state, name: str) -> dict[str, Any]:
-        """The warm start of one solve (the previous step's states ``name`` and whether they are valid), or none."""
-        if not self.warm_start:
-            return {}
-        return {"valid": state.valid, "u_init" if name == "ys" else "w_init": getattr(state, name)}
+    def _warm(self, state, name: str) -> tuple[jnp.ndarray | None, jnp.ndarray | None]:
+        """The warm start of one solve: the previous step's states ``name`` and whether they are valid, or Nones."""
+        return (getattr(state, name), state.valid) if self.warm_start else (None, None)
 
     def _forward(self, model, params: Params, x: jnp.ndarray, state, target) -> _Forward:
         comm = self.comm
@@ -294,8 +292,8 @@ class MGRITSolver:
         else:
             theta, hs = chunk(padded(params["layers"], model.step_sizes(y0.dtype), layout), comm.layer_rank(),
                               layout.n_local)
-        ys, y_final, stats = forward_chunk(model.step, theta, hs, y0, self.fwd, layout, comm, **self._warm(state, "ys"),
-                                           target=target, min_iter=self.min_iters[0])
+        ys, y_final, stats = forward_chunk(model.step, theta, hs, y0, self.fwd, layout, comm, *self._warm(state, "ys"),
+                                           target, self.min_iters[0])
         return _Forward(open_vjp, theta, hs, ys, y_final, stats)
 
     @staticmethod
