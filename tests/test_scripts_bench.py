@@ -19,8 +19,12 @@ def test_bench_solver_prints_the_work_model_ratio():
                   "--levels", "4", "--repeats", "3")
     found = re.search(r"measured / predicted\s+(\S+)", proc.stdout)
     assert found, proc.stdout
-    ratio = float(found.group(1))
-    assert 0 < ratio < 100
+    # the marginal cycle time is a difference of two timings: under load it may not be resolved, and then the
+    # script says so instead of printing a ratio (a smoke test must not depend on timing)
+    if found.group(1) == "n/a":
+        assert "not resolved (below timer noise" in proc.stdout, proc.stdout
+    else:
+        assert float(found.group(1)) >= 0
     assert re.search(r"one-shot step .* ms", proc.stdout)
 
 
@@ -64,14 +68,26 @@ def test_bench_layers_prints_ratios_for_every_kind():
                                                             for layout in ("NHWC", "CNHW"))}, proc.stdout
     for _, _, _, *numbers in rows:
         t_ser, t_vmap, t_auto, r_vmap, r_auto = map(float, numbers)
-        assert min(t_ser, t_vmap, t_auto) > 0
-        assert r_vmap == pytest.approx(t_vmap / t_ser, rel=0.05, abs=0.011)
-        assert r_auto == pytest.approx(t_auto / t_ser, rel=0.05, abs=0.011)
+        assert min(t_ser, t_vmap, t_auto) >= 0
+        for t, ratio in ((t_vmap, r_vmap), (t_auto, r_auto)):
+            assert within_rounding(ratio, t, t_ser, digits=3), (ratio, t, t_ser)
 
 
-def _convnet_rows(stdout: str) -> dict[str, float]:
-    return {m.group(1).strip(): float(m.group(2))
-            for m in re.finditer(r"^  (\S.*?)\s+([\d.]+) s \(\s*[-\d.]+\)\s+/ yardstick", stdout, re.M)}
+def within_rounding(ratio: float, t: float, base: float, digits: int) -> bool:
+    """Whether a printed ratio (2 decimals) can be the quotient of two times printed with `digits` decimals:
+    the check holds whatever the times are, even when one rounds to 0 at tiny sizes."""
+    half = 0.5 * 10.0 ** -digits
+    if base <= half:  # the divisor's printed value does not bound the quotient
+        return ratio >= 0
+    low, high = max(t - half, 0.0) / (base + half), (t + half) / (base - half)
+    return low - 0.006 <= ratio <= high + 0.006
+
+
+def _convnet_rows(stdout: str) -> dict[str, tuple[float, float]]:
+    """Each timed row: (time in s, ratio to the yardstick), as printed."""
+    return {m.group(1).strip(): (float(m.group(2)), float(m.group(3)))
+            for m in re.finditer(r"^  (\S.*?)\s+([\d.]+) s \(\s*[-\d.]+\)\s+/ yardstick\s+([\d.]+)", stdout,
+                                 re.M)}
 
 
 @pytest.mark.slow(seconds=30)
@@ -80,7 +96,9 @@ def test_bench_convnet_single_process():
                   "--repeats", "1")
     rows = _convnet_rows(proc.stdout)
     assert set(rows) == {"yardstick", "lpt serial", "layer-parallel, 1 rank", "layer-parallel skip, 1 rank"}
-    assert all(t > 0 for t in rows.values())
+    assert rows["yardstick"][1] == 1.0
+    base = rows["yardstick"][0]
+    assert all(within_rounding(ratio, t, base, digits=3) for t, ratio in rows.values()), proc.stdout
 
 
 @pytest.mark.slow(seconds=19)
@@ -102,7 +120,7 @@ def test_time_preset_step(shared_data):
     found = re.search(r"mnist_torchbraid .*: step ([\d.]+) s \(min of 1; first step incl\. compilation ([\d.]+) s\), "
                       r"batch 50", proc.stdout)
     assert found, proc.stdout
-    assert 0 < float(found.group(1)) < float(found.group(2))
+    assert 0 <= float(found.group(1)) <= float(found.group(2))
 
 
 @pytest.mark.slow(seconds=10)
