@@ -92,8 +92,8 @@ def lpt_train(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Co
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["model.activation=swish"], "model.activation='swish' is not a known activation"),
-        (["model.depth=0"], "model.depth=0 must be a positive integer"),
+        (["model.activation=swish"], "model.activation='swish' is not valid; choose one of"),
+        (["model.depth=0"], "model.depth=0 must be an integer ≥ 1"),
         (["model.T=-1"], "model.T=-1 must be a positive finite number"),
         (["train.batch_size=100000"], "train.batch_size=100000 exceeds the 5000 training samples"),
         (["optimizer.lr=0"], "optimizer.lr=0 must be a positive finite number"),

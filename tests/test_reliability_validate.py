@@ -105,15 +105,15 @@ def test_validation_runs_before_data_loading_and_compilation(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["model.depth=2.5"], "model.depth=2.5 must be a positive integer"),
-    (["model.depth=true"], "model.depth=True must be a positive integer, not a boolean"),
+    (["model.depth=2.5"], "model.depth=2.5 must be an integer ≥ 1"),
+    (["model.depth=true"], "model.depth=True must be an integer ≥ 1, not a boolean"),
     (["model.width=null"], "model.width=None: this option needs a value"),
     (["model.width=1000000000000"], "model.depth=32, model.width=1000000000000 (batch 5000) need at least"),
     (["model.T=inf"], "model.T=inf must be a positive finite number"),
-    (["model.init_scale=abc"], "model.init_scale='abc' must be a number"),
+    (["model.init_scale=abc"], "model.init_scale='abc' must be a finite number ≥ 0"),
     (["seed=-1"], "seed=-1 must be an integer with 0 ≤ seed < 2**32"),
     (["seed=4294967296"], "seed=4294967296 must be an integer with 0 ≤ seed < 2**32"),
-    (["dtype=3"], "dtype=3 is not valid; choose float32 or float64"),
+    (["dtype=3"], "dtype=3 is not valid; choose one of ['float32', 'float64']"),
     (["train.steps=-1"], "train.steps=-1 must be an integer ≥ 1"),
     (["train.eval_every=0.5"], "train.eval_every=0.5 must be an integer ≥ 1"),
     (["train.lr_factor=1"], "train.lr_factor=1 must be a number in (0, 1)"),
@@ -132,7 +132,7 @@ def test_validation_runs_before_data_loading_and_compilation(tmp_path):
     (["solver=mgrit", "solver.abs_tol=-1"], "solver.abs_tol=-1 must be a finite number ≥ 0"),
     (["parallel.layers=0"], "parallel.layers=0 must be a positive integer"),
     (["dataset.n_train=1000000000000"], "dataset.n_train=1000000000000 samples need at least"),
-    (["dataset.n_val=abc"], "invalid option n_val='abc'"),
+    (["dataset.n_val=abc"], "dataset.n_val='abc' must be an integer ≥ 5"),
     (["resume=[1,2]"], "resume=[1, 2] must be a path"),
 ])
 def test_each_bad_value_names_option_value_and_what_is_valid(tmp_path, args, message):

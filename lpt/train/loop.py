@@ -24,7 +24,7 @@ from lpt.parallel import GridError, ProcessorGrid
 from lpt.parallel.faults import is_last_process
 from lpt.parallel.runtime import Runtime
 from lpt.parallel.sharded import ChunkLocal
-from lpt.train.build import ConfigError, LoopSettings, build_dataset, build_model, check_batch, check_dtype
+from lpt.train.build import ConfigError, LoopSettings, build_dataset, build_model, check_batch
 from lpt.train.checks import StabilityCheck, report_padding
 from lpt.train.memory import device_memory, estimate_step_memory, gib, memory_message
 from lpt.train.nonfinite import NonFiniteGuard, inject_nan
@@ -121,17 +121,14 @@ def _setup(cfg: Mapping[str, Any]) -> _Setup:
         ProcessorGrid.from_config(cfg["parallel"]).connect()  # several JAX processes: before any device is used
     except GridError as exc:
         raise ConfigError(str(exc)) from exc
-    dtype = check_dtype(cfg.get("dtype", "float32"))
+    dtype = cfg.get("dtype", "float32")
     if dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     loop = LoopSettings.from_config(cfg["train"], cfg["logging"])
     seed = cfg.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError(f"seed={seed!r} must be a non-negative integer")
     data = build_dataset(cfg)
     model = build_model(cfg["model"], data)
     check_batch(loop, data, cfg["optimizer"].get("name"))
-    make_optimizer(cfg["optimizer"])  # its option checks, before the grid's
     if cfg["model"].get("arch") == "parareal" and cfg["solver"].get("name") != "serial":
         raise ConfigError(f"model.arch=parareal is trained end-to-end by ordinary backpropagation: use "
                           f"solver=serial, not solver={cfg['solver'].get('name')}")

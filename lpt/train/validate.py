@@ -1,33 +1,28 @@
 """One check of a whole run configuration, before any data is loaded or anything is compiled.
 
-:func:`validate_config` checks every option of every config group for type and range and raises a
-:class:`~lpt.train.build.ConfigError` (or the :class:`~lpt.model.ModelError` of the model's own checks) whose
-message names the option, the value and what would be valid. It reuses the checks of the objects the run will
-build (``LoopSettings``, ``ResNet``/``ParaRealNet``, ``MGRITOptions``, the optimisers, ``ProcessorGrid``) by
-constructing them from the configuration alone, and adds what those cannot know without each other: bounds
-of the solver options by the depth, and a lower bound of the memory the model needs. Checks that need the
+:func:`validate_config` checks every option of every config group against the schema (:mod:`lpt.config`: type,
+range or choices, unknown keys) and raises a :class:`~lpt.config.ConfigError` (or the
+:class:`~lpt.model.ModelError` of the model's own checks) whose message names the option, the value and what
+would be valid. Then it checks what needs several options at once by constructing the objects the run will
+build (``ResNet``/``ParaRealNet``/``Transformer``, ``MGRITSolver``, the optimiser, ``ProcessorGrid``) from the
+configuration alone, and adds what those cannot know without each other: bounds of the solver options by the
+depth, and a lower bound of the memory the model needs. Checks that need the
 data (batch size against the training set, convolutions against image inputs, data-set specific sizes) run
 when the data is loaded, still before compilation.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping
 
 import numpy as np
 
+from lpt.config import ConfigError, check_config
 from lpt.data import Dataset
-from lpt.train.build import ConfigError, LoopSettings, build_model, check_dtype
+from lpt.train.build import LoopSettings, build_model
 from lpt.train.memory import device_memory, gib
 from lpt.train.optim import make_optimizer
 from lpt.train.solver import make_solver
-
-SEED_LIMIT = 2**32
-"""Seeds are 0 ≤ seed < 2³²: the JAX PRNG key holds 32 bits of the seed (larger seeds would collide)."""
-
-MODEL_NUMBERS = ("depth", "width", "T", "kernel_size", "init_scale", "gamma_tik", "gamma_ddt", "gamma_class")
-"""Model options that must hold a value (null is not a default for them)."""
 
 MEMORY_CHECK_FROM = 2**30
 """Memory lower bounds above this many bytes are compared with the machine's memory."""
@@ -51,10 +46,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
             ``group.key=value``), the value and what is valid.
         ModelError: a model option is invalid (the model's own check, same kind of message).
     """
-    for group in ("dataset", "model", "solver", "optimizer", "parallel", "train", "logging"):
-        if not isinstance(cfg.get(group), Mapping):
-            raise ConfigError(f"{group}={cfg.get(group)!r}: the config group {group} is missing or not a mapping")
-    _check_top_level(cfg)
+    check_config(cfg)
     _check_parallel_grid(cfg["parallel"])
     loop = LoopSettings.from_config(cfg["train"], cfg["logging"])
     model = _check_model(cfg["model"])
@@ -64,40 +56,9 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     _check_memory(cfg, loop, model)
 
 
-TOP_LEVEL_KEYS = ("seed", "data_dir", "resume", "dtype", "dataset", "model", "solver", "optimizer", "parallel",
-                  "train", "logging")
-TRAIN_KEYS = ("steps", "batch_size", "eval_every", "checkpoint_every", "eval_chunk", "on_nonfinite", "lr_factor",
-              "max_rejections", "inject_nan_at_step", "inject_error_at_step")
-LOGGING_KEYS = ("log_every", "progress")
-
-
-def _check_known(mapping: Mapping[str, Any], valid: tuple[str, ...], prefix: str) -> None:
-    """Refuse keys the run would ignore (e.g. ``+trian.steps=2``, a typo that Hydra's ``+`` lets through)."""
-    unknown = sorted(set(mapping) - set(valid))
-    if unknown:
-        where = f"{prefix}: unknown option(s)" if prefix else "unknown top-level option(s)"
-        raise ConfigError(f"{where} {unknown}; valid {'keys' if prefix else 'top-level keys'} are {list(valid)}")
-
-
-def _check_top_level(cfg: Mapping[str, Any]) -> None:
-    _check_known(cfg, TOP_LEVEL_KEYS, "")
-    _check_known(cfg["train"], TRAIN_KEYS, "train")
-    _check_known(cfg["logging"], LOGGING_KEYS, "logging")
-    check_dtype(cfg.get("dtype", "float32"))
-    seed = cfg.get("seed", 0)
-    if not _is_int(seed) or not 0 <= seed < SEED_LIMIT:
-        raise ConfigError(f"seed={seed!r} must be an integer with 0 ≤ seed < 2**32 (the JAX random key holds "
-                          f"32 bits)")
-    for key in ("resume", "data_dir"):
-        value = cfg.get(key)
-        if value is not None and not isinstance(value, (str, os.PathLike)):
-            raise ConfigError(f"{key}={value!r} must be a path (or null)"
-                              + ("; resume=auto continues from the run directory's own checkpoint"
-                                 if key == "resume" else ""))
-
-
 def _check_parallel_grid(parallel: Mapping[str, Any]) -> None:
-    """Type and range of ``parallel.data`` / ``parallel.layers`` (ProcessorGrid's own check)."""
+    """What needs several ``parallel`` options at once (ProcessorGrid's own check: processes > 1 needs mesh,
+    process_id < processes, single is 1 × 1)."""
     from lpt.parallel.grid import ProcessorGrid
 
     try:
@@ -119,13 +80,8 @@ def _probe_dataset(model_cfg: Mapping[str, Any]) -> Dataset:
 
 
 def _check_model(model_cfg: Mapping[str, Any]):
-    """The model's own checks (ResNet / ParaRealNet), on a probe input; null is not a value of a number."""
-    for key in MODEL_NUMBERS:
-        if key in model_cfg and model_cfg[key] is None:
-            raise ConfigError(f"model.{key}=None: this option needs a value (see configs/model/)")
-    for key in ("depth", "width", "kernel_size", "num_parallel", "coarse_units"):
-        if isinstance(model_cfg.get(key), bool):
-            raise ConfigError(f"model.{key}={model_cfg[key]!r} must be a positive integer, not a boolean")
+    """The model's own checks of several options at once (ResNet / ParaRealNet / Transformer), on a probe
+    input."""
     return build_model(model_cfg, _probe_dataset(model_cfg))
 
 
@@ -157,7 +113,7 @@ def _check_solver(solver_cfg: Mapping[str, Any], depth: int) -> None:
 
 
 def _check_optimizer(opt_cfg: Mapping[str, Any]) -> None:
-    """The optimiser factory's own checks (every optimiser option is checked there, once)."""
+    """The optimiser factory's check of two options at once (weight decay with L-BFGS)."""
     try:
         make_optimizer(opt_cfg)
     except ValueError as exc:
@@ -165,12 +121,7 @@ def _check_optimizer(opt_cfg: Mapping[str, Any]) -> None:
 
 
 def _check_dataset_sizes(ds_cfg: Mapping[str, Any]) -> None:
-    """``dataset.name`` is a string; sizes that cannot fit in memory (at 4 bytes a sample) are refused here.
-
-    Types and ranges of the sizes are the loaders' checks (they run next, before compilation).
-    """
-    if not isinstance(ds_cfg.get("name"), str):
-        raise ConfigError(f"dataset.name={ds_cfg.get('name')!r} must name a data set (e.g. peaks, mnist)")
+    """Sizes that cannot fit in memory (at 4 bytes a sample) are refused here."""
     for key in ("n_train", "n_val"):
         value = ds_cfg.get(key)
         if _is_int(value) and value * 4 > MEMORY_CHECK_FROM and value * 4 > device_memory():

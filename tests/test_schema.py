@@ -1,0 +1,120 @@
+"""The config schema (lpt/config): every shipped YAML is accepted and fully described by it, its defaults are
+the YAMLs' values, every bad value is refused in one line naming ``group.key=value``, and the README's option
+tables are the ones generated from it."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from lpt.cli.compose import compose_config
+from lpt.config import ConfigError, check_config, check_options, register_schemas, schema_for, schema_nodes
+from lpt.config.fields import field_type
+from lpt.config.run import RunOptions
+from lpt.config.tables import markdown_tables, readme_tables
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+GROUP_FILES = sorted(p for g in ("dataset", "model", "solver", "optimizer", "parallel", "logging")
+                     for p in (CONFIGS / g).glob("*.yaml"))
+PRESETS = sorted((CONFIGS / "experiment").glob("*.yaml"))
+NODES = {f"{group.removeprefix('schema/')}/{name}": node for group, name, node in schema_nodes()}
+
+
+def _load(path: Path) -> dict:
+    data = yaml.safe_load(path.read_text()) or {}
+    data.pop("defaults", None)
+    return data
+
+
+@pytest.mark.parametrize("path", GROUP_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_group_option_file_is_its_schema_node_with_the_same_defaults(path):
+    """configs/<group>/<name>.yaml merges into its structured config (Hydra/OmegaConf type checks), passes
+    lpt's check, and each of its values is the schema node's default (the schema is the one definition)."""
+    group, values = path.parent.name, _load(path)
+    node = NODES[f"{group}/{path.stem}"]
+    OmegaConf.merge(OmegaConf.structured(node), values)  # raises on a key or type the schema lacks
+    schema, variant = schema_for(group, values)
+    check_options(values, schema, group, variant)
+    defaults = OmegaConf.to_container(OmegaConf.structured(node))
+    for key, value in values.items():
+        assert defaults[key] == value, (path.name, key, defaults[key], value)
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
+def test_every_preset_composed_is_accepted_and_every_key_is_described(path):
+    cfg = compose_config([f"+experiment={path.stem}"])
+    check_config(cfg)
+    for group, values in _load(path).items():
+        schema, _ = schema_for(group, cfg[group])
+        fields = {f.name: f for f in dataclasses.fields(schema)}
+        for key in values:
+            assert fields[key].metadata["help"].strip(), (group, key)
+
+
+def test_top_level_yaml_is_accepted():
+    train = yaml.safe_load((CONFIGS / "train.yaml").read_text())
+    check_config({**compose_config([]), **{k: v for k, v in train.items() if k not in ("defaults", "hydra")}})
+
+
+def _bad_value(schema: type, f: dataclasses.Field):
+    """A value of the wrong type for field ``f`` (for Any fields: a list of strings)."""
+    kind, _ = field_type(schema, f.name)
+    if f.metadata["choices"] or kind is str:
+        return 3 if kind is str and not f.metadata["choices"] else "nonsense"
+    return {int: 2.5, float: "abc", bool: 2}.get(kind, ["x"])
+
+
+CASES = [(name, schema, f) for name, schema in NODES.items() if isinstance(schema, type)
+         for f in dataclasses.fields(schema) if not f.metadata.get("group")]
+
+
+@pytest.mark.parametrize("name, schema, f", CASES, ids=[f"{n}.{f.name}" for n, _, f in CASES])
+def test_a_bad_value_of_every_option_is_one_line_naming_it(name, schema, f):
+    group = name.split("/")[0]
+    values = {k: v for k, v in OmegaConf.to_container(OmegaConf.structured(schema)).items() if v is not None}
+    bad = _bad_value(schema, f)
+    prefix = "" if schema is RunOptions else group  # the top level: "seed=…", not "schema.seed=…"
+    with pytest.raises(ConfigError) as info:
+        check_options({**values, f.name: bad}, schema, prefix)
+    message = str(info.value)
+    assert message.startswith(f"{prefix + '.' if prefix else ''}{f.name}={bad!r} ") and "\n" not in message
+    assert "must be" in message or "is not valid; choose one of" in message
+
+
+@pytest.mark.parametrize("args, message", [
+    (["+model.widht=8"], "model: unknown option(s) ['widht'] for model.arch=resnet; valid keys are ['arch', "),
+    (["model=transformer", "+model.width=8"], "unknown option(s) ['width'] for model.arch=transformer"),
+    (["+optimizer.momentum=0.5"], "optimizer: unknown option(s) ['momentum']; valid keys are ['name', 'lr', 'b1'"),
+    (["model.arch=mlp"], "model.arch='mlp' is not valid; choose one of ['resnet', 'parareal', 'transformer']"),
+    (["optimizer.name=rmsprop"], "optimizer.name='rmsprop' is not valid; choose one of ['sgd', 'adam', 'lbfgs']"),
+    (["model.width=null"], "model.width=None: this option needs a value (an integer ≥ 1)"),
+    (["solver=mgrit", "solver.cfactor=[2,1]"], "solver.cfactor=[2, 1] must be an integer ≥ 2 or a non-empty list"),
+    (["solver=mgrit", "solver.warm_start=1"], "solver.warm_start=1 must be auto, true or false"),
+    (["optimizer=sgd", "optimizer.momentum=1"], "optimizer.momentum=1 must be a number in [0, 1)"),
+    (["dataset=shakespeare", "dataset.val_fraction=0.6"], "dataset.val_fraction=0.6 must be a number in [0, 0.5]"),
+    (["train.batch_size=0"], "train.batch_size=0 must be an integer ≥ 1 or null"),
+])
+def test_composed_bad_values_name_option_and_what_is_valid(args, message):
+    with pytest.raises(ConfigError) as info:
+        check_config(compose_config(args))
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_schemas_are_stored_in_hydras_config_store():
+    from hydra.core.config_store import ConfigStore
+
+    register_schemas()
+    store = ConfigStore.instance()
+    for path in GROUP_FILES:
+        node = store.load(f"schema/{path.parent.name}/{path.stem}.yaml").node
+        assert OmegaConf.get_type(node) is not dict, path  # a structured config (typed), not a plain dict
+
+
+def test_readme_option_tables_are_generated_from_the_schema():
+    """`python scripts/option_tables.py --write` makes this pass after a schema change."""
+    assert readme_tables((ROOT / "README.md").read_text()) == markdown_tables()
