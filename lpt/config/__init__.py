@@ -4,7 +4,7 @@ a help line. The run's checks (:func:`check_config`), the README's option tables
 and Hydra's ConfigStore (:func:`register_schemas`) come from it."""
 
 from lpt.config.fields import ConfigError, check_options, describe, option
-from lpt.config.store import GROUPS, VARIANTS, check_config, register_schemas, schema_for, schema_nodes
+from lpt.config.store import GROUPS, VARIANTS, check_config, check_group, register_schemas, schema_for, schema_nodes
 
-__all__ = ["GROUPS", "VARIANTS", "ConfigError", "check_config", "check_options", "describe", "option",
+__all__ = ["GROUPS", "VARIANTS", "ConfigError", "check_config", "check_group", "check_options", "describe", "option",
            "register_schemas", "schema_for", "schema_nodes"]

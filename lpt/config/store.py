@@ -43,6 +43,13 @@ def schema_for(group: str, values: Mapping[str, Any]) -> tuple[type, str]:
     return schemas[value], (f"{group}.{key}={value}" if group == "model" else "")
 
 
+def check_group(group: str, values: Mapping[str, Any]) -> type:
+    """Check the options ``values`` of config group ``group`` against their schema; return the schema."""
+    schema, variant = schema_for(group, values)
+    check_options(values, schema, group, variant)
+    return schema
+
+
 def check_config(cfg: Mapping[str, Any]) -> None:
     """Check the type, range or choice of every option of the resolved run configuration ``cfg`` against the
     schema, and refuse unknown keys; raise a one-line :class:`ConfigError` naming ``group.key=value``."""
@@ -51,8 +58,7 @@ def check_config(cfg: Mapping[str, Any]) -> None:
             raise ConfigError(f"{group}={cfg.get(group)!r}: the config group {group} is missing or not a mapping")
     check_options(cfg, RunOptions, "")
     for group in GROUPS:
-        schema, variant = schema_for(group, cfg[group])
-        check_options(cfg[group], schema, group, variant)
+        check_group(group, cfg[group])
 
 
 def schema_nodes() -> list[tuple[str, str, Any]]:

@@ -13,7 +13,7 @@ from typing import Any, Literal, Mapping
 
 import numpy as np
 
-from lpt.config import ConfigError, schema_for
+from lpt.config import ConfigError, check_group
 from lpt.config.groups import ResNetModel
 from lpt.config.run import LoggingOptions, TrainOptions
 from lpt.data import DataError, Dataset, load_dataset
@@ -87,7 +87,7 @@ def check_finite(data: Dataset) -> Dataset:
 def build_model(model_cfg: Mapping[str, Any], data: Dataset):
     """Build the network of config group ``model`` (``arch``: resnet | parareal | transformer) for the shapes of
     ``data``."""
-    schema_for("model", model_cfg)  # an unknown architecture: the schema's one-line error
+    check_group("model", model_cfg)  # the schema's checks of this group (for callers without validate_config)
     arch = model_cfg.get("arch", "resnet")
     if arch == "parareal":
         return _build_parareal(model_cfg, data)

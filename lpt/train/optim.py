@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping
 import jax
 import optax
 
-from lpt.config import schema_for
+from lpt.config import check_group
 
 def clip_by_global_norm(max_norm: float, norm: Callable[[Any], Any] = optax.tree.norm) -> optax.GradientTransformation:
     """``optax.clip_by_global_norm`` with the norm as a function: u ← u if ‖u‖ < max_norm, else u·max_norm/‖u‖.
@@ -30,11 +30,11 @@ def make_optimizer(cfg: Mapping[str, Any],
     gradient-shaped pytree that ``clip_norm`` clips by (a sum over the chunks on layer-sharded parameters).
 
     The keys, their defaults and valid values are the schema's (:mod:`lpt.config.run`: ``SGDOptions``,
-    ``AdamOptions``, ``LBFGSOptions``), which :func:`lpt.train.validate.validate_config` checks; here only what
+    ``AdamOptions``, ``LBFGSOptions``), checked here by :func:`lpt.config.check_group`; below only what
     needs two options at once (weight decay with L-BFGS). ``weight_decay`` is decoupled: added to the update
     direction after momentum and Adam's scaling, times ``lr``.
     """
-    schema, _ = schema_for("optimizer", cfg)  # an unknown name: the one-line error of the schema
+    schema = check_group("optimizer", cfg)  # the schema's checks of this group (for callers without validate_config)
     opt = {**dataclasses.asdict(schema()), **cfg}  # the schema's defaults; its checks ran in validate_config
     name, lr, decay, clip = opt["name"], opt["lr"], opt["weight_decay"], opt["clip_norm"]
     # decoupled weight decay (Loshchilov & Hutter): θ ← θ − lr·(direction + weight_decay·θ), the decay added after
