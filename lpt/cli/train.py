@@ -17,6 +17,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from lpt.config import register_schemas
 from lpt.data import DataError
 from lpt.model import ModelError
 from lpt.train import ConfigError, run
@@ -26,6 +27,8 @@ log = logging.getLogger("lpt")
 
 USER_ERRORS = (ConfigError, DataError, ModelError, FileNotFoundError)
 """Errors caused by the input: reported in one line, exit status 2, no traceback."""
+
+register_schemas()  # the typed schema of every option, as structured configs in Hydra's ConfigStore (schema/)
 
 EXIT_USER_ERROR = 2
 EXIT_NUMERICAL = 3

@@ -42,7 +42,8 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     """Check every option of the resolved run configuration ``cfg``; return None or raise.
 
     Raises:
-        ConfigError: an option has the wrong type or is out of range; the message names the option (as
+        ConfigError: an option has the wrong type, is out of range or unknown (the schema's check,
+            :func:`lpt.config.check_config`), or options conflict; the message names the option (as
             ``group.key=value``), the value and what is valid.
         ModelError: a model option is invalid (the model's own check, same kind of message).
     """
