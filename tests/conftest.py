@@ -10,7 +10,11 @@ A persistent XLA compilation cache serves the whole session: the pytest-xdist wo
 starts (CLI runs, scripts, mpirun ranks) inherit ``JAX_COMPILATION_CACHE_DIR``, so a program compiled once (the
 same train step in two tests, the same solver in a CLI run and its in-process reference) is loaded, not compiled
 again. The folder is a fresh temporary one per session (made by the first process that loads this file, removed
-by it at the end), unless ``JAX_COMPILATION_CACHE_DIR`` is set already: then that folder is used and kept.
+by it at the end), unless ``JAX_COMPILATION_CACHE_DIR`` is set already: then that folder is used and kept; a fresh
+clone (CI) therefore gains only within the run. Programs with mpi4jax calls are the exception: their custom calls
+carry the process's MPI communicator, datatype and operation handles (addresses) in their configuration, so their
+cache keys differ from one ``mpirun`` launch to the next and each launch compiles them again (the other programs of
+the ranks load from the cache).
 """
 
 from __future__ import annotations

@@ -39,14 +39,17 @@ def _checkpoint(run_dir: Path) -> dict[str, np.ndarray]:
         return {name: ckpt[f"leaf_{i:05d}"] for i, name in enumerate(ckpt["names"])}
 
 
-@pytest.mark.slow(seconds=165)
-@pytest.mark.parametrize("depth,held", [(16, "layers 0..7 of 16|layers 8..15 of 16"),
-                                        (13, "layers 0..7 of 13 (padded to 16)|layers 8..12 of 13 (padded to 16)")])
-def test_sharded_mpi_training_equals_one_process(tmp_path, depth, held):
-    """2 ranks, depth 16 (8 layers each) and depth 13, which MGRIT pads to 16 steps (8 and 5 real layers; the
-    last rank's 3 identity steps exist only inside the solve): tests/mpi/sharded_check.py asserts shapes, the
-    chunked regularisation (γ_ddt across the chunk boundary and up to the last real layer) and norm, gather and
-    checkpoint blocks; histories (with a serially recomputed step) and final states equal one process's."""
+@pytest.mark.slow(seconds=85)
+def test_sharded_mpi_training_equals_one_process(tmp_path):
+    """2 ranks, depth 13, which MGRIT pads to 16 steps (8 and 5 real layers; the last rank's 3 identity steps exist
+    only inside the solve): tests/mpi/sharded_check.py asserts shapes, the chunked regularisation (γ_ddt across the
+    chunk boundary and up to the last real layer) and norm, gather and checkpoint blocks; histories (with a
+    serially recomputed step) and final states equal one process's.
+
+    One depth: rank 0's full chunk of 8 is the even layout's, and rank 1's 5 of 8 add the padding (an even depth,
+    16, ran no further code; ``lpt-train`` under MPI on even chunks is compared with one process in
+    tests/test_parallel_train.py and tests/test_mpi_resume.py)."""
+    depth, held = 13, "layers 0..7 of 13 (padded to 16)|layers 8..12 of 13 (padded to 16)"
     args = [f"model.depth={depth}", *RUN[3:]]
     proc = mpirun(2, HERE / "mpi" / "sharded_check.py", str(tmp_path / "mpi"), str(depth), *args, timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

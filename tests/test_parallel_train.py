@@ -19,9 +19,12 @@ SHORT = ["solver=mgrit", "train.steps=12", "train.eval_every=6", "dataset.n_trai
 
 
 @pytest.mark.slow(seconds=40)
-@pytest.mark.parametrize("ranks,data,depth,layer", [(2, 1, 64, "dense"), (2, 1, 100, "conv"), (4, 2, 100, "dense")])
+@pytest.mark.parametrize("ranks,data,depth,layer", [(2, 1, 100, "conv"), (4, 2, 100, "dense")])
 def test_mpi_iterates_equal_single(ranks, data, depth, layer):
-    """Each rank compares its chunk's forward/adjoint states, objective, gradient, residuals (float64, 1e-12)."""
+    """Each rank compares its chunk's forward/adjoint states, objective, gradient, residuals (float64, 1e-12).
+
+    N = 100 pads to 128 steps (the last chunk part identity); the padding itself is the solver's, the same on every
+    back-end, and even chunks (N = 64) on the mesh are checked in tests/test_parallel_mgrit.py."""
     proc = mpirun(ranks, HERE / "mpi" / "iterates_check.py", str(data), str(depth), layer, timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert proc.stdout.count("ok") == ranks
