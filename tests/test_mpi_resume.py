@@ -65,11 +65,11 @@ KEYS = ("loss", "objective", "grad_norm", "lr", "train_acc", "val_acc")
 
 
 @pytest.mark.slow(seconds=100)
-@pytest.mark.parametrize("depth,layout", [(16, "(8 layers each)"), (13, "(8 + 5 layers; the 3 identity steps")])
+@pytest.mark.parametrize("depth,layout", [(16, "(8 layers each)"), (13, "(8 + 5 layers; identity steps up to 8")])
 def test_sigterm_to_one_rank_of_the_sharded_layout_stops_both_and_the_resumed_run_continues_bit_for_bit(
         tmp_path, depth, layout):
     """``mpirun -np 2 lpt-train parallel=mpi parallel.layers=2`` (each rank holds its 8 of 16 layers and their Adam
-    moments; of depth 13, which MGRIT pads to 16 steps, 8 and 5): SIGTERM to rank 1 once the log has a row; the
+    moments; of depth 13, chunks of 8 and 5 layers (arrays of 8 steps)): SIGTERM to rank 1 once the log has a row; the
     ranks agree, finish the same step, rank 0 writes the gathered checkpoint (all the real layers) and ``status``
     "interrupted: SIGTERM"; resumed, the run ends with the uninterrupted history bit for bit."""
     args = [*STOP, f"model.depth={depth}"]
