@@ -5,7 +5,8 @@ For each depth: the padded fine depth, the steps the padding adds to all levels 
 performance model's layer steps of one cycle and of one one-shot gradient on one rank, and the measured time of
 one one-shot gradient (``--iters`` forward / ``--bwd-iters`` adjoint cycles, cold start, on one device; the minimum
 of ``--repeats`` rounds after compilation, in which the depths take turns). Ratios are to the first depth, measured
-in this run. With ``--layers P`` the layouts and counts on P layer chunks follow (counts only).
+in this run. With ``--layers P`` the layouts and counts on P layer chunks follow (counts only; the counts are
+those of the largest chunk: ``stride`` fine layers on every chunk but the last, arrays of ``local`` steps).
 
 Example:
     python scripts/bench_padding.py --depths 1024 1025 --layers 2 4
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device: {jax.devices()[0].device_kind} | dense width {args.width}, batch {args.batch}, float32, "
           f"m={args.cfactor} levels={args.levels} nrelax={args.nrelax}, {args.iters} fwd / {args.bwd_iters} bwd cycles")
     header = (f"{'N':>6} {'chunks':>6} {'padded':>7} {'chunked':>7} {'extra':>7} {'cycle work':>14} "
-              f"{'gradient work':>15}")
+              f"{'gradient work':>15} {'stride':>6} {'local':>6}")
     rows, first = [], {}
     for chunks in [1, *args.layers]:
         for depth in args.depths:
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
             work = (cycle_ops(layout, fwd).work, gradient_ops(depth, fwd, bwd, chunks).work)
             base = first.setdefault(chunks, work)
             rows.append(f"{depth:>6} {chunks:>6} {layout.n_pad:>7} {layout.dist:>7} {100 * layout.extra_work:>6.1f}% "
-                        f"{work[0]:>7.0f} ({work[0] / base[0]:.3f}) {work[1]:>8.0f} ({work[1] / base[1]:.3f})")
+                        f"{work[0]:>7.0f} ({work[0] / base[0]:.3f}) {work[1]:>8.0f} ({work[1] / base[1]:.3f}) "
+                        f"{layout.stride:>6} {layout.n_local:>6}")
     print(header, *rows, sep="\n")
 
     steps = []

@@ -41,7 +41,7 @@ def _checkpoint(run_dir: Path) -> dict[str, np.ndarray]:
 
 @pytest.mark.slow(seconds=85)
 def test_sharded_mpi_training_equals_one_process(tmp_path):
-    """2 ranks, depth 13, which MGRIT pads to 16 steps (8 and 5 real layers; the last rank's 3 identity steps exist
+    """2 ranks, depth 13: chunks of 8 and 5 real layers in arrays of 8 steps (the last rank's 3 identity steps exist
     only inside the solve): tests/mpi/sharded_check.py asserts shapes, the chunked regularisation (γ_ddt across the
     chunk boundary and up to the last real layer) and norm, gather and checkpoint blocks; histories (with a
     serially recomputed step) and final states equal one process's.
@@ -98,11 +98,10 @@ def _runtime_for(layers: int) -> tuple[Runtime, MGRITSolver]:
 @pytest.mark.parametrize("layers,depth,line_search,sharded,says", [
     (2, 16, False, True, "split over the 2 layer ranks (8 layers each)"),
     (2, 16, True, False, "replicated on every rank (optimizer=lbfgs: its line search needs the whole stack)"),
-    (2, 100, False, True, "split over the 2 layer ranks (64 + 36 layers; the 28 identity steps that pad depth 100 "
-                          "to 128 are added inside the solve only)"),
+    (2, 100, False, True, "split over the 2 layer ranks (48 + 52 layers; identity steps up to 52 per rank are "
+                          "added inside the solve only)"),
     (2, 13, True, False, "replicated on every rank (optimizer=lbfgs"),
-    (4, 24, False, False, "replicated on every rank (MGRIT pads depth 24 to 32 steps, which leaves layer rank 3 "
-                          "no real layer)"),
+    (4, 24, False, True, "split over the 4 layer ranks (4 + 4 + 4 + 12 layers; identity steps up to 12 per rank"),
 ])
 def test_which_mpi_runs_shard_their_layers(layers, depth, line_search, sharded, says):
     runtime, solver = _runtime_for(layers)
@@ -111,7 +110,7 @@ def test_which_mpi_runs_shard_their_layers(layers, depth, line_search, sharded, 
     assert says in runtime.layout
     if sharded:
         assert solver.local_layers and solver.on_divergence == "serial"  # the wrapped solver's attributes
-        assert (runtime.chunk_rows, runtime.depth) == (solver.layouts(depth)[0].n_local, depth)
+        assert (runtime.chunk_rows, runtime.depth) == (solver.layouts(depth)[0].stride, depth)
 
 
 def test_chunked_regularisation_and_norm_equal_the_whole_stacks_on_four_chunks():

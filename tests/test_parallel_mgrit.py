@@ -2,8 +2,8 @@
 
 MGRIT with a fixed number of cycles on the `mesh` back-end (4 emulated devices, grids 1×4, 2×2, 4×1) vs the
 `single` back-end: forward states, objective and gradient within 1e-12 relative (float64), for N = 64 and an
-uneven N = 70 (dense layers), and conv layers (N = 100). Each grid pads the depth as its chunks need (N = 70: 72
-steps on 1 and 2 layer chunks, 128 on 4), and the iterates at the real layers are the same.
+uneven N = 70 (dense layers), and conv layers (N = 100). On uneven chunks the last chunk holds the rest of the
+layers (N = 70 on 4 chunks: 16 + 16 + 16 + 22), and the iterates at the real layers are the same.
 """
 
 from __future__ import annotations
@@ -46,10 +46,12 @@ def solver_for(comm=None, cycles=(2, 2)):
                        warm_start=True, on_divergence="error", **extra)
 
 
-def global_states(local: jnp.ndarray, layers: int, depth: int) -> jnp.ndarray:
-    """(layers·(n_local+1), …) chunk states with halos → (depth+1, …) global states."""
+def global_states(local: jnp.ndarray, layers: int, depth: int, stride: int) -> jnp.ndarray:
+    """(layers·(n_local+1), …) chunk states with halos → (depth+1, …) global states: chunk p holds points
+    p·stride … (p+1)·stride (the last chunk the rest), then dead points."""
     blocks = local.reshape(layers, -1, *local.shape[1:])
-    return jnp.concatenate([blocks[0, :1], blocks[:, 1:].reshape(-1, *local.shape[1:])])[: depth + 1]
+    owned = [blocks[p, 1: 1 + stride] for p in range(layers - 1)] + [blocks[-1, 1:]]
+    return jnp.concatenate([blocks[0, :1], *owned])[: depth + 1]
 
 
 def run_mesh(grid: ProcessorGrid, model, params, x, y, steps: int):
@@ -65,8 +67,9 @@ def run_mesh(grid: ProcessorGrid, model, params, x, y, steps: int):
     states = chunk_states(model.state_batch_axis)
     fn = on_mesh(local, grid, (REPLICATED, SAMPLES, SAMPLES), (REPLICATED, REPLICATED, states, states, REPLICATED))
     obj, grads, ys, ybars, stats = jax.jit(fn)(params, x, y)
-    depth = model.depth
-    return obj, grads, global_states(ys, grid.layers, depth), global_states(ybars, grid.layers, depth), stats
+    depth, stride = model.depth, solver.layouts(model.depth)[0].stride
+    return (obj, grads, global_states(ys, grid.layers, depth, stride), global_states(ybars, grid.layers, depth, stride),
+            stats)
 
 
 def run_single(model, params, x, y, steps: int):
@@ -95,9 +98,9 @@ def rel(a, b) -> float:
 
 
 @pytest.mark.slow(seconds=50)
-# even chunks (N = 64); uneven chunks with a warm-started second step (N = 70: on 2 layer chunks only the fine level
-# is chunked, since chunking all three levels would pad to 128 steps; on 4 chunks two levels are); conv layers (on
-# uneven chunks: the layer kind and the chunk layout are independent, so conv on N = 64 would run no further code)
+# even chunks (N = 64); uneven chunks with a warm-started second step (N = 70: chunks of 32 + 38 and 16 + 16 + 16 + 22
+# layers, dead steps on the shorter ones); conv layers (on uneven chunks: the layer kind and the chunk layout are
+# independent, so conv on N = 64 would run no further code)
 @pytest.mark.parametrize("layer,depth,steps", [("dense", 64, 1), ("dense", 70, 2), ("conv", 100, 1)])
 def test_mesh_iterates_equal_single(layer, depth, steps):
     model, params, x, y = problem(depth, layer)

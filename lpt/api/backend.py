@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from lpt.mgrit.adjoint import adjoint_gradient_chunk
-from lpt.mgrit.layout import Layout, chunk, paired_layouts
+from lpt.mgrit.layout import Layout, chunk, chunk_real, paired_layouts, unspread
 from lpt.mgrit.options import MGRITOptions
 from lpt.mgrit.solve import forward_chunk, padded
 
@@ -88,7 +88,7 @@ class ChunkedSolver:
 
     def _local(self, theta: Any, hs: jnp.ndarray) -> tuple[Any, jnp.ndarray]:
         layout = self.layouts[0]
-        return chunk((theta, hs), self.comm.layer_rank(), layout.n_local)
+        return chunk(theta, self.comm.layer_rank(), layout), chunk_real(hs, self.comm.layer_rank(), layout)
 
     def _forward_chunk(self, theta, hs, y0, warm):
         u_init, valid = (None, None) if warm is None else (warm.ys, warm.valid > 0)
@@ -122,7 +122,7 @@ class ChunkedSolver:
         warm_spec = None if warm is None else Warm(states, states, P())
         grads, ybar_0, ybars, stats = self._run(self._backward_chunk, (theta, hs, ys, ybar_final, warm),
                                                 (P(), P(), states, state, warm_spec), (P(), state, states, P()))
-        return jax.tree_util.tree_map(lambda g: g[: self.n], grads), ybar_0, ybars, stats
+        return unspread(grads, self.layouts[0]), ybar_0, ybars, stats
 
     # --- the solver protocol of differentiable_solve ----------------------------------------------------
     def forward(self, theta, hs, y0, warm):
@@ -138,6 +138,5 @@ class ChunkedSolver:
         """y_0..y_N (N+1, …) from the chunk states (gathered from the ranks on MPI)."""
         if self.local_chunks != self.comm.layers:
             ys = self.comm.layer_gather(ys)  # message: all states (only where the caller asks for them)
-        blocks = ys.reshape(self.comm.layers, -1, *ys.shape[1:])
-        flat = jnp.concatenate([blocks[:, :-1].reshape(-1, *ys.shape[1:]), blocks[-1, -1:]], axis=0)
-        return flat[: self.n + 1]
+        blocks, stride = ys.reshape(self.comm.layers, -1, *ys.shape[1:]), self.layouts[0].stride
+        return jnp.concatenate([*(blocks[p, :stride] for p in range(self.comm.layers - 1)), blocks[-1]])[: self.n + 1]

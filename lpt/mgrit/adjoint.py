@@ -23,18 +23,14 @@ import jax
 import jax.numpy as jnp
 
 from lpt.mgrit.batching import over_intervals, over_steps
-from lpt.mgrit.cycle import Hierarchy
+from lpt.mgrit.cycle import Hierarchy, at_rank
 from lpt.mgrit.hierarchy import Level, average, inject_last, pad_states
 from lpt.mgrit.layout import Layout, make_layout
 from lpt.mgrit.options import MGRITOptions
 from lpt.mgrit.solve import (SINGLE, MGRITStats, chunk_hierarchy, initial_guess, map_levels, mgrit_solve, padded,
-                             solve_system, warm_or_guess)
+                             reverse_points, solve_system, warm_or_guess)
 from lpt.model import Step
 from lpt.parallel.comm import ReversedComm, from_chunk
-
-
-def _reverse(tree: Any) -> Any:
-    return jax.tree_util.tree_map(lambda a: a[::-1], tree)
 
 
 def linearize(step: Step, theta_n: Any, y_n: jnp.ndarray, h: jnp.ndarray) -> Callable[[jnp.ndarray], jnp.ndarray]:
@@ -65,11 +61,10 @@ def adjoint_hierarchy(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, 
                       layout: Layout, comm: Any = SINGLE) -> Hierarchy:
     """Levels of the adjoint system on the reversed index, for one layer chunk (``theta``, ``hs`` its
     n_local steps, ``ys`` its primal states with halo (n_local+1, …)); the chunks are taken in reverse
-    order. Per-step data (θ_{N−1−k}, y_{N−1−k}) are restricted, then every step of every level is
-    linearised once (all at once), so that an adjoint step in the cycles costs one transposed Jacobian
-    product and no recomputation of Φ."""
-    data = _reverse((theta, ys[:-1]))
-    hier = chunk_hierarchy(apply_vjp, data, hs[::-1], options, adjoint_restriction(options), layout,
+    order, and each chunk's steps but its dead ones (:func:`~lpt.mgrit.solve.chunk_hierarchy`). Per-step data
+    (θ_{N−1−k}, y_{N−1−k}) are restricted, then every step of every level is linearised once (all at once), so that
+    an adjoint step in the cycles costs one transposed Jacobian product and no recomputation of Φ."""
+    hier = chunk_hierarchy(apply_vjp, (theta, ys[:-1]), hs, options, adjoint_restriction(options), layout,
                            ReversedComm(comm), front=True)
     return map_levels(hier, partial(_linearize_level, step, options.interval_batch))
 
@@ -83,10 +78,11 @@ def adjoint_chunk(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, ybar
     :func:`~lpt.mgrit.solve.warm_or_guess`) or, without it, the nested iteration; ``target``, ``min_iter`` as in
     :func:`solve_system`."""
     hier = adjoint_hierarchy(step, theta, hs, ys, options, layout, comm)
-    w_init = warm_or_guess(hier, ybar_final, w_init, valid, reverse=True)
-    w_init = None if w_init is None else exact_padding(w_init, ybar_final, layout, comm)[::-1]
+    flip = partial(reverse_points, count=at_rank(hier.comm, hier.tables.steps))  # forward ↔ reversed order
+    w_init = warm_or_guess(hier, ybar_final, w_init, valid, to_forward=flip)
+    w_init = None if w_init is None else flip(exact_padding(w_init, ybar_final, layout, comm))
     w, stats = solve_system(hier, ybar_final, w_init, target, min_iter)
-    return w[::-1], stats
+    return flip(w), stats
 
 
 def adjoint_gradient_chunk(step: Step, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, ybar_final: jnp.ndarray,
@@ -107,7 +103,7 @@ def exact_padding(ybars: jnp.ndarray, ybar_final: jnp.ndarray, layout: Layout, c
     identity step after it: those steps propagate ȳ_N exactly. A warm start from an earlier ȳ_N would keep a
     stale value there, and on the reversed index that padding comes *before* the real points, so their
     iterates would depend on how far the depth is padded (on the processor grid)."""
-    index = comm.layer_rank() * layout.n_local + jnp.arange(layout.n_local + 1)
+    index = comm.layer_rank() * layout.stride + jnp.arange(layout.n_local + 1)
     return jnp.where((index >= layout.n).reshape(-1, *(1,) * (ybars.ndim - 1)), ybar_final, ybars)
 
 

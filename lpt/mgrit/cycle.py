@@ -16,22 +16,49 @@ Chunks (DESIGN §4). The levels of a :class:`Hierarchy` hold one layer chunk's i
 c (n_c+1, …) of a chunk starts with a *halo*, the last C-point of the previous chunk, refreshed by
 ``comm.shift`` after each C-relaxation — the only message of a relaxation. Below the chunked levels, the
 ``top`` hierarchy (global, one chunk) is gathered and solved redundantly by every chunk. On one device the
-communication is the identity and this is plain MGRIT.
+communication is the identity and this is plain MGRIT. Chunks with fewer steps than the static size of their
+arrays hold dead identity steps at their local end (:mod:`lpt.mgrit.layout`): the :class:`ChunkTables` say which
+C-point a chunk sends, where its coarse levels start (the adjoint's front padding), and which points it gathers.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal, NamedTuple
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lpt.mgrit.hierarchy import Grid, Level, LevelShape, join, pad_states, pad_zeros, real_states, split
-from lpt.mgrit.layout import chunk_states
 from lpt.mgrit.options import MGRITOptions
 from lpt.mgrit.relax import Step, f_sweep, fas_rhs, fas_rhs_serial, serial_sweep
 from lpt.parallel.comm import SingleComm
 
 CycleKind = Literal["V", "F"]
+
+
+class ChunkTables(NamedTuple):
+    """Static per-chunk tables of a chunk hierarchy, each in the order of its ``comm``'s ranks.
+
+    Attributes:
+        sends: per chunked level, the C-point index of each chunk's last real point (its halo to the next chunk).
+        shifts: per chunked level, the identity steps before each chunk's first step (the padding of the last
+            chunk on the adjoint's reversed index; 0 in the forward solve and on level 0).
+        owned: the real points of each chunk on the gathered level.
+        steps: each chunk's fine steps (real and padding: the rest of its arrays are dead steps).
+        size: the chunk-local size of the gathered level.
+    """
+
+    sends: tuple[tuple[int, ...], ...]
+    shifts: tuple[tuple[int, ...], ...]
+    owned: tuple[int, ...]
+    steps: tuple[int, ...]
+    size: int
+
+
+def at_rank(comm: Any, table: tuple[int, ...]) -> Any:
+    """This chunk's entry of a per-chunk table: a Python int when all are equal, else indexed by the rank."""
+    return table[0] if len(set(table)) == 1 else jnp.asarray(table)[comm.layer_rank()]
 
 
 class Hierarchy(NamedTuple):
@@ -57,12 +84,43 @@ class Hierarchy(NamedTuple):
     g0: Any = None
     offset: int = 0
     front: bool = False
+    tables: ChunkTables | None = None
 
 
-def halo(hier: Hierarchy, c: jnp.ndarray, new: jnp.ndarray) -> jnp.ndarray:
-    """C-points (n_c+1, …) with the owned points ``new`` (n_c, …) and the halo from the previous chunk."""
+def halo(hier: Hierarchy, lvl: int, c: jnp.ndarray, new: jnp.ndarray) -> jnp.ndarray:
+    """C-points (n_c+1, …) of level ``lvl`` with the owned points ``new`` (n_c, …) and the halo: the previous
+    chunk's last real C-point."""
+    last = new[-1] if hier.tables is None else _index(new, at_rank(hier.comm, hier.tables.sends[lvl]) - 1)
     # message: one state (…) from each chunk to the next
-    return jnp.concatenate([hier.comm.shift(new[-1], c[0])[None], new], axis=0)
+    return jnp.concatenate([hier.comm.shift(last, c[0])[None], new], axis=0)
+
+
+def _index(a: jnp.ndarray, i: Any) -> jnp.ndarray:
+    return a[i] if isinstance(i, int) else jax.lax.dynamic_index_in_dim(a, i, keepdims=False)
+
+
+def to_level(hier: Hierarchy, lvl: int, v: jnp.ndarray, zeros: bool = False) -> jnp.ndarray:
+    """The C-points ``v`` of level ``lvl`` − 1 as the points of level ``lvl`` (shapes[lvl].padded + 1, …),
+    extended by the level's identity padding: the constant states, or with ``zeros`` zero residuals."""
+    shape = hier.shapes[lvl]
+    shift = 0 if hier.tables is None else at_rank(hier.comm, hier.tables.shifts[lvl])
+    if isinstance(shift, int) and shift == 0:
+        return (pad_zeros if zeros else pad_states)(v, shape.padded + 1, hier.front and hier.tables is None)
+    k = jnp.arange(shape.padded + 1) - shift
+    out = jnp.take(v, jnp.clip(k, 0, v.shape[0] - 1), axis=0)
+    if not zeros:
+        return out
+    inside = ((k >= 0) & (k < v.shape[0])).reshape(-1, *(1,) * (v.ndim - 1))
+    return jnp.where(inside, out, jnp.zeros_like(out))
+
+
+def from_level(hier: Hierarchy, lvl: int, u: jnp.ndarray, length: int) -> jnp.ndarray:
+    """The ``length`` C-points of level ``lvl`` − 1 from the points ``u`` of level ``lvl`` (inverse of
+    :func:`to_level`)."""
+    shift = 0 if hier.tables is None else at_rank(hier.comm, hier.tables.shifts[lvl])
+    if isinstance(shift, int) and shift == 0:
+        return real_states(u, length, hier.front and hier.tables is None)
+    return jnp.take(u, jnp.clip(jnp.arange(length) + shift, 0, u.shape[0] - 1), axis=0)
 
 
 def relax(hier: Hierarchy, lvl: int, grid: Grid, g: jnp.ndarray | None,
@@ -72,7 +130,7 @@ def relax(hier: Hierarchy, lvl: int, grid: Grid, g: jnp.ndarray | None,
     if chat is None:
         grid, chat = f_sweep(hier.step, level, grid.c, g, batch)
     for _ in range(hier.options.nrelax_at(lvl + hier.offset)):
-        grid, chat = f_sweep(hier.step, level, halo(hier, grid.c, chat), g, batch)  # C-relaxation, F-relaxation
+        grid, chat = f_sweep(hier.step, level, halo(hier, lvl, grid.c, chat), g, batch)  # C-relaxation, F-relaxation
     return grid, chat
 
 
@@ -94,31 +152,44 @@ def coarse_solve(hier: Hierarchy, lvl: int, v: jnp.ndarray, r: jnp.ndarray, kind
     if shape.coarsest:
         return serial_sweep(hier.step, level, v[0], fas_rhs_serial(hier.step, level, v, r, batch))
     # identity steps padding the level: exact constant states, zero residual there
-    grid = split(pad_states(v, shape.padded + 1, hier.front), shape.m)
-    g = fas_rhs(hier.step, level, grid, split(pad_zeros(r, shape.padded + 1, hier.front), shape.m), batch)
+    grid = split(to_level(hier, lvl, v), shape.m)
+    g = fas_rhs(hier.step, level, grid, split(to_level(hier, lvl, r, zeros=True), shape.m), batch)
     chat = None
     if kind == "F":
         grid, chat = cycle(hier, lvl, grid, g, None, "F")
     grid, _ = cycle(hier, lvl, grid, g, chat, "V")
-    return real_states(join(grid), shape.n + 1, hier.front)
+    return from_level(hier, lvl, join(grid), v.shape[0])
+
+
+def gather_owned(comm: Any, tables: ChunkTables | None, x: jnp.ndarray) -> jnp.ndarray:
+    """The chunks' arrays (size, …) of the gathered level concatenated, each cut to its real points."""
+    g = comm.layer_gather(x)  # message: the chunks' arrays, then the real points taken out of them
+    if tables is None or sum(tables.owned) == g.shape[0]:
+        return g
+    index = np.concatenate([q * x.shape[0] + np.arange(c) for q, c in enumerate(tables.owned)])
+    return jnp.take(g, index, axis=0)
 
 
 def gather(hier: Hierarchy, owned: jnp.ndarray) -> jnp.ndarray:
-    """Global states (n+1, …) from every chunk's owned points (n_local, …) and u_0."""
-    return jnp.concatenate([hier.g0[None], hier.comm.layer_gather(owned)], axis=0)
+    """Global states (n+1, …) from every chunk's owned points (size, …) and u_0."""
+    return jnp.concatenate([hier.g0[None], gather_owned(hier.comm, hier.tables, owned)], axis=0)
 
 
 def scatter(hier: Hierarchy, u: jnp.ndarray) -> jnp.ndarray:
-    """This chunk's states with halo from global states (n+1, …)."""
-    n_local = (u.shape[0] - 1) // hier.comm.layers
-    return chunk_states(u, hier.comm.layer_rank(), n_local)
+    """This chunk's states with halo (size+1, …) from global states (n+1, …); its dead points past the real
+    ones hold any (finite) states."""
+    tables = hier.tables
+    offsets = tuple(int(o) for o in np.cumsum((0, *tables.owned[:-1])))
+    u = pad_states(u, max(offsets[-1] + tables.size + 1, u.shape[0]))
+    start = at_rank(hier.comm, offsets)
+    return jax.lax.dynamic_slice_in_dim(u, start, tables.size + 1)
 
 
 def gathered_solve(hier: Hierarchy, v: jnp.ndarray, r: jnp.ndarray, kind: CycleKind) -> jnp.ndarray:
     """The coarse solve on the gathered level: every chunk solves the whole level redundantly."""
     # messages: all-gather of the level's C-point states and residuals (n_local, …) per chunk
     v_all = gather(hier, v[1:])
-    r_all = hier.comm.layer_gather(r)
+    r_all = gather_owned(hier.comm, hier.tables, r)
     return scatter(hier, coarse_solve(hier.top, 0, v_all, r_all, kind))
 
 
@@ -152,5 +223,5 @@ def nested_iteration(hier: Hierarchy, g0: jnp.ndarray, vcycles: bool) -> tuple[G
             return grid, chat
         if vcycles:
             grid, chat = cycle(hier, lvl, grid, None, chat, "V")
-        u = real_states(join(grid), hier.shapes[lvl].n + 1, hier.front)
+        u = from_level(hier, lvl, join(grid), hier.shapes[lvl - 1].n_coarse + 1)
     raise ValueError("nested_iteration needs at least two levels")

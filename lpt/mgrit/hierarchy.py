@@ -173,15 +173,17 @@ def flat_levels(data: Any, hs: jnp.ndarray, shapes: tuple[LevelShape, ...],
     return tuple(levels)
 
 
+def interval_layout(shape: LevelShape, data: Any, hs: jnp.ndarray) -> Level:
+    """One level's flat data (p, …) in the layout of the module docstring: (m, n_c, …) with intervals, (n, …) on
+    the coarsest."""
+    if shape.coarsest:
+        return Level(data, hs)
+    intervals = lambda a: jnp.swapaxes(a.reshape(shape.n_coarse, shape.m, *a.shape[1:]), 0, 1)  # noqa: E731
+    return Level(jax.tree_util.tree_map(intervals, data), intervals(hs))
+
+
 def build_levels(data: Any, hs: jnp.ndarray, shapes: tuple[LevelShape, ...],
                  restrict: Restriction, front: bool = False) -> tuple[Level, ...]:
-    """Per-step data and step sizes of every level (:func:`flat_levels`) in the layouts described in the
-    module docstring: (m, n_c, …) on levels with intervals, (n, …) on the coarsest."""
-
-    def layout(shape: LevelShape, data: Any, hs: jnp.ndarray) -> Level:
-        if shape.coarsest:
-            return Level(data, hs)
-        intervals = lambda a: jnp.swapaxes(a.reshape(shape.n_coarse, shape.m, *a.shape[1:]), 0, 1)  # noqa: E731
-        return Level(jax.tree_util.tree_map(intervals, data), intervals(hs))
-
-    return tuple(layout(shape, *level) for shape, level in zip(shapes, flat_levels(data, hs, shapes, restrict, front)))
+    """Per-step data and step sizes of every level (:func:`flat_levels`) in the layouts of :func:`interval_layout`."""
+    levels = flat_levels(data, hs, shapes, restrict, front)
+    return tuple(interval_layout(shape, *level) for shape, level in zip(shapes, levels))

@@ -1,21 +1,23 @@
 """How the layers are cut into chunks, one per layer rank (DESIGN §4), and padded so that every level splits.
 
 Every solve — on one device or many — uses the same hierarchy, fixed by the real depth N: the number of
-levels and the coarsening factors from :func:`level_shapes`. Padding with identity steps (h = 0, Φ(u) = u
-exactly) is kept to what each level needs:
+levels and the coarsening factors from :func:`level_shapes`, each level ℓ with n_ℓ = ⌈n_{ℓ−1}/m_{ℓ−1}⌉ steps
+padded with identity steps (h = 0, Φ(u) = u exactly) to its own whole intervals, p_ℓ = m_ℓ⌈n_ℓ/m_ℓ⌉
+(:attr:`LevelShape.padded`): after its last step in the forward solve, before its first on the reversed index of
+the adjoint solve, so that the intervals of every level are anchored at layer 0 in both. N = 1025 with cfactor 4
+thus runs 1028 fine steps (not 2048, the next multiple of ∏ m_ℓ = 4⁵).
 
-* the fine level is padded to ``n_pad`` steps, a multiple of m_0 (whole intervals) and, on P > 1 chunks, of
-  P·∏_{ℓ<d} m_ℓ, so that each chunk holds whole intervals on the first d ("distributed") levels;
-* every coarser level ℓ with n_ℓ = ⌈n_{ℓ−1}/m_{ℓ−1}⌉ steps is padded by its own solve to m_ℓ⌈n_ℓ/m_ℓ⌉
-  (:attr:`LevelShape.padded`) — after its last step in the forward solve, before its first on the reversed
-  index of the adjoint solve, so that the intervals of every level are anchored at layer 0 in both.
-
-N = 1025 with cfactor 4 thus runs 1028 fine steps (not 2048, the next multiple of ∏ m_ℓ = 4⁵).
-
-The first level with fewer intervals than chunks (and the coarsest level) is gathered and solved
-redundantly on every chunk. Since every MGRIT update at a point depends only on earlier points, identity
-steps appended after the last layer (and, on the reversed index, an exact constant prefix) change no
-iterate at a real point: all processor grids produce the same iterates, however much each pads.
+Chunks. On P > 1 layer ranks the first d ("distributed") levels are cut at the fine layers b_p = p·s, s (the
+``stride``) a multiple of q = ∏_{ℓ<d} m_ℓ, so every boundary is a C-point of every chunked level: chunks
+0 … P−2 hold s fine steps (s/m_0 on level 1, …), the last chunk the rest, n − (P−1)·s real steps, padded per
+level to its own whole intervals — exactly the padding of the one-chunk solve, so the levels of all chunks add
+up to the global ones. In SPMD every chunk's arrays of level ℓ have one static size L_ℓ (:attr:`Layout.
+local_shapes`, the largest chunk's); a chunk with fewer steps holds *dead* identity steps at its local end (on the
+adjoint's reversed index too: its chunk-local arrays hold the reversed steps first), which no real point ever
+sees: a chunk sends its last real C-point as the halo, and the gather to the first gathered level takes only the
+real points of each chunk. That level and the coarser ones are solved redundantly on every chunk. Since every
+MGRIT update at a point depends only on earlier points, all processor grids produce the same iterates at the
+real points. s and d are chosen to minimise the largest chunk's steps per cycle.
 """
 
 from __future__ import annotations
@@ -25,26 +27,58 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from lpt.mgrit.hierarchy import LevelShape, level_shapes
+from lpt.mgrit.hierarchy import LevelShape, level_shapes, pad_states, pad_zeros
 from lpt.mgrit.options import MGRITOptions
 
 
+class ChunkCounts(NamedTuple):
+    """Per chunk (in chunk order) the steps of one level: ``real`` ones and ``padded`` to whole intervals."""
+
+    real: tuple[int, ...]
+    padded: tuple[int, ...]
+
+
 class Layout(NamedTuple):
-    """Static chunking of one solve: real depth ``n``, padded depth ``n_pad``, ``chunks`` (layer ranks),
-    global level ``shapes`` of the padded problem, and the number ``dist`` of chunked levels."""
+    """Static chunking of one solve: real depth ``n``, padded fine depth ``n_pad`` (of the whole solve), ``chunks``
+    (layer ranks), global level ``shapes`` of the padded problem, the number ``dist`` of chunked levels, the fine
+    steps ``stride`` of every chunk but the last, and the static fine steps ``n_local`` of a chunk's arrays."""
 
     n: int
     n_pad: int
     chunks: int
     shapes: tuple[LevelShape, ...]
     dist: int
+    stride: int
+    n_local: int
+
+    @property
+    def counts(self) -> tuple[ChunkCounts, ...]:
+        """Per-chunk steps of the chunked levels and of the first gathered one (padded = real there)."""
+        real = (self.stride,) * (self.chunks - 1) + (self.n - (self.chunks - 1) * self.stride,)
+        out = []
+        for shape in self.shapes[: self.dist]:
+            padded = tuple(-(-r // shape.m) * shape.m for r in real)
+            out.append(ChunkCounts(real, padded))
+            real = tuple(c // shape.m for c in padded)
+        return (*out, ChunkCounts(real, real))
 
     @property
     def local_shapes(self) -> tuple[LevelShape, ...]:
-        """Chunk-local sizes of the chunked levels, followed by the (chunk-local) size of the gathered level."""
-        local = tuple(LevelShape(s.n // self.chunks, s.m) for s in self.shapes[: self.dist])
-        return (*local, LevelShape(self.shapes[self.dist].n // self.chunks, 0))
+        """Chunk-local (static) sizes of the chunked levels, followed by the chunk-local size of the gathered
+        level: the largest chunk's, and at least the restricted size of the level above."""
+        local, size = [], self.n_local
+        for shape, counts in zip(self.shapes[: self.dist], self.counts):
+            size = -(-max(size, *counts.padded) // shape.m) * shape.m
+            local.append(LevelShape(size, shape.m))
+            size //= shape.m
+        return (*local, LevelShape(size, 0))
+
+    @property
+    def work(self) -> int:
+        """Steps one chunk relaxes per sweep of every level: its chunked levels' and all of the gathered ones."""
+        return sum(s.n for s in self.local_shapes[:-1]) + sum(s.padded for s in self.shapes[self.dist:])
 
     @property
     def extra_work(self) -> float:
@@ -54,29 +88,13 @@ class Layout(NamedTuple):
         return sum(s.padded for s in self.shapes) / sum(s.n for s in real) - 1
 
     @property
-    def n_local(self) -> int:
-        """Fine steps per chunk."""
-        return self.n_pad // self.chunks
+    def last_real(self) -> int:
+        """Real fine steps of the last chunk (its local index of y_N)."""
+        return self.n - (self.chunks - 1) * self.stride
 
 
 def _cfactors(n: int, options: MGRITOptions) -> tuple[int, ...]:
     return tuple(s.m for s in level_shapes(n, options)[:-1])
-
-
-def _max_dist_levels(n: int, options: MGRITOptions, chunks: int) -> int:
-    """Levels on which every chunk can hold at least one whole interval (all of them for one chunk)."""
-    real = level_shapes(n, options)
-    d = 0
-    while d < len(real) - 1 and (chunks == 1 or real[d].n_coarse >= chunks):
-        d += 1
-    return d
-
-
-def _multiple(ms: tuple[int, ...], chunks: int, dist: int) -> int:
-    """The number the padded fine depth must be a multiple of with ``dist`` chunked levels."""
-    if not ms:
-        return chunks
-    return ms[0] if chunks == 1 else math.lcm(ms[0], chunks * math.prod(ms[:dist]))
 
 
 def _shapes(n_pad: int, ms: tuple[int, ...]) -> tuple[LevelShape, ...]:
@@ -87,66 +105,95 @@ def _shapes(n_pad: int, ms: tuple[int, ...]) -> tuple[LevelShape, ...]:
     return (*shapes, LevelShape(size, 0))
 
 
-def _chunk_steps(n: int, ms: tuple[int, ...], chunks: int, dist: int, multiple: int) -> int:
-    """Steps one chunk relaxes per cycle, roughly: its share of the chunked levels and all of the gathered ones."""
-    q = math.lcm(_multiple(ms, chunks, dist), multiple)
-    shapes = _shapes(-(-n // q) * q, ms)
-    return sum(s.padded // chunks for s in shapes[:dist]) + sum(s.padded for s in shapes[dist:])
+def _candidates(n: int, ms: tuple[int, ...], chunks: int, multiple: int, stride: int | None):
+    """(dist, stride) pairs of a depth-n layout on ``chunks`` > 1 chunks: every chunk holds at least one interval
+    of every chunked level, the stride a multiple of ``multiple`` (or the given ``stride``)."""
+    for d in range(1, len(ms) + 1):
+        q = math.lcm(math.prod(ms[:d]), multiple)
+        if stride is not None:
+            if stride % math.prod(ms[:d]) == 0:
+                yield d, stride
+            continue
+        top = (n - 1) // ((chunks - 1) * q)
+        for k in {-(-n // (chunks * q)), n // (chunks * q)}:
+            if 1 <= k <= top:
+                yield d, k * q
 
 
-def _dist_levels(n: int, options: MGRITOptions, chunks: int, multiple: int = 1) -> int:
-    """The number d of chunked levels: as many as each hold an interval per chunk, unless fewer cost less work per
-    chunk — every chunked level multiplies the fine depth's padding by its m_ℓ (N = 1025 on 2 chunks, cfactor 4:
-    2048 steps with all 5 levels chunked, 1056 with 2, and ~10 % less work per chunk)."""
-    top = _max_dist_levels(n, options, chunks)
-    if chunks == 1 or top == 0:
-        return top
-    ms = _cfactors(n, options)
-    return min(range(top, 0, -1), key=lambda d: _chunk_steps(n, ms, chunks, d, multiple))
+def _layout(n: int, ms: tuple[int, ...], chunks: int, d: int, stride: int) -> Layout:
+    n_pad = -(-n // ms[0]) * ms[0] if ms else n
+    last = n - (chunks - 1) * stride
+    n_local = max(stride if chunks > 1 else 0, -(-last // ms[0]) * ms[0] if ms else last)
+    return Layout(n=n, n_pad=n_pad, chunks=chunks, shapes=_shapes(n_pad, ms), dist=d, stride=stride, n_local=n_local)
 
 
-def pad_multiple(n: int, options: MGRITOptions, chunks: int) -> int:
-    """The number the padded fine depth must be a multiple of (see the module docstring)."""
-    return _multiple(_cfactors(n, options), chunks, _dist_levels(n, options, chunks))
-
-
-def make_layout(n: int, options: MGRITOptions, chunks: int = 1, multiple: int = 1) -> Layout:
-    """The layout of a depth-``n`` solve over ``chunks`` layer ranks; ``n_pad`` is also a multiple of ``multiple``
-    (to share one padding between the forward and the adjoint solve).
+def make_layout(n: int, options: MGRITOptions, chunks: int = 1, multiple: int = 1,
+                stride: int | None = None) -> Layout:
+    """The layout of a depth-``n`` solve over ``chunks`` layer ranks, of the least work per chunk; its stride a
+    multiple of ``multiple`` (or ``stride`` itself: to share the chunks between the forward and the adjoint solve).
 
     Raises:
         ValueError: when the finest level has fewer intervals than chunks (too many layer ranks).
     """
     ms = _cfactors(n, options)
-    d = _dist_levels(n, options, chunks, multiple)
-    if chunks > 1 and d == 0:
+    if chunks == 1:
+        return _layout(n, ms, 1, len(ms), 0)
+    layouts = [_layout(n, ms, chunks, d, s) for d, s in _candidates(n, ms, chunks, multiple, stride)]
+    if not layouts:
         intervals = level_shapes(n, options)[0].n_coarse if ms else 0
         raise ValueError(
             f"parallel.layers={chunks} is more than the finest MGRIT level allows: depth {n} with "
             f"solver.cfactor={options.cfactor_at(0)} gives {intervals} coarse intervals (max_levels="
             f"{options.max_levels}); use at most {max(intervals, 1)} layer ranks, or a greater depth")
-    q = math.lcm(_multiple(ms, chunks, d), multiple)
-    n_pad = -(-n // q) * q
-    return Layout(n=n, n_pad=n_pad, chunks=chunks, shapes=_shapes(n_pad, ms), dist=d)
+    return min(layouts, key=lambda layout: (layout.work, -layout.dist))
 
 
 def paired_layouts(n: int, fwd: MGRITOptions, bwd: MGRITOptions, chunks: int = 1) -> tuple[Layout, Layout]:
-    """The layouts of the forward and the adjoint solve of one depth-``n`` network: one padded depth (the adjoint
-    runs on the forward states), each solve its own levels and chunked levels."""
-    n_pad = pad_multiple(n, bwd, chunks)
-    while True:  # each layout pads to a multiple of the other's: at most a few rounds, n_pad only grows
-        f_layout = make_layout(n, fwd, chunks, multiple=n_pad)
-        b_layout = make_layout(n, bwd, chunks, multiple=f_layout.n_pad)
-        if b_layout.n_pad == f_layout.n_pad:
-            return f_layout, b_layout
-        n_pad = b_layout.n_pad
+    """The layouts of the forward and the adjoint solve of one depth-``n`` network: the same chunks (stride and
+    static fine size: the adjoint runs on the forward states), each solve its own levels, padding and chunked
+    levels."""
+    ms = _cfactors(n, bwd)
+    f_layout = make_layout(n, fwd, chunks, multiple=ms[0] if ms else 1)
+    b_layout = make_layout(n, bwd, chunks, stride=f_layout.stride if chunks > 1 else None)
+    n_local = max(f_layout.n_local, b_layout.n_local)
+    return f_layout._replace(n_local=n_local), b_layout._replace(n_local=n_local)
 
 
-def chunk(tree: Any, rank: Any, size: int) -> Any:
-    """The ``rank``-th block of ``size`` entries along axis 0 of every leaf (``rank`` may be traced)."""
-    return jax.tree_util.tree_map(lambda a: jax.lax.dynamic_slice_in_dim(a, rank * size, size), tree)
+def chunk(tree: Any, rank: Any, layout: Layout) -> Any:
+    """Chunk ``rank``'s ``n_local`` layers (``rank`` may be traced) of every leaf of a layer stack (leading axis
+    ≥ n): layers rank·stride …, past the stack's end the last layer repeated (identity steps' weights)."""
+    size, length = layout.n_local, (layout.chunks - 1) * layout.stride + layout.n_local
+    return jax.tree_util.tree_map(
+        lambda a: jax.lax.dynamic_slice_in_dim(pad_states(a, max(length, a.shape[0])), rank * layout.stride, size),
+        tree)
 
 
-def chunk_states(u: jnp.ndarray, rank: Any, size: int) -> jnp.ndarray:
-    """States of a chunk with its left halo point: u[rank·size : (rank+1)·size + 1]."""
-    return jax.lax.dynamic_slice_in_dim(u, rank * size, size + 1)
+def chunk_real(tree: Any, rank: Any, layout: Layout) -> Any:
+    """Chunk ``rank``'s ``n_local`` entries of every leaf of a per-layer stack (n, …: step sizes, a gradient),
+    zero past its real layers (identity steps' step sizes; no gradient for a dead or padding step)."""
+    length = (layout.chunks - 1) * layout.stride + layout.n_local
+    real = jnp.where(jnp.asarray(rank) == layout.chunks - 1, layout.last_real, layout.stride)
+    own = jnp.arange(layout.n_local) < real
+
+    def one(a: jnp.ndarray) -> jnp.ndarray:
+        local = jax.lax.dynamic_slice_in_dim(pad_zeros(a, max(length, a.shape[0])), rank * layout.stride,
+                                             layout.n_local)
+        return jnp.where(own.reshape(-1, *(1,) * (a.ndim - 1)), local, jnp.zeros_like(local))
+
+    return jax.tree_util.tree_map(one, tree)
+
+
+def spread(tree: Any, layout: Layout) -> Any:
+    """A layer stack (n, …) as the chunks' arrays one after the other (chunks·n_local, …): :func:`chunk` of every
+    rank, concatenated."""
+    index = np.minimum(np.arange(layout.n_local)[None] + layout.stride * np.arange(layout.chunks)[:, None],
+                       layout.n - 1).reshape(-1)
+    return jax.tree_util.tree_map(lambda a: jnp.take(a, index, axis=0), tree)
+
+
+def unspread(tree: Any, layout: Layout) -> Any:
+    """The real layers (n, …) of the chunks' arrays one after the other (chunks·n_local, …): the inverse of
+    :func:`spread` (a gradient's dead and padding entries left out)."""
+    index = np.concatenate([p * layout.n_local + np.arange(r)
+                            for p, r in enumerate((layout.stride,) * (layout.chunks - 1) + (layout.last_real,))])
+    return jax.tree_util.tree_map(lambda a: jnp.take(a, index, axis=0), tree)

@@ -12,8 +12,9 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lpt.mgrit.cycle import Hierarchy, cycle, halo, nested_iteration, scatter
-from lpt.mgrit.hierarchy import Grid, average, build_levels, inject_first, join, pad_states, pad_steps, split
+from lpt.mgrit.cycle import ChunkTables, Hierarchy, at_rank, cycle, gather_owned, halo, nested_iteration, scatter
+from lpt.mgrit.hierarchy import (Grid, average, build_levels, flat_levels, inject_first, interval_layout, join,
+                                 pad_states, pad_steps, split)
 from lpt.mgrit.layout import Layout, make_layout
 from lpt.mgrit.options import MGRITOptions
 from lpt.mgrit.relax import f_sweep, landing, residual_norm, serial_sweep
@@ -52,15 +53,50 @@ class _Loop(NamedTuple):
 def chunk_hierarchy(step: Step, data: Any, hs: jnp.ndarray, options: MGRITOptions, restrict, layout: Layout,
                     comm: Any = SINGLE, front: bool = False) -> Hierarchy:
     """The hierarchy of one layer chunk: its chunked levels (local data, from this chunk's ``layout.n_local``
-    fine steps ``data``, ``hs``) and, gathered from all chunks, the remaining coarse levels (``top``); coarse
-    levels padded before their first step with ``front`` (a reversed index), else after their last."""
-    local = layout.local_shapes
-    levels = build_levels(data, hs, local, restrict, front)
-    gathered = jax.tree_util.tree_map(comm.layer_gather, levels[-1])  # message: the restricted coarse data
+    fine steps ``data``, ``hs`` in forward order, dead steps at the end) and, gathered from all chunks, the
+    remaining coarse levels (``top``). With ``front`` (the adjoint: ``comm`` takes the chunks in reverse order)
+    every level of the chunk is reversed but for its dead steps, which stay at its end, and the gathered levels
+    are padded before their first step (a reversed index), else after their last."""
+    local, counts = layout.local_shapes, layout.counts
+    order = (lambda t: tuple(reversed(t))) if front else tuple  # noqa: E731
+    levels = flat_levels(data, hs, local, _flipped(restrict) if front else restrict)
+    if front:
+        levels = tuple(reverse_steps(level, at_rank(comm, order(c.padded))) for level, c in zip(levels, counts))
+    tables = ChunkTables(
+        sends=tuple(order(tuple(c // s.m for c in cnt.padded)) for s, cnt in zip(layout.shapes[: layout.dist], counts)),
+        shifts=tuple(order(tuple(c - r for r, c in zip(cnt.real, cnt.padded)) if front and i else (0,) * len(cnt.real))
+                     for i, cnt in enumerate(counts[:-1])),
+        owned=order(counts[-1].real), steps=order(counts[0].padded), size=local[-1].n)
+    gathered = jax.tree_util.tree_map(partial(gather_owned, comm, tables), levels[-1])  # message: coarse data
     top_shapes = layout.shapes[layout.dist:]
-    top = Hierarchy(step, top_shapes, build_levels(gathered.data, gathered.hs, top_shapes, restrict, front), options,
+    top = Hierarchy(step, top_shapes, build_levels(*gathered, top_shapes, restrict, front), options,
                     offset=layout.dist, front=front)
-    return Hierarchy(step, local[:-1], levels[:-1], options, comm, top, front=front)
+    chunked = tuple(interval_layout(shape, *level) for shape, level in zip(local[:-1], levels))
+    return Hierarchy(step, local[:-1], chunked, options, comm, top, front=front, tables=tables)
+
+
+def _flipped(restrict):
+    """A restriction of reversed intervals applied to intervals in forward order."""
+    return lambda blocks, hs: restrict(jax.tree_util.tree_map(lambda a: a[:, ::-1], blocks), hs[:, ::-1])
+
+
+def reverse_steps(level: tuple[Any, jnp.ndarray], count: Any) -> tuple[Any, jnp.ndarray]:
+    """A level's flat (data, step sizes) with its first ``count`` steps reversed (the rest are dead steps)."""
+    size = level[1].shape[0]
+    if isinstance(count, int) and count == size:
+        return jax.tree_util.tree_map(lambda a: a[::-1], level)
+    k = jnp.arange(size)
+    index = jnp.where(k < count, count - 1 - k, k)
+    return jax.tree_util.tree_map(lambda a: jnp.take(a, index, axis=0), level)
+
+
+def reverse_points(u: jnp.ndarray, count: Any) -> jnp.ndarray:
+    """States (size+1, …) with their first ``count`` + 1 points reversed (the chunk's points in the order of
+    :func:`reverse_steps`; an involution)."""
+    if isinstance(count, int) and count == u.shape[0] - 1:
+        return u[::-1]
+    k = jnp.arange(u.shape[0])
+    return jnp.take(u, jnp.where(k <= count, count - k, k), axis=0)
 
 
 def map_levels(hier: Hierarchy, fn) -> Hierarchy:
@@ -111,7 +147,7 @@ def solve_system(hier: Hierarchy, g0: jnp.ndarray, u_init: jnp.ndarray | None,
     if u_init is None:
         grid, chat = nested_iteration(hier, g0, vcycles=opts.cycle == "FMG")
     else:
-        grid, chat = f_sweep(hier.step, fine, halo(hier, jnp.asarray(g0)[None], split(u_init, m).c[1:]), None,
+        grid, chat = f_sweep(hier.step, fine, halo(hier, 0, jnp.asarray(g0)[None], split(u_init, m).c[1:]), None,
                              opts.interval_batch)
     real_steps = fine.hs > 0
     r0 = residual_norm(chat, grid.c, real, comm)
@@ -168,14 +204,15 @@ def forward_hierarchy(step: Step, theta: Any, hs: jnp.ndarray, options: MGRITOpt
 
 
 def warm_or_guess(hier: Hierarchy, g0: jnp.ndarray, warm: jnp.ndarray | None, valid: jnp.ndarray | None,
-                  reverse: bool = False) -> jnp.ndarray | None:
+                  to_forward: Callable[[jnp.ndarray], jnp.ndarray] | None = None) -> jnp.ndarray | None:
     """The initial iterate of a one-shot solve: ``warm`` (a previous step's states) where ``valid`` is true, else
     the cheap coarse-level guess (in ``warm``'s dtype: line searches may try parameters of a promoted dtype);
-    ``warm`` alone, or None (the solver's nested iteration), when ``valid`` or ``warm`` is None. ``reverse``:
-    ``warm`` is in forward order and ``hier`` a reversed (adjoint) index."""
+    ``warm`` alone, or None (the solver's nested iteration), when ``valid`` or ``warm`` is None. ``to_forward``:
+    ``warm`` is in forward order and ``hier`` a reversed (adjoint) index, and this maps the guess to it."""
     if warm is None or valid is None:
         return warm
-    cheap = lambda: initial_guess(hier, g0)[:: -1 if reverse else 1].astype(warm.dtype)  # noqa: E731
+    order = to_forward or (lambda u: u)
+    cheap = lambda: order(initial_guess(hier, g0)).astype(warm.dtype)  # noqa: E731
     return jax.lax.cond(valid, lambda: warm, cheap)
 
 
@@ -193,10 +230,9 @@ def forward_chunk(step: Step, theta: Any, hs: jnp.ndarray, y0: jnp.ndarray, opti
 
 def final_state(ys: jnp.ndarray, layout: Layout, comm: Any) -> jnp.ndarray:
     """y_N on every chunk from this chunk's states with halo ``ys`` (n_local+1, …): the state after the last real
-    layer, taken from the chunk that holds it. The identity steps after it carry y_N unchanged only within its
+    layer, taken from the last chunk. The identity steps after it carry y_N unchanged only within its
     interval (or once converged), and how many there are depends on the processor grid."""
-    owner = (layout.n - 1) // layout.n_local
-    return from_chunk(comm, owner, ys[layout.n - owner * layout.n_local])
+    return from_chunk(comm, layout.chunks - 1, ys[layout.last_real])
 
 
 def padded(theta: Any, hs: jnp.ndarray, layout: Layout) -> tuple[Any, jnp.ndarray]:

@@ -26,8 +26,7 @@ import jax.numpy as jnp
 from lpt.mgrit.adjoint import adjoint_gradient_chunk
 from lpt.mgrit.control import Adaptive, Control, cosine
 from lpt.mgrit.divergence import anywhere, solve_diverged
-from lpt.mgrit.hierarchy import pad_states, pad_zeros
-from lpt.mgrit.layout import Layout, chunk, paired_layouts
+from lpt.mgrit.layout import Layout, chunk, chunk_real, paired_layouts, spread, unspread
 from lpt.mgrit.options import MGRITOptions, require
 from lpt.mgrit.solve import MGRITStats, convergence_factor, forward_chunk, forward_restriction, last_factor, padded
 from lpt.mgrit.stability import coarse_step_stability, stability_message
@@ -158,9 +157,9 @@ class MGRITSolver:
         return paired_layouts(depth, self.fwd, self.bwd, self.comm.layers)
 
     def padded_layers(self, model, layers: Any) -> Any:
-        """The layer stack with the identity steps' weights appended up to the padded depth (``layout.n_pad``)."""
-        n_pad = self.layouts(model.depth)[0].n_pad
-        return jax.tree_util.tree_map(lambda a: pad_states(a, n_pad), layers)
+        """The layer stack as the chunks' arrays one after the other (chunks·n_local, …; :func:`~lpt.mgrit.layout.
+        spread`): each chunk's layers, then identity steps' weights."""
+        return spread(layers, self.layouts(model.depth)[0])
 
     def coarse_stability(self, model, params: Params, x: jnp.ndarray, samples: int = 2) -> tuple[Any, str | None]:
         """H·ρ of every coarse level of the forward solve at ``params`` (:mod:`lpt.mgrit.stability`), linearised
@@ -221,7 +220,8 @@ class MGRITSolver:
             model.step, fw.theta, fw.hs, fw.ys, ybar_final, self.bwd, self.layouts(model.depth)[1], comm,
             *self._warm(state, "ybars"), target, self.min_iters[1])
         if not self.local_layers:
-            layers = jax.tree_util.tree_map(lambda g: comm.layer_gather(g)[: model.depth], layers)  # message: θ̄
+            # message: θ̄ of every chunk, its real layers taken out
+            layers = unspread(jax.tree_util.tree_map(comm.layer_gather, layers), self.layouts(model.depth)[0])
         grads = {"opening": fw.open_vjp(ybar_0)[0], "layers": layers, "classifier": g_class}
         obj, grads = self._regularized(model, params, loss, grads)
         result = (obj, {"loss": loss, "outputs": outputs}, grads)
@@ -269,14 +269,12 @@ class MGRITSolver:
         if not self.local_layers:
             return (_serial().value_and_grad(model, params, x, y, ())[:3] if grad
                     else _serial().value(model, params, x, y, ()))
-        comm, n_local = self.comm, self.layouts(model.depth)[0].n_local
-        full = {**params, "layers": jax.tree_util.tree_map(lambda a: comm.layer_gather(a)[: model.depth],
-                                                            params["layers"])}
+        comm, layout = self.comm, self.layouts(model.depth)[0]
+        full = {**params, "layers": unspread(jax.tree_util.tree_map(comm.layer_gather, params["layers"]), layout)}
         if not grad:
             return data_objective(model, full, x, y)[0]
         (obj, aux), grads = jax.value_and_grad(lambda p: data_objective(model, p, x, y), has_aux=True)(full)
-        layers = jax.tree_util.tree_map(lambda g: pad_zeros(g, n_local * comm.layers), grads["layers"])
-        return obj, aux, {**grads, "layers": chunk(layers, comm.layer_rank(), n_local)}
+        return obj, aux, {**grads, "layers": chunk_real(grads["layers"], comm.layer_rank(), layout)}
 
     def _warm(self, state, name: str) -> tuple[jnp.ndarray | None, jnp.ndarray | None]:
         """The warm start of one solve: the previous step's states ``name`` and whether they are valid, or Nones."""
@@ -288,10 +286,9 @@ class MGRITSolver:
         layout = self.layouts(model.depth)[0]
         if self.local_layers:  # this chunk's weights already; its step sizes from the whole padded list
             theta = params["layers"]
-            hs = chunk(padded((), model.step_sizes(y0.dtype), layout)[1], comm.layer_rank(), layout.n_local)
         else:
-            theta, hs = chunk(padded(params["layers"], model.step_sizes(y0.dtype), layout), comm.layer_rank(),
-                              layout.n_local)
+            theta = chunk(params["layers"], comm.layer_rank(), layout)
+        hs = chunk_real(model.step_sizes(y0.dtype), comm.layer_rank(), layout)
         ys, y_final, stats = forward_chunk(model.step, theta, hs, y0, self.fwd, layout, comm, *self._warm(state, "ys"),
                                            target, self.min_iters[0])
         return _Forward(open_vjp, theta, hs, ys, y_final, stats)

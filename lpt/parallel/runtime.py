@@ -32,8 +32,8 @@ from lpt.parallel.sharded import (REPLICATED, SAMPLES, ChunkLocal, LayerSharded,
 @dataclass(frozen=True, eq=False)
 class Runtime:
     """The processor grid of a run and its communication; ``layer_shards``: MPI ranks hold only their chunk's
-    layer parameters and optimiser state (:meth:`shard_layers`): layer rank p the real layers among
-    p·``chunk_rows`` … (p+1)·``chunk_rows`` − 1 of the ``depth``; ``layout`` says where the layer state lives."""
+    layer parameters and optimiser state (:meth:`shard_layers`): layer rank p the layers p·``chunk_rows`` …
+    (p+1)·``chunk_rows`` − 1, the last rank the rest of the ``depth``; ``layout`` says where the layer state lives."""
 
     grid: ProcessorGrid
     comm: Comm
@@ -123,27 +123,23 @@ class Runtime:
     # --- MPI ranks with layer-sharded parameters -------------------------------------------------------
     def shard_layers(self, solver: Any, depth: int, line_search: bool = False) -> tuple["Runtime", Any]:
         """The runtime and solver of a depth-``depth`` network: on ``parallel=mpi`` with layer chunks each rank
-        keeps only its chunk's real layers (:class:`~lpt.parallel.sharded.ChunkLocal`: chunk p of the solve's
-        padded stack is layers p·n_local … (p+1)·n_local − 1, of which the last chunks of a padded depth hold
-        fewer real ones; the identity steps' weights are made inside the solve only) unless the optimiser has a
-        line search (L-BFGS's inner products would need the whole stack) or the padding leaves a chunk no real
-        layer; then every rank keeps the whole stack, as ``layout`` then says."""
+        keeps only its chunk's real layers (:class:`~lpt.parallel.sharded.ChunkLocal`: chunk p is layers p·s …
+        (p+1)·s − 1, s the layout's stride, the last chunk the rest; identity steps' weights are made inside the
+        solve only) unless the optimiser has a line search (L-BFGS's inner products would need the whole stack);
+        then every rank keeps the whole stack, as ``layout`` then says."""
         if self.grid.backend != "mpi" or self.grid.layers == 1 or not hasattr(solver, "local_layers"):
             return self, solver
         layout = solver.layouts(depth)[0]
-        counts = [min(layout.n_local, max(depth - p * layout.n_local, 0)) for p in range(self.grid.layers)]
-        if line_search or not all(counts):
-            why = ("optimizer=lbfgs: its line search needs the whole stack" if line_search else
-                   f"MGRIT pads depth {depth} to {layout.n_pad} steps, which leaves layer rank "
-                   f"{counts.index(0)} no real layer")
-            return dataclasses.replace(self, layout=f"layer parameters and optimiser state replicated on every "
-                                                    f"rank ({why})"), solver
-        each = (f"{layout.n_local} layers each" if layout.n_pad == depth else
-                f"{' + '.join(map(str, counts))} layers; the {layout.n_pad - depth} identity steps that pad depth "
-                f"{depth} to {layout.n_pad} are added inside the solve only")
+        counts = [layout.stride] * (self.grid.layers - 1) + [layout.last_real]
+        if line_search:
+            return dataclasses.replace(self, layout="layer parameters and optimiser state replicated on every rank "
+                                                    "(optimizer=lbfgs: its line search needs the whole stack)"), solver
+        each = (f"{layout.stride} layers each" if len(set(counts)) == 1 else f"{' + '.join(map(str, counts))} layers")
+        if layout.n_local > min(counts):
+            each += f"; identity steps up to {layout.n_local} per rank are added inside the solve only"
         line = f"layer parameters and optimiser state split over the {self.grid.layers} layer ranks ({each})"
         sharded = ChunkLocal(dataclasses.replace(solver, local_layers=True))
-        return dataclasses.replace(self, layer_shards=True, layout=line, chunk_rows=layout.n_local,
+        return dataclasses.replace(self, layer_shards=True, layout=line, chunk_rows=layout.stride,
                                    depth=depth), sharded
 
     @property
@@ -165,9 +161,10 @@ class Runtime:
             self.comm.layer_comm.allgather(np.asarray(a)), axis=0)))
 
     def _own_chunk(self, a: Any) -> Any:
-        """This layer rank's real layers of a whole stack (rows p·chunk_rows … up to the depth)."""
-        start = self.comm.layer_comm.Get_rank() * self.chunk_rows
-        return a[start:min(start + self.chunk_rows, self.depth)]
+        """This layer rank's real layers of a whole stack (rows p·chunk_rows …, the last rank's up to the depth)."""
+        rank = self.comm.layer_comm.Get_rank()
+        start = rank * self.chunk_rows
+        return a[start:self.depth if rank == self.grid.layers - 1 else start + self.chunk_rows]
 
     @staticmethod
     def _map_layers(tree: Any, fn: Callable[[Any], Any]) -> Any:

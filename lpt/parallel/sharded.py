@@ -14,6 +14,7 @@ import jax
 from jax.sharding import PartitionSpec as P
 
 from lpt.mgrit.hierarchy import pad_states
+from lpt.mgrit.layout import unspread
 from lpt.parallel.comm import data_mean
 from lpt.parallel.grid import ProcessorGrid
 
@@ -140,10 +141,11 @@ class LayerSharded:
         return self.solver.init_state(model, params, x)
 
     def _island(self, fn: Callable, model, params, x, y, state, out_specs: Callable[[Any, Any], Any]):
-        """``fn(params_chunk, (x, y), state)`` per chunk, on the padded parameters split along the layers."""
-        n_pad = self.solver.layouts(model.depth)[0].n_pad
+        """``fn(params_chunk, (x, y), state)`` per chunk, on the chunks' layers (each chunk's arrays one after the
+        other: :meth:`~lpt.mgrit.MGRITSolver.padded_layers`) split along the layers."""
+        layout = self.solver.layouts(model.depth)[0]
         padded = {**params, "layers": self.solver.padded_layers(model, params["layers"])}
-        specs = layer_specs(padded, n_pad, self.grid.layers)
+        specs = layer_specs(padded, layout.chunks * layout.n_local, self.grid.layers)
         state_specs = self._state_specs(model, params, x)
         return on_mesh(fn, self.grid, (specs, SAMPLES, state_specs), out_specs(specs, state_specs))(
             padded, (x, y), state)
@@ -159,7 +161,7 @@ class LayerSharded:
         obj, loss, outputs, grads, state, stats = self._island(
             chunk_fn, model, params, x, y, state,
             lambda specs, s_specs: (REPLICATED, REPLICATED, SAMPLES, specs, s_specs, REPLICATED))
-        grads = {**grads, "layers": jax.tree_util.tree_map(lambda g: g[: model.depth], grads["layers"])}
+        grads = {**grads, "layers": unspread(grads["layers"], self.solver.layouts(model.depth)[0])}
         reg, g_reg = jax.value_and_grad(model.regularization)(params)
         return (obj + reg, {"loss": loss, "outputs": outputs}, jax.tree_util.tree_map(jax.numpy.add, grads, g_reg),
                 state, stats)
@@ -175,15 +177,15 @@ class LayerSharded:
 
 
 class ChunkLocal:
-    """A layer-parallel solver whose layer parameters, their gradient and optimiser state live only on the MPI
-    rank of their chunk (``parallel=mpi``, ``parallel.layers`` = P > 1): chunk p of the stack MGRIT pads to
-    n_pad = P·n_local steps holds layers p·n_local … (p+1)·n_local − 1, and each rank's ``params["layers"]`` are
-    the real ones among them (all n_local, fewer on the last chunks of a padded depth). Only for the solve are they
-    extended to n_local by the identity steps' weights (the last layer repeated, as :func:`~lpt.mgrit.hierarchy.
-    pad_states` pads the whole stack), and the solver's (``local_layers``) gradient is cut back to the real layers:
-    the pad layers never reach the optimiser, the regularisation, the norm or a checkpoint. Opening and classifier
-    are replicated. The regularisation of the whole stack is added here from the chunk and a one-layer halo
-    (:func:`chunk_regularization`). Every other attribute is the wrapped solver's."""
+    """A layer-parallel solver whose layer parameters, their gradient and optimiser state live only on the MPI rank
+    of their chunk (``parallel=mpi``, ``parallel.layers`` = P > 1): chunk p holds layers p·s … (p+1)·s − 1 (s the
+    layout's stride), the last chunk the rest, and each rank's ``params["layers"]`` are those real layers. Only for
+    the solve are they extended to the static n_local by identity steps' weights (the last layer repeated, as
+    :func:`~lpt.mgrit.hierarchy.pad_states` pads a stack; their step sizes are 0), and the solver's
+    (``local_layers``) gradient is cut back to the real layers: the pad layers never reach the optimiser, the
+    regularisation, the norm or a checkpoint. Opening and classifier are replicated. The regularisation of the whole
+    stack is added here from the chunk and a one-layer halo (:func:`chunk_regularization`). Every other attribute is
+    the wrapped solver's."""
 
     def __init__(self, solver: Any):
         self.solver = solver

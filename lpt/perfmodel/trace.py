@@ -30,11 +30,11 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from lpt.mgrit.cycle import cycle
-from lpt.mgrit.layout import Layout
+from lpt.mgrit.layout import Layout, chunk_real, spread
 from lpt.mgrit.options import MGRITOptions
 from lpt.mgrit.hierarchy import split
 from lpt.mgrit.relax import residual_norm
-from lpt.mgrit.solve import forward_hierarchy, initial_guess, padded, solve_system
+from lpt.mgrit.solve import forward_hierarchy, initial_guess, solve_system
 from lpt.parallel.comm import MeshComm
 
 STATE = 3
@@ -112,7 +112,8 @@ def _traced(program, layout: Layout, options: MGRITOptions) -> Traced:
 
         fn = jax.shard_map(per_chunk, mesh=_mesh(layout.chunks), in_specs=(P("layers"), P("layers"), P()),
                            out_specs=P("layers"), check_vma=False)
-        theta, hs = padded(jnp.ones(layout.n), jnp.ones(layout.n), layout)
+        theta = spread(jnp.ones(layout.n), layout)  # each chunk's arrays, dead steps included
+        hs = jnp.concatenate([chunk_real(jnp.ones(layout.n), p, layout) for p in range(layout.chunks)])
         return count(jax.make_jaxpr(fn)(theta, hs, jnp.ones((1, STATE))))
 
     built = run(lambda hier, y0: jnp.concatenate(jax.tree_util.tree_leaves(hier.levels[0]))[None])

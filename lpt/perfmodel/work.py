@@ -10,9 +10,9 @@ Two kinds of counts:
   mirrored from :mod:`lpt.mgrit` on the padded level sizes of :func:`lpt.mgrit.layout.make_layout` (and checked
   against the solver itself: :mod:`lpt.perfmodel.trace` counts the same quantities in the traced code). Each
   relaxation sweep of a level with n_c intervals is a scan of m steps, each step vmapped over the rank's
-  n_c/P intervals; the coarsest level is a serial sweep; the levels below the first one with fewer intervals
-  than ranks are gathered and solved redundantly. A cycle that receives the C-point predictions of the
-  previous one skips its first F-relaxation, so level 0 costs (ν₀+1) sweeps, a coarse level ℓ one FAS
+  n_c/P intervals (the largest chunk's, dead steps included); the coarsest level is a serial sweep; the
+  levels below the layout's chunked ones are gathered and solved redundantly. A cycle that receives the C-point
+  predictions of the previous one skips its first F-relaxation, so level 0 costs (ν₀+1) sweeps, a coarse level ℓ one FAS
   right-hand side (one vectorised step over its n_ℓ steps) and ν_ℓ+2 sweeps, the coarsest level n_L serial
   steps: the critical path of a cycle is Σ_ℓ<L (sweeps_ℓ·m_ℓ + [ℓ>0]) + 1 + n_L sequential steps.
 
@@ -116,11 +116,11 @@ class LevelPlan:
 
 def plan_levels(layout: Layout) -> tuple[LevelPlan, ...]:
     """The levels of a layout from one rank's point of view (distributed levels first, then gathered ones)."""
-    plans = []
+    plans, local = [], layout.local_shapes
     for i, shape in enumerate(layout.shapes):
         dist = i < layout.dist and layout.chunks > 1
-        n = shape.padded  # a level's own identity padding is relaxed with it
-        plans.append(LevelPlan(n, shape.m, n // layout.chunks if i < layout.dist else n, dist, i))
+        n = shape.padded  # a level's own identity padding is relaxed with it, a chunk's dead steps too
+        plans.append(LevelPlan(n, shape.m, local[i].n if i < layout.dist else n, dist, i))
     return tuple(plans)
 
 
@@ -237,7 +237,7 @@ def gradient_ops(depth: int, fwd: MGRITOptions, bwd: MGRITOptions, layers: int =
     ops = Ops()
     # forward: gather of the restricted weights of the first gathered level, the solve, y_N to all ranks
     if layers > 1:
-        ops.param_msgs[("allgather", plan_levels(f_layout)[f_layout.dist].n_local // layers or 1)] += 1
+        ops.param_msgs[("allgather", f_layout.local_shapes[f_layout.dist].n)] += 1
         ops.message("allreduce", 1)
     ops.add(solve_ops(f_layout, fwd, "step", initial=initial))
     # adjoint: reversed data, linearisation of every level, the solve, ȳ_0 to all ranks
@@ -246,8 +246,8 @@ def gradient_ops(depth: int, fwd: MGRITOptions, bwd: MGRITOptions, layers: int =
     for lvl in b_levels:
         ops.eval("linearize", lvl.n_local)
     if layers > 1:
-        ops.param_msgs[("allgather", b_levels[b_layout.dist].n_local // layers or 1)] += 1
-        ops.message("allgather", b_levels[b_layout.dist].n_local // layers or 1)
+        ops.param_msgs[("allgather", b_layout.local_shapes[b_layout.dist].n)] += 1
+        ops.message("allgather", b_layout.local_shapes[b_layout.dist].n)
         ops.message("allreduce", 1)
     ops.add(solve_ops(b_layout, bwd, "adjoint", initial=initial))
     # layer gradient, gathered over the layer ranks; divergence flag summed over the ranks

@@ -29,7 +29,10 @@ def report_padding(solver, depth: int, runlog) -> None:
     extra = fwd.extra_work
     line = (f"MGRIT pads depth {depth} to {fwd.n_pad} layer steps ({fwd.n_pad - depth} identity steps; "
             f"{100 * extra:.2g} % more work per cycle with the coarse levels' own padding), so that every level of "
-            f"the hierarchy and each of the {fwd.chunks} layer chunk(s) hold whole intervals")
+            f"the hierarchy holds whole intervals")
+    if fwd.chunks > 1:
+        line += (f"; {fwd.chunks} layer chunks of {fwd.stride} layers (the last {fwd.last_real}), "
+                 f"{fwd.n_local} steps each with identity steps")
     if extra <= PADDING_WARN:
         log.info("%s", line)
         return

@@ -60,14 +60,15 @@ def estimate_step_memory(model, solver, optimizer, x: jax.ShapeDtypeStruct, *, l
     """The estimate for a step on a batch shaped like ``x`` (the whole batch; ``data_ranks`` share it). A
     :class:`~lpt.parallel.sharded.LayerSharded` solver keeps the parameters, their gradient and optimiser state
     split over its layer chunks (:func:`~lpt.parallel.sharded.stored_axis`), a
-    :class:`~lpt.parallel.sharded.ChunkLocal` one (MPI) the real layers of the first chunk of its layer stacks (the
-    largest chunk: n_local layers of the padded stack)."""
+    :class:`~lpt.parallel.sharded.ChunkLocal` one (MPI) the real layers of the largest chunk of its layer stacks (the
+    layout's stride, or the last chunk's rest)."""
     layer_chunks, split_axis, rows = 1, stored_axis, 0
     if isinstance(solver, LayerSharded):
         layer_chunks = solver.grid.layers
     elif isinstance(solver, ChunkLocal):
         layer_chunks, split_axis = solver.comm.layers, _chunk_axis
-        rows = min(solver.layouts(model.depth)[0].n_local, model.depth)
+        layout = solver.layouts(model.depth)[0]
+        rows = max(layout.stride, layout.last_real)
     batch = x.shape[0] // data_ranks
     local = jax.ShapeDtypeStruct((batch, *x.shape[1:]), x.dtype)
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x.dtype))

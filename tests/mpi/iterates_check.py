@@ -47,8 +47,9 @@ def local(p):
 
 
 obj, grads, state, stats = local(params)
-n_local = dist.layouts(depth)[0].n_local
-lo, hi = l_rank * n_local, min((l_rank + 1) * n_local, depth)
+layout = dist.layouts(depth)[0]  # chunk p: layers p·stride …, the last chunk the rest
+lo = l_rank * layout.stride
+hi = depth if l_rank == layout.chunks - 1 else lo + layout.stride
 assert abs(float(obj) - float(ref[0])) <= 1e-12 * abs(float(ref[0])), (obj, ref[0])
 assert rel(grads, ref[2]) < 1e-12, rel(grads, ref[2])
 if hi >= lo:

@@ -3,9 +3,9 @@
 Arguments: run directory, depth, then Hydra overrides (``parallel.data=D``: D data ranks, the others layer ranks).
 Every rank builds the run as ``lpt-train`` does, trains it (``_Run.train``: the log and checkpoint are written
 into the run directory, for the test to compare with one process) and checks:
-- its ``params["layers"]`` and the Adam moments hold its real layers of the padded stack (layer rank p: rows
-  p·n_local … (p+1)·n_local − 1 below N of the whole initialisation; fewer on the last rank when MGRIT pads the
-  depth, never a pad layer), before and after training; opening and classifier are whole;
+- its ``params["layers"]`` and the Adam moments hold its real layers (layer rank p: rows p·s … (p+1)·s − 1 of
+  the whole initialisation, s the layout's stride; the last rank the rest up to N, never a pad layer), before and
+  after training; opening and classifier are whole;
 - the regularisation from the chunks (halo across the chunk boundary) equals the one of the whole stack, its
   gradient this chunk's rows of the whole gradient (float64, 1e-13);
 - the gradient norm summed over the chunks equals the norm of the whole tree;
@@ -39,7 +39,7 @@ s, layout = r.s, r.s.solver.layouts(depth)[0]
 assert isinstance(s.solver, ChunkLocal) and s.runtime.layer_shards, s.runtime.layout
 whole = s.model.init(jax.random.PRNGKey(s.seed), jnp.float64)
 layer_rank = rank % layers
-rows = slice(layer_rank * layout.n_local, min((layer_rank + 1) * layout.n_local, depth))
+rows = slice(layer_rank * layout.stride, depth if layer_rank == layers - 1 else (layer_rank + 1) * layout.stride)
 n_local = rows.stop - rows.start  # this rank's real layers
 print(f"rank {rank}: layers {rows.start}..{rows.stop - 1} of {depth} (padded to {layout.n_pad})", flush=True)
 
