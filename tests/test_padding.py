@@ -117,10 +117,12 @@ def test_padding_changes_no_iterate(depth, by_hand, m, levels, cycle):
 @pytest.mark.slow(seconds=15)
 def test_bench_padding_prints_layouts_counts_and_times():
     """scripts/bench_padding.py: the layout and the model's counts per depth and chunk count, and a time per depth
-    (its value is not checked: smoke tests of benchmarks must not depend on timing)."""
+    on one device and on 2 emulated layer chunks (its value is not checked: smoke tests of benchmarks must not
+    depend on timing)."""
     from test_scripts import script
 
-    proc = script("bench_padding.py", "--depths", "64", "65", "--layers", "2", "--batch", "4", "--repeats", "1")
+    proc = script("bench_padding.py", "--depths", "64", "65", "--layers", "2", "--batch", "4", "--repeats", "1",
+                  "--time-chunks", "2")
     rows = [line.split() for line in proc.stdout.splitlines() if re.match(r"\s+\d+\s+\d+\s+\d+", line)]
     table = {(int(r[0]), int(r[1])): r for r in rows}
     opts = MGRITOptions(cfactor=4, max_levels=6, min_coarse=2, nrelax=1)
@@ -130,6 +132,8 @@ def test_bench_padding_prints_layouts_counts_and_times():
         assert float(row[5]) == cycle_ops(layout, opts).work
     assert set(table) == {(64, 1), (65, 1), (64, 2), (65, 2)}
     assert len(re.findall(r"N = +6[45]: one-shot gradient [\d.]+ ms \(measured / N = 64: [\d.]+\)", proc.stdout)) == 2
+    assert len(re.findall(r"N = +6[45]: one-shot gradient on 2 chunks [\d.]+ ms \(measured / N = 64: [\d.]+\)",
+                          proc.stdout)) == 2, proc.stdout
 
 
 def test_forward_and_adjoint_share_one_chunking():
