@@ -105,7 +105,7 @@ def test_regularization_terms():
     "kwargs, match",
     [
         ({"activation": "swish"}, r"model\.activation='swish'.*choose one of"),
-        ({"depth": 0}, r"model\.depth=0 must be a positive integer"),
+        ({"depth": 0}, r"model\.depth=0 must be an integer ≥ 1"),
         ({"depth": -3}, r"model\.depth=-3"),
         ({"T": 0.0}, r"model\.T=0\.0 must be a positive"),
         ({"T": -1.0}, r"model\.T=-1\.0"),

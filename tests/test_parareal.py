@@ -174,8 +174,8 @@ def test_defaults_and_shapes():
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(num_parallel=40), "model.num_parallel=40 exceeds model.depth=32"),
-    (dict(num_parallel=0), "model.num_parallel=0 must be a positive integer"),
-    (dict(coarse_units=0), "model.coarse_units=0 must be a positive integer"),
+    (dict(num_parallel=0), "model.num_parallel=0 must be an integer ≥ 1"),
+    (dict(coarse_units=0), "model.coarse_units=0 must be an integer ≥ 1 or null"),
     (dict(num_parallel=2.5), "model.num_parallel=2.5"),
     (dict(num_parallel=12), "leave subnetwork 12 empty"),  # ⌈32/12⌉ = 3 units: 11 subnetworks hold all 32
     (dict(precond="conv1x1"), "model.precond='conv1x1' does not fit model.layer=dense"),

@@ -157,3 +157,39 @@ def test_memory_bound_is_a_lower_bound_not_a_guess():
     validate_config(compose_config(["model.depth=4096", "model.width=64", "train.batch_size=100"]))  # ~0.2 GiB
     with pytest.raises(ConfigError, match="need at least"):
         validate_config(compose_config([f"model.depth={2**40}"]))
+
+
+@pytest.mark.parametrize("args", [
+    ["solver=mgrit", "train.batch_size=10"],  # minibatches: warm_start auto resolves to false
+    ["solver=mgrit", "model=conv", "dataset=mnist"],
+    ["model=parareal", "model.num_parallel=2", "dataset=regression_peaks"],
+])
+def test_the_run_builds_model_solver_and_optimizer_once(monkeypatch, args):
+    """_setup builds each object once: the model, solver and grid validate_config built (on a probe input) are
+    completed for the data, not rebuilt; they equal what the builders make for the data directly."""
+    import lpt.train.loop as loop
+    import lpt.train.validate as validate
+    from lpt.train import build_dataset, build_model, make_solver
+
+    cfg = compose_config([*TINY, *args])
+    calls = {"build_model": 0, "make_solver": 0, "make_optimizer": 0, "from_config": 0}
+
+    def counted(name, module, attr, fn):
+        def wrapper(*a, **k):
+            calls[name] += 1
+            return fn(*a, **k)
+        monkeypatch.setattr(module, attr, wrapper)
+
+    for module in (validate, loop):  # every builder wherever the run could call it
+        for name in ("build_model", "make_solver", "make_optimizer"):
+            if hasattr(module, name):
+                counted(name, module, name, getattr(module, name))
+    grid_cls = validate.ProcessorGrid
+    counted("from_config", grid_cls, "from_config", grid_cls.from_config)
+    setup = loop._setup(cfg)
+    assert calls == {"build_model": 1, "make_solver": 1, "make_optimizer": 1, "from_config": 1}
+    data = build_dataset(cfg)
+    full_batch = setup.loop.batch_size in (None, data.x_train.shape[0])
+    assert setup.model == build_model(cfg["model"], data)
+    assert setup.solver == make_solver(cfg["solver"], full_batch=full_batch)
+    assert getattr(setup.solver, "warm_start", full_batch) == full_batch

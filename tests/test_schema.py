@@ -118,3 +118,43 @@ def test_schemas_are_stored_in_hydras_config_store():
 def test_readme_option_tables_are_generated_from_the_schema():
     """`python scripts/option_tables.py --write` makes this pass after a schema change."""
     assert readme_tables((ROOT / "README.md").read_text()) == markdown_tables()
+
+
+@pytest.mark.parametrize("make, args, option", [
+    ("resnet", dict(depth=0), "depth=0"), ("resnet", dict(T=-1.0), "T=-1.0"),
+    ("resnet", dict(activation="swish"), "activation=swish"), ("resnet", dict(conv_layout="NCHW"), "conv_layout=NCHW"),
+    ("parareal", dict(num_parallel=0), "num_parallel=0"), ("parareal", dict(coarse_units=0), "coarse_units=0"),
+    ("transformer", dict(heads=0), "heads=0"), ("transformer", dict(embed_scale=0.0), "embed_scale=0.0"),
+    ("transformer", dict(causal="yes"), "causal=yes"),
+])
+def test_the_model_classes_check_their_options_by_the_schemas_fields(make, args, option):
+    """A library user's model (lpt.model's classes, no config) is refused with the run's one line for the same
+    option: one definition of the range and the message, the schema's."""
+    from lpt.model import ModelError, ResNet
+    from lpt.model.parareal import ParaRealNet
+    from lpt.model.transformer import Transformer
+
+    build = {"resnet": lambda **kw: ResNet(input_shape=(2,), num_outputs=3, **kw),
+             "parareal": lambda **kw: ParaRealNet(ResNet(input_shape=(2,), num_outputs=3, depth=8), **kw),
+             "transformer": lambda **kw: Transformer(input_shape=(8, 8, 1), num_outputs=3, d_model=8, patch=4, **kw)}
+    with pytest.raises(ModelError) as by_class:
+        build[make](**args)
+    model_file = {"resnet": "dense", "parareal": "parareal", "transformer": "transformer"}[make]
+    with pytest.raises(ConfigError) as by_run:
+        check_config(compose_config([f"model={model_file}", f"++model.{option}"]))
+    assert str(by_class.value) == str(by_run.value) and "\n" not in str(by_class.value)
+
+
+def test_choice_lists_have_one_definition():
+    """lpt.config.choices holds the choice lists the schema offers; the modules that implement them use the same
+    (lpt.mgrit and lpt.parallel still hold copies, compared here until they import lpt.config.choices)."""
+    from lpt.config import choices
+    from lpt.mgrit import options
+    from lpt.model import ACTIVATIONS, conv, layers
+    from lpt.parallel import grid
+
+    assert tuple(sorted(ACTIVATIONS)) == choices.ACTIVATION_NAMES
+    assert layers.LAYER_KINDS is choices.LAYER_KINDS and conv.CONV_IMPLS is choices.CONV_IMPLS
+    assert conv.CONV_LAYOUTS is choices.CONV_LAYOUTS
+    assert (options.CYCLES, options.RESTRICTIONS, grid.BACKENDS) == (choices.CYCLES, choices.RESTRICTIONS,
+                                                                     choices.BACKENDS)

@@ -163,7 +163,7 @@ def test_sequence_loss_is_nats_per_character_and_accuracy_per_character():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(d_model=30, heads=4), "model.d_model=30 is not divisible by model.heads=4"),
     (dict(patch=5), "model.patch=5 does not divide the 8×8 images; choose a common divisor of 8 and 8 (e.g. 2, 4, 8)"),
-    (dict(heads=0), "model.heads=0 must be a positive integer"),
+    (dict(heads=0), "model.heads=0 must be an integer ≥ 1"),
     (dict(T=0.0), "model.T=0.0 must be a positive finite number"),
     (dict(causal="yes"), "model.causal='yes' must be true, false or null"),
     (dict(embed_scale=0.0), "model.embed_scale=0.0 must be a positive finite number"),

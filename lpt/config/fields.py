@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import typing
 from typing import Any, Callable, Mapping, Sequence
 
@@ -95,8 +96,8 @@ def is_valid(schema: type, f: dataclasses.Field, value: Any) -> bool:
         return any(value == c and type(value) is type(c) for c in meta["choices"] if c is not None)
     if kind is bool:
         return isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool) and _in_range(meta, value)
+    if kind is int:  # numbers.Integral: NumPy integers too (library users' models)
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool) and _in_range(meta, value)
     if kind is float:
         return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
                 and _in_range(meta, value))
@@ -115,6 +116,18 @@ def check_value(schema: type, f: dataclasses.Field, value: Any, path: str) -> No
     kind = field_type(schema, f.name)[0]
     boolean = ", not a boolean" if isinstance(value, bool) and kind in (int, float) else ""
     raise ConfigError(f"{path}={value!r} must be {words}{boolean}")
+
+
+def check_attributes(obj: Any, schema: type, names: Sequence[str], prefix: str,
+                     error: type[ValueError] = ConfigError) -> None:
+    """Check the attributes ``names`` of ``obj`` (e.g. a model a library user built) against the fields of the
+    same names of ``schema``: the run's one-line ``prefix.name=value`` message, raised as ``error``."""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for name in names:
+        try:
+            check_value(schema, fields[name], getattr(obj, name), f"{prefix}.{name}")
+        except ConfigError as exc:
+            raise (exc if error is ConfigError else error(str(exc))) from None
 
 
 def check_options(values: Mapping[str, Any], schema: type, prefix: str, variant: str = "") -> None:

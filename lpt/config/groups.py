@@ -1,7 +1,7 @@
 """Schemas of the config groups ``dataset`` (one per data set) and ``model`` (resnet, parareal, transformer).
 
 Each field is one option (:func:`lpt.config.fields.option`): type, default (the shipped YAML's value), what is
-valid and a help line. Choice lists come from the modules that implement them.
+valid and a help line. Choice lists are in :mod:`lpt.config.choices`.
 """
 
 from __future__ import annotations
@@ -9,12 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from lpt.data import DATASETS
-from lpt.model.activations import ACTIVATIONS
-from lpt.model.conv import CONV_IMPLS, CONV_LAYOUTS
-from lpt.model.layers import LAYER_KINDS
-
+from lpt.config.choices import ACTIVATION_NAMES, CONV_IMPLS, CONV_LAYOUTS, LAYER_KINDS
 from lpt.config.fields import option
+from lpt.data import DATASETS
 
 FLOATS = ("float32", "float64")
 ARCHITECTURES = ("resnet", "parareal", "transformer")
@@ -125,7 +122,7 @@ class ResNetModel:
     depth: int = option(32, "N, the number of residual layers", min=1)
     width: int = option(8, "state width (dense) or channels (conv)", min=1)
     T: float = option(5.0, "final time; step h = T / depth", above=0)
-    activation: str = option("tanh", "σ", choices=tuple(sorted(ACTIVATIONS)))
+    activation: str = option("tanh", "σ", choices=ACTIVATION_NAMES)
     opening: Optional[str] = option("dense", "dense (σ(Wx + b)) | conv (σ(W * x + b)) | zero (copy the input, "
                                              "zero-expand to width); null: by the layer",
                                     choices=(None, "dense", "conv", "zero"))
@@ -165,7 +162,8 @@ class TransformerModel:
     heads: int = option(2, "attention heads, d/heads channels each", min=1)
     mlp_ratio: int = option(2, "MLP hidden width = mlp_ratio · d", min=1)
     T: float = option(1.0, "final time; h = T / depth", above=0)
-    causal: Optional[bool] = option(None, "null: causal attention for sequences, none for images | true | false")
+    causal: Optional[bool] = option(None, "null: causal attention for sequences, none for images | true | false",
+                                    valid="true, false or null")
     patch: int = option(7, "images: p×p patches (p divides H and W); 28×28 MNIST → 16 tokens", min=1)
     init_scale: float = option(1.0, "block weights ~ N(0, init_scale² / fan_in)", min=0)
     embed_scale: float = option(1.0, "X_0 = embed_scale · embedding (larger: smaller block Jacobians)", above=0)

@@ -7,9 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from lpt.mgrit.options import CYCLES, RESTRICTIONS
-from lpt.parallel.grid import BACKENDS
-
+from lpt.config.choices import BACKENDS, CYCLES, RESTRICTIONS
 from lpt.config.fields import option
 
 

@@ -29,8 +29,9 @@ from typing import Literal, Sequence
 import jax
 import jax.numpy as jnp
 
+from lpt.config.choices import CONV_IMPLS as CONV_IMPLS, CONV_LAYOUTS as CONV_LAYOUTS  # defined with the schema
+
 ConvImpl = Literal["auto", "matmul", "xla"]
-CONV_IMPLS: tuple[str, ...] = ("auto", "matmul", "xla")
 
 AUTO_CONV_IMPL: dict[str, str] = {"cpu": "matmul", "gpu": "matmul", "cuda": "matmul", "rocm": "matmul",
                                   "tpu": "matmul"}
@@ -40,7 +41,6 @@ not measured here (no accelerator); matmul avoids the grouped convolution there 
 
 Padding = str | Sequence[tuple[int, int]]
 
-CONV_LAYOUTS: tuple[str, ...] = ("auto", "NHWC", "CNHW")
 CNHW_MAX_CHANNELS = 8
 """``conv_layout=auto`` on CPU: states with at most this many channels are stored CNHW (channels first), wider
 ones NHWC. Measured single-threaded (``scripts/bench_layers.py``, fwd+bwd per layer step): with 4 and 8

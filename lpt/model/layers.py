@@ -11,10 +11,10 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from lpt.config.choices import LAYER_KINDS as LAYER_KINDS  # defined with the schema
 from lpt.model.conv import conv2d
 
 LayerKind = Literal["dense", "conv", "conv2"]
-LAYER_KINDS: tuple[str, ...] = ("dense", "conv", "conv2")
 CONV_KINDS: tuple[str, ...] = ("conv", "conv2")
 """Layer kinds whose state is an image (H, W, C) and whose linear maps are convolutions."""
 

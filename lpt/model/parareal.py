@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lpt.config.fields import check_attributes
+from lpt.config.groups import ParaRealModel
 from lpt.mgrit.batching import over_intervals
 from lpt.model.activations import get_activation
 from lpt.model.layers import init_weight, linear_apply
@@ -57,10 +59,6 @@ PAPER_COARSE_BUDGET = 12
 def default_coarse_units(num_parallel: int) -> int:
     """N_c = ⌈12 / N_p⌉ (Lee, Park, Lee), at least 1."""
     return max(1, math.ceil(PAPER_COARSE_BUDGET / num_parallel))
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -86,18 +84,13 @@ class ParaRealNet:
         net = self.resnet
         if not isinstance(net, ResNet):
             raise ModelError(f"ParaRealNet needs a ResNet to cut into subnetworks, got {type(net).__name__}")
+        check_attributes(self, ParaRealModel, ("num_parallel", "coarse_units"), "model", ModelError)
         n_p = self.num_parallel
-        if not _is_int(n_p) or n_p < 1:
-            raise ModelError(f"model.num_parallel={n_p!r} must be a positive integer (the number N_p of "
-                             f"parallel subnetworks)")
         if n_p > net.depth:
             raise ModelError(f"model.num_parallel={n_p} exceeds model.depth={net.depth}: every subnetwork needs "
                              f"at least one residual unit; choose model.num_parallel ≤ {net.depth}")
         object.__setattr__(self, "num_parallel", int(n_p))
         n_c = default_coarse_units(n_p) if self.coarse_units is None else self.coarse_units
-        if not _is_int(n_c) or n_c < 1:
-            raise ModelError(f"model.coarse_units={self.coarse_units!r} must be a positive integer (residual "
-                             f"units N_c of each coarse network F^j) or null for ⌈12/N_p⌉")
         object.__setattr__(self, "coarse_units", int(n_c))
         auto: Precond = "conv1x1" if net.layer == "conv" else "dense"
         pre = auto if self.precond in (None, "auto") else self.precond

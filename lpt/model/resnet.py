@@ -24,14 +24,21 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lpt.model.activations import ACTIVATIONS, get_activation
-from lpt.model.conv import CONV_IMPLS, CONV_LAYOUTS, resolve_conv_layout
-from lpt.model.layers import CONV_KINDS, LAYER_KINDS, LayerKind, init_weight, linear_apply
+from lpt.config.fields import check_attributes
+from lpt.config.groups import ResNetModel
+from lpt.model.activations import get_activation
+from lpt.model.conv import resolve_conv_layout
+from lpt.model.layers import CONV_KINDS, LayerKind, init_weight, linear_apply
 from lpt.model.propagate import propagate
 from lpt.model.protocol import Params
 
 Opening = Literal["dense", "conv", "zero"]
 Task = Literal["classification", "regression"]
+
+
+SCHEMA_CHECKED = ("depth", "width", "T", "activation", "layer", "kernel_size", "init_scale", "gamma_tik", "gamma_ddt",
+                  "gamma_class", "conv_impl", "conv_layout")
+"""The ResNet's options that the schema's fields (:class:`lpt.config.groups.ResNetModel`) check."""
 
 
 class ModelError(ValueError):
@@ -91,34 +98,14 @@ class ResNet:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
-        _require(isinstance(self.depth, int) and self.depth >= 1,
-                 f"model.depth={self.depth!r} must be a positive integer (the number of residual layers N)")
-        _require(isinstance(self.width, int) and self.width >= 1,
-                 f"model.width={self.width!r} must be a positive integer (state width or channels)")
-        _require(isinstance(self.T, (int, float)) and math.isfinite(self.T) and self.T > 0,
-                 f"model.T={self.T!r} must be a positive finite number (final time; h = T/depth)")
-        _require(self.activation in ACTIVATIONS,
-                 f"model.activation={self.activation!r} is not a known activation; choose one of {sorted(ACTIVATIONS)}")
-        _require(self.layer in LAYER_KINDS,
-                 f"model.layer={self.layer!r} is not valid; choose one of {', '.join(LAYER_KINDS)}")
+        check_attributes(self, ResNetModel, SCHEMA_CHECKED, "model", ModelError)  # the run's checks and messages
         _require(self.opening in ("dense", "conv", "zero"),
                  f"model.opening={self.opening!r} is not valid; choose dense, conv or zero")
         _require(self.task in ("classification", "regression"),
                  f"task={self.task!r} is not valid; choose classification or regression")
-        _require(self.conv_impl in CONV_IMPLS,
-                 f"model.conv_impl={self.conv_impl!r} is not valid; choose one of {', '.join(CONV_IMPLS)}")
-        _require(self.conv_layout in CONV_LAYOUTS,
-                 f"model.conv_layout={self.conv_layout!r} is not valid; choose one of {', '.join(CONV_LAYOUTS)}")
         _require(isinstance(self.num_outputs, int) and self.num_outputs >= 1,
                  f"num_outputs={self.num_outputs!r} must be a positive integer")
-        _require(isinstance(self.kernel_size, int) and self.kernel_size >= 1 and self.kernel_size % 2 == 1,
-                 f"model.kernel_size={self.kernel_size!r} must be a positive odd integer (same padding)")
-        _require(math.isfinite(self.init_scale) and self.init_scale >= 0,
-                 f"model.init_scale={self.init_scale!r} must be a non-negative finite number")
-        for name in ("gamma_tik", "gamma_ddt", "gamma_class"):
-            value = getattr(self, name)
-            _require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
-                     f"model.{name}={value!r} must be a non-negative finite number")
+        _require(self.kernel_size % 2 == 1, f"model.kernel_size={self.kernel_size!r} must be odd (same padding)")
         if self.is_conv:
             _require(len(self.input_shape) == 3,
                      f"model.layer={self.layer} needs image inputs (H, W, C); this data set has samples of shape "

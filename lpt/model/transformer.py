@@ -19,7 +19,7 @@ the right (z @ W).
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -27,14 +27,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lpt.config.fields import check_attributes
+from lpt.config.groups import TransformerModel
 from lpt.model.layers import init_weight
 from lpt.model.propagate import propagate
 from lpt.model.resnet import ModelError, Params, ResNet
 
 TransformerTask = Literal["classification", "sequence"]
-TRANSFORMER_KEYS = ("depth", "d_model", "heads", "mlp_ratio", "T", "causal", "patch", "init_scale", "embed_scale",
-                    "gamma_tik", "gamma_ddt", "gamma_class")
-"""Options of config group ``model`` with ``arch: transformer``."""
+TRANSFORMER_KEYS = tuple(f.name for f in dataclasses.fields(TransformerModel) if f.name != "arch")
+"""Options of config group ``model`` with ``arch: transformer`` (the schema's fields but ``arch``, which check them
+here too)."""
 LN_EPS = 1e-5
 
 
@@ -113,24 +115,11 @@ class Transformer:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
-        for name in ("depth", "d_model", "heads", "mlp_ratio", "patch", "num_outputs"):
-            value = getattr(self, name)
-            _require(_positive_int(value), f"model.{name}={value!r} must be a positive integer")
+        check_attributes(self, TransformerModel, TRANSFORMER_KEYS, "model", ModelError)  # the run's checks
+        _require(_positive_int(self.num_outputs), f"num_outputs={self.num_outputs!r} must be a positive integer")
         _require(self.d_model % self.heads == 0,
                  f"model.d_model={self.d_model} is not divisible by model.heads={self.heads}; choose d_model a "
                  f"multiple of heads (each head has d_model/heads channels)")
-        _require(isinstance(self.T, (int, float)) and not isinstance(self.T, bool) and math.isfinite(self.T)
-                 and self.T > 0, f"model.T={self.T!r} must be a positive finite number (final time; h = T/depth)")
-        _require(self.causal in (None, True, False), f"model.causal={self.causal!r} must be true, false or null "
-                 f"(null: causal for sequences, not for images)")
-        _require(isinstance(self.embed_scale, (int, float)) and not isinstance(self.embed_scale, bool)
-                 and math.isfinite(self.embed_scale) and self.embed_scale > 0,
-                 f"model.embed_scale={self.embed_scale!r} must be a positive finite number (X_0 = embed_scale · "
-                 f"embedding)")
-        for name in ("init_scale", "gamma_tik", "gamma_ddt", "gamma_class"):
-            value = getattr(self, name)
-            _require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                     and value >= 0, f"model.{name}={value!r} must be a non-negative finite number")
         _require(self.task in ("classification", "sequence"),
                  f"model.arch=transformer needs images with class labels (vit) or character sequences (charlm, "
                  f"dataset=shakespeare); this data set's task is {self.task!r}")

@@ -2,7 +2,7 @@
 
 Types, ranges, choices and defaults of the options are the schema's (:mod:`lpt.config`), checked by
 :func:`lpt.train.validate.validate_config` before anything is loaded or compiled; here only the checks that
-need the data (batch size against the training set).
+need the data (batch size against the training set, the model for the data's shapes: :func:`for_data`).
 """
 
 from __future__ import annotations
@@ -96,6 +96,15 @@ def build_model(model_cfg: Mapping[str, Any], data: Dataset):
     kwargs = {k: model_cfg[k] for k in MODEL_KEYS if k in model_cfg and model_cfg[k] is not None}
     kwargs.setdefault("opening", "conv" if kwargs.get("layer") == "conv" else "dense")
     return ResNet(input_shape=data.x_train.shape[1:], num_outputs=data.num_outputs, task=data.task, **kwargs)
+
+
+def for_data(model, data: Dataset):
+    """The model that :func:`lpt.train.validate.validate_config` built on a probe input, completed for ``data``:
+    its input shape, number of outputs and task (the model's own checks of them run here, before compilation)."""
+    shapes = dict(input_shape=data.x_train.shape[1:], num_outputs=data.num_outputs, task=data.task)
+    if isinstance(model, ParaRealNet):  # the parareal net cuts the ResNet that sees the data
+        return dataclasses.replace(model, resnet=dataclasses.replace(model.resnet, **shapes))
+    return dataclasses.replace(model, **shapes)
 
 
 def _build_parareal(model_cfg: Mapping[str, Any], data: Dataset) -> ParaRealNet:

@@ -24,14 +24,14 @@ from lpt.parallel import GridError, ProcessorGrid
 from lpt.parallel.faults import is_last_process
 from lpt.parallel.runtime import Runtime
 from lpt.parallel.sharded import ChunkLocal
-from lpt.train.build import ConfigError, LoopSettings, build_dataset, build_model, check_batch
+from lpt.train.build import ConfigError, LoopSettings, build_dataset, check_batch, for_data
 from lpt.train.checks import StabilityCheck, report_padding
 from lpt.train.memory import device_memory, estimate_step_memory, gib, memory_message
 from lpt.train.nonfinite import NonFiniteGuard, inject_nan
 from lpt.train.optim import make_optimizer, needs_value_fn
 from lpt.train.progress import RunProgress
 from lpt.train.signals import Interrupted, StopRequest, StopWhileCompiling
-from lpt.train.solver import SerialSolver, make_solver
+from lpt.train.solver import SerialSolver, for_batch
 from lpt.train.state import TrainState, init_state, make_evaluate, make_train_step
 from lpt.train.validate import validate_config
 
@@ -57,10 +57,9 @@ def _batch_indices(seed: int, step: int, n: int, batch: int, cache: dict) -> np.
     return cache["perm"][i * batch:(i + 1) * batch]
 
 
-def _check_parallel(cfg: Mapping[str, Any], loop: LoopSettings, n_train: int) -> ProcessorGrid:
-    """The processor grid (config group ``parallel``) and its fit with solver, optimiser and batch size."""
+def _check_parallel(cfg: Mapping[str, Any], grid: ProcessorGrid, loop: LoopSettings, n_train: int) -> None:
+    """The processor grid's (config group ``parallel``) fit with the devices, solver, optimiser and batch size."""
     try:
-        grid = ProcessorGrid.from_config(cfg["parallel"])
         grid.check_resources()
     except GridError as exc:
         raise ConfigError(str(exc)) from exc
@@ -75,7 +74,6 @@ def _check_parallel(cfg: Mapping[str, Any], loop: LoopSettings, n_train: int) ->
     if batch % grid.data:
         raise ConfigError(f"the batch of {batch} samples (train.batch_size) must divide evenly among "
                           f"parallel.data={grid.data} data-parallel ranks")
-    return grid
 
 
 def run(cfg: Mapping[str, Any], run_dir: str | Path) -> RunResult:
@@ -115,33 +113,31 @@ class _Setup:
 
 
 def _setup(cfg: Mapping[str, Any]) -> _Setup:
-    """Check the configuration and build data, model, loop settings, optimiser and solver (no compilation)."""
-    validate_config(cfg)
+    """Check the configuration (:func:`validate_config`, which builds grid, loop settings, model and solver), load
+    the data, complete model and solver for it and build the runtime and optimiser (no compilation)."""
+    plan = validate_config(cfg)
     try:
-        ProcessorGrid.from_config(cfg["parallel"]).connect()  # several JAX processes: before any device is used
+        plan.grid.connect()  # several JAX processes: before any device is used
     except GridError as exc:
         raise ConfigError(str(exc)) from exc
     dtype = cfg.get("dtype", "float32")
     if dtype == "float64":
         jax.config.update("jax_enable_x64", True)
-    loop = LoopSettings.from_config(cfg["train"], cfg["logging"])
-    seed = cfg.get("seed", 0)
+    loop = plan.loop
     data = build_dataset(cfg)
-    model = build_model(cfg["model"], data)
+    model = for_data(plan.model, data)
     check_batch(loop, data, cfg["optimizer"].get("name"))
-    if cfg["model"].get("arch") == "parareal" and cfg["solver"].get("name") != "serial":
-        raise ConfigError(f"model.arch=parareal is trained end-to-end by ordinary backpropagation: use "
-                          f"solver=serial, not solver={cfg['solver'].get('name')}")
     full_batch = loop.batch_size in (None, data.x_train.shape[0])
-    runtime = Runtime.create(_check_parallel(cfg, loop, data.x_train.shape[0]))
-    solver = runtime.with_comm(make_solver(cfg["solver"], full_batch=full_batch))
+    _check_parallel(cfg, plan.grid, loop, data.x_train.shape[0])
+    runtime = Runtime.create(plan.grid)
+    solver = runtime.with_comm(for_batch(plan.solver, cfg["solver"], full_batch=full_batch))
     if hasattr(solver, "layouts"):
         solver.layouts(model.depth)  # too many layer ranks for this depth: refused before any work
     # MPI ranks with layer chunks: each keeps its chunk's layers; the clipping norm then sums over the chunks
     runtime, solver = runtime.shard_layers(solver, model.depth, line_search=needs_value_fn(cfg["optimizer"]))
     optimizer = make_optimizer(cfg["optimizer"], norm=runtime.tree_norm)
     _check_memory(cfg, model, solver, optimizer, data, dtype, loop, runtime)
-    return _Setup(dtype, runtime, loop, seed, data, model, optimizer, full_batch, solver)
+    return _Setup(dtype, runtime, loop, cfg.get("seed", 0), data, model, optimizer, full_batch, solver)
 
 
 def _check_memory(cfg, model, solver, optimizer, data, dtype, loop: LoopSettings, runtime: Runtime) -> None:

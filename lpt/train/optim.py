@@ -24,18 +24,29 @@ def clip_by_global_norm(max_norm: float, norm: Callable[[Any], Any] = optax.tree
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+def check_optimizer(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The options of config group ``optimizer`` at the schema's defaults, checked: each against the schema
+    (:mod:`lpt.config.run`: ``SGDOptions``, ``AdamOptions``, ``LBFGSOptions``, by :func:`lpt.config.check_group`),
+    then what needs two options at once (weight decay with L-BFGS). Raises ConfigError / ValueError."""
+    schema = check_group("optimizer", cfg)
+    opt = {**dataclasses.asdict(schema()), **cfg}
+    if opt["name"] == "lbfgs" and opt["weight_decay"] > 0:
+        raise ValueError(f"optimizer.weight_decay={opt['weight_decay']!r} is not available with optimizer=lbfgs "
+                         f"(its line search minimises the objective, which a decay outside it would not match); "
+                         f"regularise in the objective instead: model.gamma_tik")
+    return opt
+
+
 def make_optimizer(cfg: Mapping[str, Any],
                    norm: Callable[[Any], Any] = optax.tree.norm) -> optax.GradientTransformationExtraArgs:
     """Build the optax transformation for config group ``optimizer``; ``norm`` is the global norm of a
     gradient-shaped pytree that ``clip_norm`` clips by (a sum over the chunks on layer-sharded parameters).
 
-    The keys, their defaults and valid values are the schema's (:mod:`lpt.config.run`: ``SGDOptions``,
-    ``AdamOptions``, ``LBFGSOptions``), checked here by :func:`lpt.config.check_group`; below only what
-    needs two options at once (weight decay with L-BFGS). ``weight_decay`` is decoupled: added to the update
-    direction after momentum and Adam's scaling, times ``lr``.
+    The options are checked by :func:`check_optimizer` (``validate_config`` runs it before a run builds
+    anything). ``weight_decay`` is decoupled: added to the update direction after momentum and Adam's scaling,
+    times ``lr``.
     """
-    schema = check_group("optimizer", cfg)  # the schema's checks of this group (for callers without validate_config)
-    opt = {**dataclasses.asdict(schema()), **cfg}  # the schema's defaults; its checks ran in validate_config
+    opt = check_optimizer(cfg)
     name, lr, decay, clip = opt["name"], opt["lr"], opt["weight_decay"], opt["clip_norm"]
     # decoupled weight decay (Loshchilov & Hutter): θ ← θ − lr·(direction + weight_decay·θ), the decay added after
     # the momentum / adaptive scaling, so it is neither averaged in the momentum nor divided by Adam's √v
@@ -47,10 +58,6 @@ def make_optimizer(cfg: Mapping[str, Any],
         core = optax.chain(optax.scale_by_adam(b1=opt["b1"], b2=opt["b2"], eps=opt["eps"]), *decayed,
                            optax.scale_by_learning_rate(lr))
     else:
-        if decay > 0:
-            raise ValueError(f"optimizer.weight_decay={decay!r} is not available with optimizer=lbfgs (its line "
-                             f"search minimises the objective, which a decay outside it would not match); "
-                             f"regularise in the objective instead: model.gamma_tik")
         core = optax.lbfgs(learning_rate=lr, memory_size=opt["memory_size"])
     return optax.chain(clip_by_global_norm(clip, norm), core) if clip > 0 else core
 

@@ -1,4 +1,5 @@
-"""One check of a whole run configuration, before any data is loaded or anything is compiled.
+"""One check of a whole run configuration, before any data is loaded or anything is compiled; it returns what it
+built (:class:`Plan`), which the training loop completes for the data instead of building again.
 
 :func:`validate_config` checks every option of every config group against the schema (:mod:`lpt.config`: type,
 range or choices, unknown keys) and raises a :class:`~lpt.config.ConfigError` (or the
@@ -8,11 +9,15 @@ build (``ResNet``/``ParaRealNet``/``Transformer``, ``MGRITSolver``, the optimise
 configuration alone, and adds what those cannot know without each other: bounds of the solver options by the
 depth, and a lower bound of the memory the model needs. Checks that need the
 data (batch size against the training set, convolutions against image inputs, data-set specific sizes) run
-when the data is loaded, still before compilation.
+when the data is loaded, still before compilation: :func:`lpt.train.build.for_data` completes the plan's model
+for the data's shapes (the model's own checks of them run there), :func:`lpt.train.solver.for_batch` resolves
+the solver's ``warm_start: auto`` by the batch. The optimiser is built once, by the loop (its clipping norm
+depends on the layer sharding); here :func:`lpt.train.optim.check_optimizer` runs its checks.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
@@ -21,8 +26,9 @@ from lpt.config import ConfigError, check_config
 from lpt.data import Dataset
 from lpt.train.build import LoopSettings, build_model
 from lpt.train.memory import device_memory, gib
-from lpt.train.optim import make_optimizer
-from lpt.train.solver import make_solver
+from lpt.parallel.grid import ProcessorGrid
+from lpt.train.optim import check_optimizer
+from lpt.train.solver import Solver, make_solver
 
 MEMORY_CHECK_FROM = 2**30
 """Memory lower bounds above this many bytes are compared with the machine's memory."""
@@ -38,8 +44,19 @@ def _wrap(exc: ValueError, group: str) -> ConfigError:
     return ConfigError(message if group in message else f"{group}: {message}")
 
 
-def validate_config(cfg: Mapping[str, Any]) -> None:
-    """Check every option of the resolved run configuration ``cfg``; return None or raise.
+@dataclass(frozen=True)
+class Plan:
+    """What :func:`validate_config` built from the configuration alone; the run uses these objects, completed
+    for the data (:func:`lpt.train.build.for_data`, :func:`lpt.train.solver.for_batch`), never built again."""
+
+    grid: ProcessorGrid
+    loop: LoopSettings
+    model: Any  # ResNet / ParaRealNet / Transformer on a probe input (one sample of the input's kind)
+    solver: Solver  # warm_start: auto resolved for full batches
+
+
+def validate_config(cfg: Mapping[str, Any]) -> Plan:
+    """Check every option of the resolved run configuration ``cfg``; return what was built, or raise.
 
     Raises:
         ConfigError: an option has the wrong type, is out of range or unknown (the schema's check,
@@ -48,22 +65,27 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         ModelError: a model option is invalid (the model's own check, same kind of message).
     """
     check_config(cfg)
-    _check_parallel_grid(cfg["parallel"])
+    grid = _parallel_grid(cfg["parallel"])
     loop = LoopSettings.from_config(cfg["train"], cfg["logging"])
     model = _check_model(cfg["model"])
-    _check_solver(cfg["solver"], model.depth)
-    _check_optimizer(cfg["optimizer"])
+    if cfg["model"].get("arch") == "parareal" and cfg["solver"].get("name") != "serial":
+        raise ConfigError(f"model.arch=parareal is trained end-to-end by ordinary backpropagation: use "
+                          f"solver=serial, not solver={cfg['solver'].get('name')}")
+    solver = _check_solver(cfg["solver"], model.depth)
+    try:
+        check_optimizer(cfg["optimizer"])
+    except ValueError as exc:
+        raise _wrap(exc, "optimizer") from exc
     _check_dataset_sizes(cfg["dataset"])
     _check_memory(cfg, loop, model)
+    return Plan(grid, loop, model, solver)
 
 
-def _check_parallel_grid(parallel: Mapping[str, Any]) -> None:
-    """What needs several ``parallel`` options at once (ProcessorGrid's own check: processes > 1 needs mesh,
+def _parallel_grid(parallel: Mapping[str, Any]) -> ProcessorGrid:
+    """The processor grid, by its own check of several ``parallel`` options at once (processes > 1 needs mesh,
     process_id < processes, single is 1 × 1)."""
-    from lpt.parallel.grid import ProcessorGrid
-
     try:
-        ProcessorGrid.from_config(parallel)
+        return ProcessorGrid.from_config(parallel)
     except ValueError as exc:
         raise _wrap(exc, "parallel") from exc
 
@@ -86,8 +108,8 @@ def _check_model(model_cfg: Mapping[str, Any]):
     return build_model(model_cfg, _probe_dataset(model_cfg))
 
 
-def _check_solver(solver_cfg: Mapping[str, Any], depth: int) -> None:
-    """The solver's own checks, then the bounds that depend on the depth N.
+def _check_solver(solver_cfg: Mapping[str, Any], depth: int) -> Solver:
+    """The solver (built for full batches), by its own checks, then the bounds that depend on the depth N.
 
     MGRIT with F- or FCF-relaxation is exact after at most N cycles, and after N relaxation sweeps
     relaxation alone is exact; a coarsening factor above N only pads the level with identity steps. Larger
@@ -99,7 +121,7 @@ def _check_solver(solver_cfg: Mapping[str, Any], depth: int) -> None:
         raise _wrap(exc, "solver") from exc
     fwd, bwd = getattr(solver, "fwd", None), getattr(solver, "bwd", None)
     if fwd is None:
-        return
+        return solver
     factors = fwd.cfactor if isinstance(fwd.cfactor, tuple) else (fwd.cfactor,)
     if max(factors) > max(depth, 2):
         raise ConfigError(f"solver.cfactor={solver_cfg.get('cfactor')!r} exceeds model.depth={depth}: a coarsening "
@@ -111,14 +133,7 @@ def _check_solver(solver_cfg: Mapping[str, Any], depth: int) -> None:
         if value > depth:
             raise ConfigError(f"solver.{key}={value} exceeds model.depth={depth}: MGRIT is exact after at most "
                               f"N = {depth} cycles (or relaxation sweeps); choose at most {depth}")
-
-
-def _check_optimizer(opt_cfg: Mapping[str, Any]) -> None:
-    """The optimiser factory's check of two options at once (weight decay with L-BFGS)."""
-    try:
-        make_optimizer(opt_cfg)
-    except ValueError as exc:
-        raise _wrap(exc, "optimizer") from exc
+    return solver
 
 
 def _check_dataset_sizes(ds_cfg: Mapping[str, Any]) -> None:
