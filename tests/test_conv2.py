@@ -104,5 +104,6 @@ def test_conv2_needs_images_and_a_conv_opening():
         ResNet(input_shape=(2,), num_outputs=2, layer="conv2", opening="conv")
     with pytest.raises(ModelError, match=r"model\.opening='dense' does not fit model\.layer=conv2"):
         conv2_model(opening="dense")
-    with pytest.raises(ModelError, match=r"model\.layer='conv3' is not valid; choose one of \['dense', 'conv', 'conv2'\]"):
+    with pytest.raises(ModelError,
+                       match=r"model\.layer='conv3' is not valid; choose one of \['dense', 'conv', 'conv2'\]"):
         conv2_model(layer="conv3")

@@ -137,10 +137,12 @@ def test_networks_agree_across_conv_impls_and_layouts(layer):
 
 
 def test_conv_impl_and_layout_are_validated():
-    with pytest.raises(ModelError, match=r"model.conv_impl='cudnn' is not valid; choose one of \['auto', 'matmul', 'xla'\]"):
+    with pytest.raises(ModelError,
+                       match=r"model.conv_impl='cudnn' is not valid; choose one of \['auto', 'matmul', 'xla'\]"):
         ResNet(input_shape=(4, 4, 1), num_outputs=2, layer="conv", opening="conv", conv_impl="cudnn")
     assert resolve_conv_impl("auto", "cpu") == "matmul" and resolve_conv_impl("xla") == "xla"
-    with pytest.raises(ModelError, match=r"model.conv_layout='NCHW' is not valid; choose one of \['auto', 'NHWC', 'CNHW'\]"):
+    with pytest.raises(ModelError,
+                       match=r"model.conv_layout='NCHW' is not valid; choose one of \['auto', 'NHWC', 'CNHW'\]"):
         ResNet(input_shape=(4, 4, 1), num_outputs=2, layer="conv", opening="conv", conv_layout="NCHW")
     assert resolve_conv_layout("auto", 8, "cpu") == "CNHW" and resolve_conv_layout("auto", 16, "cpu") == "NHWC"
     assert resolve_conv_layout("auto", 4, "gpu") == "NHWC" and resolve_conv_layout("CNHW", 64, "gpu") == "CNHW"
