@@ -164,13 +164,15 @@ def test_memory_bound_is_a_lower_bound_not_a_guess():
     ["solver=mgrit", "model=conv", "dataset=mnist"],
     ["model=parareal", "model.num_parallel=2", "dataset=regression_peaks"],
 ])
-def test_the_run_builds_model_solver_and_optimizer_once(monkeypatch, args):
+def test_the_run_builds_model_solver_and_optimizer_once(monkeypatch, request, args):
     """_setup builds each object once: the model, solver and grid validate_config built (on a probe input) are
     completed for the data, not rebuilt; they equal what the builders make for the data directly."""
     import lpt.train.loop as loop
     import lpt.train.validate as validate
     from lpt.train import build_dataset, build_model, make_solver
 
+    if "dataset=mnist" in args:  # MNIST is read from the shared data folder (skip with its reason when absent)
+        args = [*args, f"data_dir={request.getfixturevalue('shared_data')}"]
     cfg = compose_config([*TINY, *args])
     calls = {"build_model": 0, "make_solver": 0, "make_optimizer": 0, "from_config": 0}
 
