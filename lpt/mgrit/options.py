@@ -6,13 +6,13 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from lpt.config.choices import CYCLES, RESTRICTIONS
 from lpt.mgrit.batching import check_interval_batch
 
 Cycle = Literal["V", "F", "FMG"]
 Restrict = Literal["inject", "average"]
 
-CYCLES: tuple[str, ...] = ("V", "F", "FMG")
-RESTRICTIONS: tuple[str, ...] = ("inject", "average")
+__all__ = ["CYCLES", "RESTRICTIONS", "MGRITOptions", "require"]
 
 
 def _is_int(value: object) -> bool:
