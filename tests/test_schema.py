@@ -163,6 +163,23 @@ def test_the_processor_grid_checks_its_options_by_the_schemas_fields(key, value,
         check_config(compose_config(["parallel=mesh", f"++{override}"]))
     assert str(by_class.value) == str(by_run.value) and "\n" not in str(by_class.value)
 
+
+@pytest.mark.parametrize("key, value, override", [
+    ("cfactor", 1, "solver.cfactor=1"), ("max_levels", 0, "solver.max_levels=0"), ("nrelax", -1, "solver.nrelax=-1"),
+    ("cycle", "W", "solver.cycle=W"), ("abs_tol", -1.0, "solver.abs_tol=-1.0"),
+    ("restrict", "mean", "solver.restrict=mean"),
+])
+def test_the_mgrit_options_check_their_options_by_the_schemas_fields(key, value, override):
+    """MGRITOptions a library user builds are refused with the run's one line for the same option (ranges and
+    messages defined once, in lpt.config.run.MGRITSolverOptions)."""
+    from lpt.mgrit.options import MGRITOptions
+
+    with pytest.raises(ValueError) as by_class:
+        MGRITOptions(**{key: value})
+    with pytest.raises(ConfigError) as by_run:
+        check_config(compose_config(["solver=mgrit", f"++{override}"]))
+    assert str(by_class.value) == str(by_run.value) and "\n" not in str(by_class.value)
+
 def test_choice_lists_have_one_definition():
     """lpt.config.choices holds the choice lists the schema offers; the modules that implement them use the same
     (lpt.mgrit and lpt.parallel import theirs from lpt.config.choices: one list each, no copy)."""
