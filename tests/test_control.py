@@ -101,7 +101,7 @@ def test_bias_check_leaves_an_accurate_gradient_alone():
 
 
 @pytest.mark.parametrize("key,value,words", [
-    ("control", "sometimes", "solver.control='sometimes' is not valid; choose fixed or adaptive"),
+    ("control", "sometimes", "solver.control='sometimes' is not valid; choose one of ['fixed', 'adaptive']"),
     ("control_tol", 2.0, "solver.control_tol=2.0 must be a number in (0, 1)"),
     ("control_every", 0, "solver.control_every=0 must be an integer ≥ 1"),
     ("control_min_cos", 1.5, "solver.control_min_cos=1.5 must be a number in [-1, 1)"),

@@ -145,9 +145,44 @@ def test_the_model_classes_check_their_options_by_the_schemas_fields(make, args,
     assert str(by_class.value) == str(by_run.value) and "\n" not in str(by_class.value)
 
 
+
+@pytest.mark.parametrize("key, value, override", [
+    ("name", "gpu", "parallel.name=gpu"), ("data", 0, "parallel.data=0"),
+    ("processes", True, "parallel.processes=true"),
+    ("heartbeat_s", 0, "parallel.heartbeat_s=0"), ("coordinator", 3, "parallel.coordinator=3"),
+    ("process_id", -1, "parallel.process_id=-1"),
+])
+def test_the_processor_grid_checks_its_options_by_the_schemas_fields(key, value, override):
+    """A grid a library user builds is refused with the run's one line for the same option (ranges and messages
+    defined once, in lpt.config.run.ParallelOptions)."""
+    from lpt.parallel.grid import GridError, ProcessorGrid
+
+    with pytest.raises(GridError) as by_class:
+        ProcessorGrid(**{"backend" if key == "name" else key: value})
+    with pytest.raises(ConfigError) as by_run:
+        check_config(compose_config(["parallel=mesh", f"++{override}"]))
+    assert str(by_class.value) == str(by_run.value) and "\n" not in str(by_class.value)
+
+
+@pytest.mark.parametrize("key, value, override", [
+    ("cfactor", 1, "solver.cfactor=1"), ("max_levels", 0, "solver.max_levels=0"), ("nrelax", -1, "solver.nrelax=-1"),
+    ("cycle", "W", "solver.cycle=W"), ("abs_tol", -1.0, "solver.abs_tol=-1.0"),
+    ("restrict", "mean", "solver.restrict=mean"),
+])
+def test_the_mgrit_options_check_their_options_by_the_schemas_fields(key, value, override):
+    """MGRITOptions a library user builds are refused with the run's one line for the same option (ranges and
+    messages defined once, in lpt.config.run.MGRITSolverOptions)."""
+    from lpt.mgrit.options import MGRITOptions
+
+    with pytest.raises(ValueError) as by_class:
+        MGRITOptions(**{key: value})
+    with pytest.raises(ConfigError) as by_run:
+        check_config(compose_config(["solver=mgrit", f"++{override}"]))
+    assert str(by_class.value) == str(by_run.value) and "\n" not in str(by_class.value)
+
 def test_choice_lists_have_one_definition():
     """lpt.config.choices holds the choice lists the schema offers; the modules that implement them use the same
-    (lpt.mgrit and lpt.parallel still hold copies, compared here until they import lpt.config.choices)."""
+    (lpt.mgrit and lpt.parallel import theirs from lpt.config.choices: one list each, no copy)."""
     from lpt.config import choices
     from lpt.mgrit import options
     from lpt.model import ACTIVATIONS, conv, layers
@@ -156,5 +191,5 @@ def test_choice_lists_have_one_definition():
     assert tuple(sorted(ACTIVATIONS)) == choices.ACTIVATION_NAMES
     assert layers.LAYER_KINDS is choices.LAYER_KINDS and conv.CONV_IMPLS is choices.CONV_IMPLS
     assert conv.CONV_LAYOUTS is choices.CONV_LAYOUTS
-    assert (options.CYCLES, options.RESTRICTIONS, grid.BACKENDS) == (choices.CYCLES, choices.RESTRICTIONS,
-                                                                     choices.BACKENDS)
+    assert options.CYCLES is choices.CYCLES and options.RESTRICTIONS is choices.RESTRICTIONS
+    assert grid.BACKENDS is choices.BACKENDS

@@ -18,10 +18,10 @@ CONV_LAYOUTS: tuple[str, ...] = ("auto", "NHWC", "CNHW")
 """Memory layouts of conv states (:mod:`lpt.model.conv`)."""
 
 CYCLES: tuple[str, ...] = ("V", "F", "FMG")
-"""MGRIT cycles (``lpt.mgrit.options.CYCLES`` holds the same list until lpt.mgrit imports this one)."""
+"""MGRIT cycles (:mod:`lpt.mgrit.options` imports this list)."""
 
 RESTRICTIONS: tuple[str, ...] = ("inject", "average")
-"""Restrictions of the coarse weights (``lpt.mgrit.options.RESTRICTIONS``, as :data:`CYCLES`)."""
+"""Restrictions of the coarse weights (:mod:`lpt.mgrit.options` imports this list)."""
 
 BACKENDS: tuple[str, ...] = ("single", "mesh", "mpi")
-"""Parallel back-ends (``lpt.parallel.grid.BACKENDS``, as :data:`CYCLES`)."""
+"""Parallel back-ends (:mod:`lpt.parallel.grid` imports this list)."""

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
+from lpt.config.choices import CYCLES, RESTRICTIONS
+from lpt.config.fields import check_attributes
+from lpt.config.run import MGRITSolverOptions
 from lpt.mgrit.batching import check_interval_batch
 
 Cycle = Literal["V", "F", "FMG"]
 Restrict = Literal["inject", "average"]
 
-CYCLES: tuple[str, ...] = ("V", "F", "FMG")
-RESTRICTIONS: tuple[str, ...] = ("inject", "average")
+__all__ = ["CYCLES", "RESTRICTIONS", "MGRITOptions", "require"]
+
+_SCHEMA_OPTIONS = ("cfactor", "max_levels", "min_coarse", "nrelax", "nrelax_fine", "cycle", "abs_tol", "rel_tol",
+                   "restrict", "skip_first_down")
+"""The options of :class:`MGRITOptions` that are fields of the same name of the solver's schema."""
 
 
 def _is_int(value: object) -> bool:
@@ -71,32 +76,12 @@ class MGRITOptions:
     def __post_init__(self) -> None:
         cf = tuple(self.cfactor) if isinstance(self.cfactor, (list, tuple)) else self.cfactor
         object.__setattr__(self, "cfactor", cf)
-        factors = cf if isinstance(cf, tuple) else (cf,)
-        require(len(factors) >= 1 and all(_is_int(m) and m >= 2 for m in factors),
-                f"solver.cfactor={self.cfactor!r} must be an integer ≥ 2 (the coarsening factor: C-points are "
-                f"every m-th layer) or a non-empty list of such integers, one per level")
-        require(_is_int(self.max_levels) and self.max_levels >= 1,
-                f"solver.max_levels={self.max_levels!r} must be an integer ≥ 1 (1 = serial propagation)")
-        require(_is_int(self.min_coarse) and self.min_coarse >= 1,
-                f"solver.min_coarse={self.min_coarse!r} must be an integer ≥ 1 (steps on the coarsest level)")
-        require(_is_int(self.nrelax) and self.nrelax >= 0,
-                f"solver.nrelax={self.nrelax!r} must be an integer ≥ 0 (0 = F-relaxation, 1 = FCF, ...)")
-        require(self.nrelax_fine is None or (_is_int(self.nrelax_fine) and self.nrelax_fine >= 0),
-                f"solver.nrelax_fine={self.nrelax_fine!r} must be null or an integer ≥ 0 (0 = F, 1 = FCF, ...)")
-        require(self.cycle in CYCLES, f"solver.cycle={self.cycle!r} is not a known cycle; choose one of {CYCLES}")
+        # ranges and messages of the options the run shares are the schema's (lpt.config.run.MGRITSolverOptions)
+        check_attributes(self, MGRITSolverOptions, _SCHEMA_OPTIONS, "solver")
         require(_is_int(self.max_iter) and self.max_iter >= 1,
                 f"solver.max_iter={self.max_iter!r} must be an integer ≥ 1 (number of cycles; "
                 f"solver.fwd_iters / solver.bwd_iters in the config)")
-        for name in ("abs_tol", "rel_tol"):
-            value = getattr(self, name)
-            require(isinstance(value, (int, float)) and not isinstance(value, bool)
-                    and math.isfinite(value) and value >= 0,
-                    f"solver.{name}={value!r} must be a finite number ≥ 0 (0 switches it off)")
-        require(self.restrict in RESTRICTIONS,
-                f"solver.restrict={self.restrict!r} is not known; choose one of {RESTRICTIONS}")
         check_interval_batch(self.interval_batch)
-        require(isinstance(self.skip_first_down, bool),
-                f"solver.skip_first_down={self.skip_first_down!r} must be true or false")
         require(_is_int(self.growth_iter) and self.growth_iter >= 0,
                 f"solver.growth_cycles={self.growth_iter!r} must be an integer ≥ 0 (more cycles at most when a "
                 f"solve's residual ends above its start; 0 = off)")

@@ -23,6 +23,8 @@ from typing import Any, Callable, Literal, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from lpt.config.fields import check_options
+from lpt.config.run import MGRITSolverOptions
 from lpt.mgrit.adjoint import adjoint_gradient_chunk
 from lpt.mgrit.control import Adaptive, Control, cosine
 from lpt.mgrit.divergence import anywhere, solve_diverged
@@ -106,20 +108,17 @@ class MGRITSolver:
             cfg: mapping with the keys of :data:`CONFIG_KEYS` (missing ones take the defaults).
             full_batch: resolves ``warm_start: auto`` (warm start exactly for full-batch training).
         """
-        unknown = sorted(set(cfg) - set(CONFIG_KEYS) - {"name"})
-        require(not unknown, f"unknown solver option(s) {unknown}; valid keys are {list(CONFIG_KEYS)}")
-        get = cfg.get
+        check_options(cfg, MGRITSolverOptions, "solver")  # every key and range: the schema's, with its messages
+
+        def get(key: str, default: Any = None) -> Any:
+            return cfg.get(key, COUNT_DEFAULTS.get(key, default))
+
         cfactor = get("cfactor", 4)
         if not isinstance(cfactor, (int, str)) and hasattr(cfactor, "__iter__"):
             cfactor = tuple(cfactor)
         max_levels = get("max_levels", 10)
-        fwd_iters, bwd_iters = (_count(get, key, 1, why="MGRIT cycles per training step")
-                                for key in ("fwd_iters", "bwd_iters"))
-        bwd_levels = _count(get, "bwd_levels", 1, null="max_levels")
-        bwd_tol = get("bwd_tol")
-        require(bwd_tol is None or (isinstance(bwd_tol, (int, float)) and not isinstance(bwd_tol, bool)
-                                    and bwd_tol >= 0),
-                f"solver.bwd_tol={bwd_tol!r} must be null (= abs_tol) or a number ≥ 0")
+        fwd_iters, bwd_iters = get("fwd_iters"), get("bwd_iters")
+        bwd_levels, bwd_tol = get("bwd_levels"), get("bwd_tol")
         common = dict(cfactor=cfactor, min_coarse=get("min_coarse", 2), nrelax=get("nrelax", 1),
                       nrelax_fine=get("nrelax_fine", 0), cycle=get("cycle", "V"), rel_tol=get("rel_tol", 0.0),
                       restrict=get("restrict", "inject"), interval_batch=get("interval_batch", "auto"),
@@ -134,10 +133,7 @@ class MGRITSolver:
         most = control.max_iters if control.adaptive else None
         # fixed control: more cycles where a solve ends above its start (the adaptive control has its own target);
         # by default on the forward solve only (README "One-shot accuracy": the adjoint's cost more than they gain)
-        # (checked also where the adaptive control turns them off)
-        growth = _count(get, "growth_cycles", 0, why="more cycles at most when a solve's residual ends above its "
-                                                     "start; 0 = off")
-        bwd_growth = _count(get, "bwd_growth_cycles", 0, null="growth_cycles")
+        growth, bwd_growth = get("growth_cycles"), get("bwd_growth_cycles")
         growth, bwd_growth = (0, 0) if control.adaptive else (growth, growth if bwd_growth is None else bwd_growth)
         abs_tol = get("abs_tol", 0.0)
         fwd = MGRITOptions(**common, max_levels=max_levels, max_iter=most or fwd_iters, abs_tol=abs_tol,
@@ -146,7 +142,6 @@ class MGRITSolver:
                            max_iter=most or bwd_iters, abs_tol=abs_tol if bwd_tol is None else bwd_tol,
                            growth_iter=bwd_growth)
         warm = get("warm_start", "auto")
-        require(warm in ("auto", True, False), f"solver.warm_start={warm!r} must be auto, true or false")
         return cls(fwd=fwd, bwd=bwd, warm_start=full_batch if warm == "auto" else bool(warm),
                    on_divergence=get("on_divergence", "serial"), control=control,
                    min_iters=(fwd_iters, bwd_iters) if control.adaptive else (1, 1))
@@ -304,18 +299,6 @@ class MGRITSolver:
 
 
 COUNT_DEFAULTS = {"fwd_iters": 3, "bwd_iters": 3, "bwd_levels": None, "growth_cycles": 2, "bwd_growth_cycles": 0}
-
-
-def _count(get: Callable[[str, Any], Any], key: str, minimum: int, *, null: str | None = None,
-           why: str = "") -> int | None:
-    """The integer option ``solver.<key>`` (≥ ``minimum``; with ``null`` also None, meaning that option), checked
-    in one place with one message."""
-    value = get(key, COUNT_DEFAULTS[key])
-    ok = (null is not None and value is None) or (isinstance(value, int) and not isinstance(value, bool)
-                                                  and value >= minimum)
-    require(ok, f"solver.{key}={value!r} must be " + (f"null (= {null}) or " if null else "")
-            + f"an integer ≥ {minimum}" + (f" ({why})" if why else ""))
-    return value
 
 
 def solve_stats(prefix: str, stats: MGRITStats) -> dict[str, jnp.ndarray]:

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal, Mapping
 
+from lpt.config.choices import BACKENDS
+from lpt.config.fields import check_attributes, check_value
+from lpt.config.run import ParallelOptions
 from lpt.parallel.comm import Comm, MPIComm, MeshComm, SingleComm
 
 Backend = Literal["single", "mesh", "mpi"]
-BACKENDS = ("single", "mesh", "mpi")
+__all__ = ["BACKENDS", "Backend", "GridError", "ProcessorGrid"]
+
+
+_FIELDS = {f.name: f for f in fields(ParallelOptions)}
 
 
 class GridError(ValueError):
@@ -42,26 +48,20 @@ class ProcessorGrid:
     heartbeat_s: int = 100
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise GridError(f"parallel.name={self.backend!r} is not a known back-end; choose one of {list(BACKENDS)}")
-        for key in ("data", "layers"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise GridError(f"parallel.{key}={value!r} must be a positive integer")
-        if not isinstance(self.processes, int) or isinstance(self.processes, bool) or self.processes < 1:
-            raise GridError(f"parallel.processes={self.processes!r} must be a positive integer")
+        try:  # the ranges and their one-line messages are the schema's (lpt.config.run.ParallelOptions)
+            check_value(ParallelOptions, _FIELDS["name"], self.backend, "parallel.name")
+        except ValueError as exc:
+            raise GridError(str(exc)) from None
+        check_attributes(self, ParallelOptions, ("data", "layers", "processes", "heartbeat_s", "coordinator",
+                                                 "process_id"), "parallel", GridError)
         if self.processes > 1 and self.backend != "mesh":
             raise GridError(f"parallel.processes={self.processes} starts JAX's multi-process runtime, which needs "
                             f"parallel=mesh (one global mesh); parallel={self.backend} runs "
                             + ("one process per MPI rank by itself" if self.backend == "mpi" else "in one process"))
-        if not isinstance(self.heartbeat_s, int) or isinstance(self.heartbeat_s, bool) or self.heartbeat_s < 1:
-            raise GridError(f"parallel.heartbeat_s={self.heartbeat_s!r} must be a positive integer (seconds)")
-        if self.coordinator is not None and (not isinstance(self.coordinator, str)
-                                             or not self.coordinator.rpartition(":")[2].isdigit()):
+        if self.coordinator is not None and not self.coordinator.rpartition(":")[2].isdigit():
             raise GridError(f"parallel.coordinator={self.coordinator!r} must be host:port of process 0 "
                             f"(e.g. node001:12355), or null to detect it (SLURM, mpirun)")
-        if self.process_id is not None and (not isinstance(self.process_id, int) or isinstance(self.process_id, bool)
-                                            or not 0 <= self.process_id < self.processes):
+        if self.process_id is not None and self.process_id >= self.processes:
             raise GridError(f"parallel.process_id={self.process_id!r} must be an integer in [0, "
                             f"{self.processes - 1}] (parallel.processes={self.processes}), or null to detect it")
         if self.backend == "single" and (self.data, self.layers) != (1, 1):
