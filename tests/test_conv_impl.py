@@ -161,7 +161,7 @@ def test_resolve_batch():
     assert resolve_batch("auto", 64, 327_680, platform="cpu") == 1  # a conv state of 320 KiB: one at a time
     assert resolve_batch("auto", 64, 100_000, platform="cpu") == 5
     assert resolve_batch("auto", 64, 327_680, platform="cpu", image=False) == 64  # dense: one vmap
-    with pytest.raises(ValueError, match=r"solver.interval_batch=-1 is not valid"):
+    with pytest.raises(ValueError, match=r"solver.interval_batch=-1 must be auto, 0 \(all intervals"):
         MGRITOptions(interval_batch=-1)
 
 

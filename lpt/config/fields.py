@@ -118,14 +118,16 @@ def check_value(schema: type, f: dataclasses.Field, value: Any, path: str) -> No
     raise ConfigError(f"{path}={value!r} must be {words}{boolean}")
 
 
-def check_attributes(obj: Any, schema: type, names: Sequence[str], prefix: str,
+def check_attributes(obj: Any, schema: type, names: Sequence[str] | Mapping[str, str], prefix: str,
                      error: type[ValueError] = ConfigError) -> None:
     """Check the attributes ``names`` of ``obj`` (e.g. a model a library user built) against the fields of the
-    same names of ``schema``: the run's one-line ``prefix.name=value`` message, raised as ``error``."""
+    same names of ``schema`` (or, ``names`` a mapping attribute → field, of those fields): the run's one-line
+    ``prefix.field=value`` message, raised as ``error``."""
     fields = {f.name: f for f in dataclasses.fields(schema)}
-    for name in names:
+    pairs = names.items() if isinstance(names, Mapping) else ((name, name) for name in names)
+    for attr, name in pairs:
         try:
-            check_value(schema, fields[name], getattr(obj, name), f"{prefix}.{name}")
+            check_value(schema, fields[name], getattr(obj, attr), f"{prefix}.{name}")
         except ConfigError as exc:
             raise (exc if error is ConfigError else error(str(exc))) from None
 

@@ -29,14 +29,6 @@ CPU_BATCH_BYTES = 512 * 1024
 """State bytes of one vectorised batch on CPU under ``auto`` (about an L2 cache)."""
 
 
-def check_interval_batch(value: Any) -> None:
-    """``solver.interval_batch`` must be "auto" or an integer ≥ 0."""
-    ok = value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
-    if not ok:
-        raise ValueError(f"solver.interval_batch={value!r} is not valid; choose auto, 0 (all intervals in one "
-                         f"vmap) or an integer k ≥ 1 (k intervals per vectorised call)")
-
-
 def resolve_batch(spec: int | str, n: int, state_bytes: int, platform: str | None = None,
                   image: bool = True) -> int:
     """Intervals per vectorised call for ``n`` intervals whose states have ``state_bytes`` each; ``image``:

@@ -9,7 +9,13 @@ from typing import Any, Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lpt.mgrit.options import require
+from lpt.config.fields import check_attributes
+from lpt.config.run import MGRITSolverOptions
+
+
+_SCHEMA_OPTIONS = {"kind": "control", "tol": "control_tol", "max_iters": "control_max_iters",
+                   "every": "control_every", "min_cos": "control_min_cos", "tightenings": "control_tightenings"}
+"""The attributes of :class:`Control` and the solver schema's options they are."""
 
 
 class Adaptive(NamedTuple):
@@ -44,18 +50,8 @@ class Control:
     tightenings: int = 2
 
     def __post_init__(self) -> None:
-        require(self.kind in ("fixed", "adaptive"),
-                f"solver.control={self.kind!r} is not valid; choose fixed or adaptive")
-        require(isinstance(self.tol, (int, float)) and not isinstance(self.tol, bool) and 0 < self.tol < 1,
-                f"solver.control_tol={self.tol!r} must be a number in (0, 1) (residual relative to the state norm)")
-        for name, low in (("max_iters", 1), ("every", 1), ("tightenings", 0)):
-            value = getattr(self, name)
-            require(isinstance(value, int) and not isinstance(value, bool) and value >= low,
-                    f"solver.control_{name}={value!r} must be an integer ≥ {low}")
-        require(isinstance(self.min_cos, (int, float)) and not isinstance(self.min_cos, bool)
-                and -1 <= self.min_cos < 1,
-                f"solver.control_min_cos={self.min_cos!r} must be a number in [-1, 1) (cosine between the "
-                f"one-shot and the exact gradient below which the control tightens)")
+        # ranges and messages: the schema's options solver.control and solver.control_* (lpt.config.run)
+        check_attributes(self, MGRITSolverOptions, _SCHEMA_OPTIONS, "solver")
 
     @property
     def adaptive(self) -> bool:

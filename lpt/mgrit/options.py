@@ -8,16 +8,16 @@ from typing import Literal
 from lpt.config.choices import CYCLES, RESTRICTIONS
 from lpt.config.fields import check_attributes
 from lpt.config.run import MGRITSolverOptions
-from lpt.mgrit.batching import check_interval_batch
 
 Cycle = Literal["V", "F", "FMG"]
 Restrict = Literal["inject", "average"]
 
 __all__ = ["CYCLES", "RESTRICTIONS", "MGRITOptions", "require"]
 
-_SCHEMA_OPTIONS = ("cfactor", "max_levels", "min_coarse", "nrelax", "nrelax_fine", "cycle", "abs_tol", "rel_tol",
-                   "restrict", "skip_first_down")
-"""The options of :class:`MGRITOptions` that are fields of the same name of the solver's schema."""
+_SCHEMA_OPTIONS = {name: name for name in ("cfactor", "max_levels", "min_coarse", "nrelax", "nrelax_fine", "cycle",
+                                            "abs_tol", "rel_tol", "restrict", "skip_first_down", "interval_batch")}
+_SCHEMA_OPTIONS["growth_iter"] = "growth_cycles"
+"""The options of :class:`MGRITOptions` and the fields of the solver's schema they are."""
 
 
 def _is_int(value: object) -> bool:
@@ -78,13 +78,10 @@ class MGRITOptions:
         object.__setattr__(self, "cfactor", cf)
         # ranges and messages of the options the run shares are the schema's (lpt.config.run.MGRITSolverOptions)
         check_attributes(self, MGRITSolverOptions, _SCHEMA_OPTIONS, "solver")
+        # max_iter is solver.fwd_iters or solver.bwd_iters of a run (the schema checks those by their names)
         require(_is_int(self.max_iter) and self.max_iter >= 1,
                 f"solver.max_iter={self.max_iter!r} must be an integer ≥ 1 (number of cycles; "
                 f"solver.fwd_iters / solver.bwd_iters in the config)")
-        check_interval_batch(self.interval_batch)
-        require(_is_int(self.growth_iter) and self.growth_iter >= 0,
-                f"solver.growth_cycles={self.growth_iter!r} must be an integer ≥ 0 (more cycles at most when a "
-                f"solve's residual ends above its start; 0 = off)")
 
     def cfactor_at(self, level: int) -> int:
         """The coarsening factor m_ℓ of level ``level`` (the last listed value repeats)."""

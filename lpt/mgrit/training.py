@@ -23,7 +23,7 @@ from typing import Any, Callable, Literal, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lpt.config.fields import check_options
+from lpt.config.fields import check_attributes, check_options
 from lpt.config.run import MGRITSolverOptions
 from lpt.mgrit.adjoint import adjoint_gradient_chunk
 from lpt.mgrit.control import Adaptive, Control, cosine
@@ -96,8 +96,7 @@ class MGRITSolver:
 
     def __post_init__(self) -> None:
         require(isinstance(self.warm_start, bool), f"solver.warm_start={self.warm_start!r} must be true or false")
-        require(self.on_divergence in ("error", "serial"),
-                f"solver.on_divergence={self.on_divergence!r} is not valid; choose error or serial")
+        check_attributes(self, MGRITSolverOptions, ("on_divergence",), "solver")
 
     # --- construction ------------------------------------------------------------------------------
     @classmethod

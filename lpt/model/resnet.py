@@ -36,8 +36,8 @@ Opening = Literal["dense", "conv", "zero"]
 Task = Literal["classification", "regression"]
 
 
-SCHEMA_CHECKED = ("depth", "width", "T", "activation", "layer", "kernel_size", "init_scale", "gamma_tik", "gamma_ddt",
-                  "gamma_class", "conv_impl", "conv_layout")
+SCHEMA_CHECKED = ("depth", "width", "T", "activation", "layer", "opening", "kernel_size", "init_scale", "gamma_tik",
+                  "gamma_ddt", "gamma_class", "conv_impl", "conv_layout")
 """The ResNet's options that the schema's fields (:class:`lpt.config.groups.ResNetModel`) check."""
 
 
@@ -99,8 +99,6 @@ class ResNet:
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
         check_attributes(self, ResNetModel, SCHEMA_CHECKED, "model", ModelError)  # the run's checks and messages
-        _require(self.opening in ("dense", "conv", "zero"),
-                 f"model.opening={self.opening!r} is not valid; choose dense, conv or zero")
         _require(self.task in ("classification", "regression"),
                  f"task={self.task!r} is not valid; choose classification or regression")
         _require(isinstance(self.num_outputs, int) and self.num_outputs >= 1,
