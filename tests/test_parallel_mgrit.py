@@ -1,9 +1,10 @@
 """The layer-parallel solver gives the same iterates on every processor grid (DESIGN §4).
 
-MGRIT with a fixed number of cycles on the `mesh` back-end (4 emulated devices, grids 1×4, 2×2, 4×1) vs the
-`single` back-end: forward states, objective and gradient within 1e-12 relative (float64), for N = 64 and an
-uneven N = 70 (dense layers), and conv layers (N = 100). On uneven chunks the last chunk holds the rest of the
-layers (N = 70 on 4 chunks: 16 + 16 + 16 + 22), and the iterates at the real layers are the same.
+MGRIT with a fixed number of cycles on the `mesh` back-end (4 emulated devices, grids 1×4, 2×2, 4×1; fewer for
+the uneven and conv cases) vs the `single` back-end: forward states, objective and gradient within 1e-12 relative
+(float64), for N = 64 and an uneven N = 70 (dense layers), and conv layers (N = 100). On uneven chunks the last
+chunk holds the rest of the layers (N = 70 on 4 chunks: 16 + 16 + 16 + 22), and the iterates at the real layers
+are the same.
 """
 
 from __future__ import annotations
@@ -97,16 +98,22 @@ def rel(a, b) -> float:
     return float(_rel(a, b))
 
 
-@pytest.mark.slow(seconds=50)
-# even chunks (N = 64); uneven chunks with a warm-started second step (N = 70: chunks of 32 + 38 and 16 + 16 + 16 + 22
-# layers, dead steps on the shorter ones); conv layers (on uneven chunks: the layer kind and the chunk layout are
-# independent, so conv on N = 64 would run no further code)
-@pytest.mark.parametrize("layer,depth,steps", [("dense", 64, 1), ("dense", 70, 2), ("conv", 100, 1)])
-def test_mesh_iterates_equal_single(layer, depth, steps):
+ALL_GRIDS = ((1, 4), (2, 2), (4, 1))
+
+
+@pytest.mark.slow(seconds=40)
+# even chunks (N = 64) on every grid of 4 devices; uneven chunks with a warm-started second step (N = 70: chunks of
+# 16 + 16 + 16 + 22 layers, and 32 + 38 with data ranks, dead steps on the shorter ones); conv layers on uneven
+# chunks with data ranks (the layer kind is independent of the chunk layout and the grid: conv on N = 64 or on
+# another grid would run no further code; each grid is one more compilation of the whole solve)
+@pytest.mark.parametrize("layer,depth,steps,grids", [("dense", 64, 1, ALL_GRIDS), ("dense", 70, 2, ((1, 4), (2, 2))),
+                                                     ("conv", 100, 1, ((2, 2),))],
+                         ids=["dense-64-all-grids", "dense-70-2-steps", "conv-100"])
+def test_mesh_iterates_equal_single(layer, depth, steps, grids):
     model, params, x, y = problem(depth, layer)
     ref = run_single(model, params, x, y, steps)
     assert float(ref[4]["fwd_residual"][-1]) > 1e-6  # not trivially converged: iterates far from serial
-    for data, layers in [(1, 4), (2, 2), (4, 1)]:
+    for data, layers in grids:
         got = run_mesh(ProcessorGrid("mesh", data=data, layers=layers), model, params, x, y, steps)
         where = f"grid {data}×{layers}"
         assert abs(float(got[0]) - float(ref[0])) <= 1e-12 * abs(float(ref[0])), where
