@@ -4,6 +4,8 @@ ones), training equals the single-device run, checkpoints hold the N real layers
 
 from __future__ import annotations
 
+import subprocess
+
 import jax
 import numpy as np
 import pytest
@@ -22,7 +24,8 @@ CONV = ["model.layer=conv", "model.opening=conv", "dataset=mnist", "model.width=
 CASES = {  # name: (overrides, layers)
     "adam_37_on_2": (["model.depth=37"], 2),
     "lbfgs_70_on_4": (["model.depth=70", "optimizer=lbfgs"], 4),
-    "adam_70_on_4": (["model.depth=70"], 4),
+    # decoupled weight decay and clipping by the global norm: both see the zero rows (zero, and zero gradient)
+    "adamw_clip_70_on_4": (["model.depth=70", "optimizer.weight_decay=1e-2", "optimizer.clip_norm=0.05"], 4),
     "conv_adam_9_on_2": ([*CONV, "model.depth=9"], 2),
     # a NaN batch at step 2: the serial step on the stored stack (LayerSharded.exact) takes its place
     "serial_fallback_37_on_2": (["model.depth=37", "train.inject_nan_at_step=2", "train.on_nonfinite=serial"], 2),
@@ -102,6 +105,8 @@ def test_uneven_mesh_training_equals_single_device(tmp_path, single, case):
     (ref, ref_ckpt), rec = single(overrides), read_run(result.log_path)
     for key in ("loss", "objective", "grad_norm", "lr"):
         np.testing.assert_allclose(rec.history[key], ref.history[key], rtol=1e-12, atol=1e-14, err_msg=key)
+    if "optimizer.clip_norm=0.05" in overrides:
+        assert rec.history["grad_norm"].min() > 0.05  # every step clipped
     if "train.on_nonfinite=serial" in overrides:
         np.testing.assert_array_equal(rec.history["nonfinite"], [0, 1, 0, 0])
     ckpt = checkpoint(tmp_path)
@@ -131,3 +136,25 @@ def test_uneven_mesh_checkpoint_resumes_bit_for_bit_on_the_mesh_and_loads_on_one
     run(compose_config([*cold, "parallel=mesh", "parallel.layers=2", "train.steps=2"]), tmp_path / "cold")
     one = run(compose_config([*cold, f"resume={tmp_path / 'cold'}", "train.steps=3"]), tmp_path / "one")
     assert read_run(one.log_path).history["step"][-1] == 3
+
+
+@pytest.mark.slow(seconds=120)
+def test_two_processes_at_an_uneven_depth_give_the_single_process_run(tmp_path):
+    """Two JAX processes (one device each), N = 17 on 2 layer chunks (9 rows each, the last one zero): the
+    single-process history to 1e-12, and the checkpoint (gathered from both processes: the 17 real layers) equal
+    to the single process's to 1e-12."""
+    from test_multiprocess_mesh import EXE, KEYS, RUN, _env, _finish, _start
+
+    results = _finish(_start(tmp_path / "two", "model.depth=17"))
+    assert [rc for rc, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
+    proc = subprocess.run([EXE, *RUN, "model.depth=17", f"hydra.run.dir={tmp_path / 'one'}"], env=_env(),
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two, one = read_run(tmp_path / "two").history, read_run(tmp_path / "one").history
+    for key in KEYS:
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-12, atol=1e-14, err_msg=key)
+    ckpt, ref = checkpoint(tmp_path / "two"), checkpoint(tmp_path / "one")
+    assert ckpt["params.layers.K"].shape[0] == 17
+    for name, value in ref.items():
+        if name.startswith(("params", "opt_state")):
+            np.testing.assert_allclose(ckpt[name], value, rtol=1e-12, atol=1e-14, err_msg=name)
