@@ -52,31 +52,41 @@ def test_each_device_holds_only_its_chunk_of_the_layer_state(tmp_path):
             warm = state.solver_state.ys
             assert warm.sharding.spec[0] == "layers" and warm.addressable_shards[0].data.shape[0] == warm.shape[0] // 4
 
-        check(r.state)
-        state = r.state
-        for step in range(3):
-            state, metrics, _ = r.train_step(state, *r.batch_at(step))
-        check(state)
-        assert not bool(metrics["rejected"])
-        assert r.train_step._cache_size() == 1, "the step compiled again"
+        before_and_after_steps(r, check)
     finally:
         r.lock.release()
 
 
-@pytest.fixture(scope="module")
-def single(tmp_path_factory):
-    """Single-device references, one per configuration."""
+def before_and_after_steps(r: _Run, check) -> None:
+    """``check(state)`` of run ``r``'s state before and after 3 steps, none rejected, the step compiled once."""
+    check(r.state)
+    state = r.state
+    for step in range(3):
+        state, metrics, _ = r.train_step(state, *r.batch_at(step))
+    check(state)
+    assert not bool(metrics["rejected"])
+    assert r.train_step._cache_size() == 1, "the step compiled again"
+
+
+def single_runs(tmp_path_factory, base: list[str], read=read_run):
+    """``get(overrides)``: ``read(run directory)`` of a single-device run of ``base`` + overrides, run once."""
     cache = {}
 
     def get(overrides):
         key = tuple(overrides)
         if key not in cache:
             path = tmp_path_factory.mktemp("single")
-            run(compose_config([*SHORT, *overrides]), path)
-            cache[key] = read_run(path)
+            run(compose_config([*base, *overrides]), path)
+            cache[key] = read(path)
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """Single-device references, one per configuration."""
+    return single_runs(tmp_path_factory, SHORT)
 
 
 @pytest.mark.slow(seconds=40)
@@ -87,7 +97,8 @@ def single(tmp_path_factory):
     (["solver.control=adaptive", "solver.control_every=2", "solver.control_min_cos=0.999999",
       "solver.control_tightenings=0"], 4),
     # Adam with both regularisations (added on the whole stack, outside the chunks), at a depth that is no
-    # multiple of the chunks: the layer state stays replicated, the padded stack is split
+    # multiple of the chunks: the layer state is stored with 18 rows per device, 2 of them zero
+    # (tests/test_mesh_uneven.py)
     (["model.depth=70", "model.gamma_tik=1e-3", "model.gamma_ddt=1e-4", "model.gamma_class=1e-3"], 4),
 ])
 def test_layer_sharded_training_equals_single_device(tmp_path, single, overrides, layers):
@@ -114,4 +125,6 @@ def test_layer_axis_is_the_depth_axis_under_layers():
     assert layer_axis((layers,), (8,), 32, 4) is None
     assert stored_axis((layers,), (32, 8, 8), 32, 4) == 0
     assert stored_axis((other,), (6, 8), 32, 4) == 1 and stored_axis((other,), (8,), 32, 4) is None
-    assert stored_axis((other,), (6, 8), 70, 4) is None  # uneven depth: all replicated
+    # an uneven depth: the stored stack has ⌈70/4⌉·4 = 72 rows (zero rows 70, 71), split like the others
+    assert stored_axis((layers,), (72, 8), 70, 4) == 0 and stored_axis((other,), (6, 8), 70, 4) == 1
+    assert stored_axis((layers,), (70, 8), 70, 4) is None  # not the stored stack

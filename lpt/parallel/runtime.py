@@ -25,15 +25,19 @@ import optax
 
 from lpt.parallel.comm import Comm
 from lpt.parallel.grid import ProcessorGrid
-from lpt.parallel.sharded import (REPLICATED, SAMPLES, ChunkLocal, LayerSharded, chunk_norm, chunk_state_specs,
-                                  on_mesh, place, shardings, stored_specs, under_layers)
+from lpt.parallel.sharded import (REPLICATED, SAMPLES, ChunkLocal, LayerSharded, canonical_layers, chunk_norm,
+                                  chunk_state_specs, on_mesh, place, shardings, stored_depth, stored_layers,
+                                  stored_specs, under_layers)
 
 
 @dataclass(frozen=True, eq=False)
 class Runtime:
     """The processor grid of a run and its communication; ``layer_shards``: MPI ranks hold only their chunk's
     layer parameters and optimiser state (:meth:`shard_layers`): layer rank p the layers p·``chunk_rows`` …
-    (p+1)·``chunk_rows`` − 1, the last rank the rest of the ``depth``; ``layout`` says where the layer state lives."""
+    (p+1)·``chunk_rows`` − 1, the last rank the rest of the ``depth``; ``stored``: a layer-sharded mesh keeps the
+    layer stacks of parameters and optimiser state as :func:`~lpt.parallel.sharded.stored_layers` (zero rows up to
+    a multiple of the chunks; files and evaluations see the ``depth`` real layers); ``layout`` says where the layer
+    state lives."""
 
     grid: ProcessorGrid
     comm: Comm
@@ -41,6 +45,7 @@ class Runtime:
     layout: str = ""
     chunk_rows: int = 0
     depth: int = 0
+    stored: bool = False
 
     @classmethod
     def create(cls, grid: ProcessorGrid) -> "Runtime":
@@ -66,9 +71,9 @@ class Runtime:
                     return multihost_utils.process_allgather(a, tiled=True)
                 return a
 
-            return jax.tree_util.tree_map(whole, state)
+            return self._canonical(jax.tree_util.tree_map(whole, state))
         if self.grid.backend != "mpi" or self.grid.size == 1:
-            return state
+            return self._canonical(state)
 
         def join(a):
             if getattr(a, "ndim", 0) < 2:  # replicated scalars (valid, mode, count)
@@ -88,6 +93,8 @@ class Runtime:
 
     def checkpoint_template(self, state: Any, batch_axis: int = 0) -> Any:
         """What :meth:`host_state` makes of ``state``, as shapes (to load a checkpoint into)."""
+        if self.stored:
+            return jax.eval_shape(self._canonical, state)
         if self.grid.backend != "mpi" or self.grid.size == 1:
             return state
 
@@ -104,7 +111,10 @@ class Runtime:
 
     def local_state(self, state: Any, batch_axis: int = 0) -> Any:
         """This MPI rank's blocks of a whole state (a loaded checkpoint): its warm-start blocks and, with
-        ``layer_shards``, its chunk of the layer parameters and optimiser state; other back-ends take it whole."""
+        ``layer_shards``, its chunk of the layer parameters and optimiser state; other back-ends take it whole (a
+        layer-sharded mesh as it stores it)."""
+        if self.stored:
+            return state._replace(params=self.local_params(state.params), opt_state=self.local_params(state.opt_state))
         if self.grid.backend != "mpi" or self.grid.size == 1:
             return state
         layer, data = self.comm.layer_comm.Get_rank(), self.comm.data_comm.Get_rank()
@@ -127,6 +137,8 @@ class Runtime:
         (p+1)·s − 1, s the layout's stride, the last chunk the rest; identity steps' weights are made inside the
         solve only) unless the optimiser has a line search (L-BFGS's inner products would need the whole stack);
         then every rank keeps the whole stack, as ``layout`` then says."""
+        if isinstance(solver, LayerSharded):
+            return self._mesh_layers(depth), solver
         if self.grid.backend != "mpi" or self.grid.layers == 1 or not hasattr(solver, "local_layers"):
             return self, solver
         layout = solver.layouts(depth)[0]
@@ -142,23 +154,46 @@ class Runtime:
         return dataclasses.replace(self, layer_shards=True, layout=line, chunk_rows=layout.stride,
                                    depth=depth), sharded
 
+    def _mesh_layers(self, depth: int) -> "Runtime":
+        """The runtime of a layer-sharded mesh: each device keeps ⌈N/P⌉ rows of the layer stacks (the depth's
+        layers in order, zero rows after them up to a multiple of the chunks)."""
+        chunks = self.grid.layers
+        rows = stored_depth(depth, chunks) // chunks
+        counts = [min(rows, max(depth - p * rows, 0)) for p in range(chunks)]
+        line = (f"layer parameters, gradient and optimiser state split over the {chunks} layer chunks "
+                f"({' + '.join(map(str, counts))} layers")
+        if rows * chunks > depth:
+            line += f"; {rows * chunks - depth} zero rows fill the stack to {rows} rows per chunk"
+        return dataclasses.replace(self, stored=True, layout=line + ")", chunk_rows=rows, depth=depth)
+
     @property
     def tree_norm(self) -> Callable[[Any], jnp.ndarray]:
         """‖·‖₂ of a gradient-shaped pytree as this process holds it (summed over the chunks when sharded)."""
         return chunk_norm(self.comm) if self.layer_shards else optax.tree.norm
 
     def local_params(self, params: Any) -> Any:
-        """This rank's chunk of parameter-shaped pytree ``params`` (the whole tree unless ``layer_shards``)."""
+        """This rank's chunk of parameter-shaped pytree ``params`` (the whole tree unless ``layer_shards``; on a
+        layer-sharded mesh the whole tree as it is stored: :func:`~lpt.parallel.sharded.stored_layers`)."""
+        if self.stored:
+            return stored_layers(params, self.depth, self.grid.layers)
         return self._map_layers(params, self._own_chunk) if self.layer_shards else params
 
     def whole_params(self, params: Any) -> Any:
         """The whole layer stack on every rank (a collective; for evaluations): the inverse of
         :meth:`local_params`."""
+        if self.stored:
+            return canonical_layers(params, self.depth, self.grid.layers)
         if not self.layer_shards:
             return params
         # message: every layer chunk to every rank
         return self._map_layers(params, lambda a: jnp.asarray(np.concatenate(
             self.comm.layer_comm.allgather(np.asarray(a)), axis=0)))
+
+    def _canonical(self, state: Any) -> Any:
+        """A training state with the real layers of stored layer stacks (:meth:`whole_params`)."""
+        if not self.stored:
+            return state
+        return state._replace(params=self.whole_params(state.params), opt_state=self.whole_params(state.opt_state))
 
     def _own_chunk(self, a: Any) -> Any:
         """This layer rank's real layers of a whole stack (rows p·chunk_rows …, the last rank's up to the depth)."""

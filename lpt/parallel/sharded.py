@@ -11,10 +11,13 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from lpt.mgrit.hierarchy import pad_states
 from lpt.mgrit.layout import unspread
+from lpt.model.serial import SerialSolver
 from lpt.parallel.comm import data_mean
 from lpt.parallel.grid import ProcessorGrid
 
@@ -45,6 +48,12 @@ def under_layers(path: tuple) -> bool:
     return any(getattr(key, "key", None) == "layers" for key in path)
 
 
+def stored_depth(depth: int, layers: int) -> int:
+    """Rows of a depth-``depth`` layer stack as the mesh stores it over ``layers`` chunks: the depth rounded up to
+    a multiple of the chunks, ⌈N/P⌉ rows per device (the rows past N are zero: :func:`stored_layers`)."""
+    return -(-depth // layers) * layers
+
+
 def layer_axis(path: tuple, shape: tuple[int, ...], depth: int, layers: int) -> int | None:
     """The axis of a parameter-shaped leaf (parameters, gradients, optimiser moments, L-BFGS histories) that is
     split over the layer chunks: for leaves under a ``"layers"`` key the first of axes 0 and 1 with ``depth``
@@ -55,15 +64,13 @@ def layer_axis(path: tuple, shape: tuple[int, ...], depth: int, layers: int) -> 
 
 
 def stored_axis(path: tuple, shape: tuple[int, ...], depth: int, layers: int) -> int | None:
-    """The axis along which a leaf of the stored training state (parameters, optimiser state) is split over the
-    layer chunks: a layer stack's layer axis (:func:`layer_axis`); for the other matrices (classifier, opening:
-    ≥ 2 axes) their first axis with a multiple of the chunks, so that no device keeps a whole replicated matrix
-    and its optimiser state (XLA gathers it where the step uses it whole); None (replicated) for vectors and
-    scalars, and for everything when ``depth`` is no multiple of the chunks."""
-    if depth % layers:
-        return None
+    """The axis along which a leaf of the stored training state (parameters, optimiser state: layer stacks of
+    :func:`stored_depth` rows) of a depth-``depth`` network is split over the layer chunks: a layer stack's layer
+    axis (:func:`layer_axis`); for the other matrices (classifier, opening: ≥ 2 axes) their first axis with a
+    multiple of the chunks, so that no device keeps a whole replicated matrix and its optimiser state (XLA
+    gathers it where the step uses it whole); None (replicated) for vectors and scalars."""
     if under_layers(path):
-        return layer_axis(path, shape, depth, layers)
+        return layer_axis(path, shape, stored_depth(depth, layers), layers)
     if len(shape) < 2:
         return None
     return next((k for k, n in enumerate(shape) if n % layers == 0), None)
@@ -76,6 +83,35 @@ def stored_specs(tree: Any, depth: int, layers: int) -> Any:
         return REPLICATED if axis is None else P(*[None] * axis, "layers")
 
     return jax.tree_util.tree_map_with_path(spec, tree)
+
+
+def stored_layers(tree: Any, depth: int, layers: int) -> Any:
+    """A parameter-shaped pytree (parameters, optimiser state) of a depth-``depth`` network as the mesh stores it
+    on ``layers`` chunks: every layer stack's layer axis extended by zero rows to :func:`stored_depth` (numpy
+    arrays stay on the host). Zero rows stay zero: their gradient is zero, so is every optimiser's update."""
+    rows = stored_depth(depth, layers)
+
+    def pad(path, a):
+        axis = layer_axis(path, np.shape(a), depth, 1)
+        if axis is None or rows == depth:
+            return a
+        widths = [(0, 0)] * np.ndim(a)
+        widths[axis] = (0, rows - depth)
+        return (np if isinstance(a, np.ndarray) else jnp).pad(a, widths)
+
+    return jax.tree_util.tree_map_with_path(pad, tree)
+
+
+def canonical_layers(tree: Any, depth: int, layers: int) -> Any:
+    """The inverse of :func:`stored_layers`: every layer stack's first ``depth`` rows (what checkpoints, logs and
+    evaluations see)."""
+    rows = stored_depth(depth, layers)
+
+    def cut(path, a):
+        axis = layer_axis(path, np.shape(a), rows, layers)
+        return a if axis is None or rows == depth else a[(slice(None),) * axis + (slice(0, depth),)]
+
+    return jax.tree_util.tree_map_with_path(cut, tree)
 
 
 def layer_specs(tree: Any, depth: int, layers: int) -> Any:
@@ -109,8 +145,6 @@ def shardings(tree: Any, specs: Any, grid: ProcessorGrid) -> Any:
 def place(tree: Any, specs: Any, grid: ProcessorGrid) -> Any:
     """``tree`` as global arrays laid out by ``specs`` on the grid's mesh (each process takes its own blocks of
     host values that every process holds, so it works across processes too)."""
-    import numpy as np
-
     def put(a, sharding):
         if isinstance(a, jax.Array) and a.sharding == sharding:
             return a
@@ -128,7 +162,9 @@ class LayerSharded:
     elementwise updates stay on each chunk, norms become reductions); only the solver's gradient runs per chunk,
     under ``shard_map``: it receives this chunk's layers of the padded stack (``solver.local_layers``) and
     returns this chunk's layer gradient, averaged over the data ranks. The regularisation is added here, on
-    the whole stack. Every other attribute is the wrapped solver's.
+    the whole stack. The stack may come as the mesh stores it (:func:`stored_layers`: zero rows past the depth,
+    which nothing reads) or as it is; the gradient has the rows of the given stack (zero past the depth). Every
+    other attribute is the wrapped solver's.
     """
 
     def __init__(self, solver: Any, grid: ProcessorGrid, state_specs: Callable[[Any, Any, Any], Any]):
@@ -142,7 +178,8 @@ class LayerSharded:
 
     def _island(self, fn: Callable, model, params, x, y, state, out_specs: Callable[[Any, Any], Any]):
         """``fn(params_chunk, (x, y), state)`` per chunk, on the chunks' layers (each chunk's arrays one after the
-        other: :meth:`~lpt.mgrit.MGRITSolver.padded_layers`) split along the layers."""
+        other: :meth:`~lpt.mgrit.MGRITSolver.padded_layers`, which reads rows < depth only) split along the
+        layers."""
         layout = self.solver.layouts(model.depth)[0]
         padded = {**params, "layers": self.solver.padded_layers(model, params["layers"])}
         specs = layer_specs(padded, layout.chunks * layout.n_local, self.grid.layers)
@@ -162,9 +199,9 @@ class LayerSharded:
             chunk_fn, model, params, x, y, state,
             lambda specs, s_specs: (REPLICATED, REPLICATED, SAMPLES, specs, s_specs, REPLICATED))
         grads = {**grads, "layers": unspread(grads["layers"], self.solver.layouts(model.depth)[0])}
-        reg, g_reg = jax.value_and_grad(model.regularization)(params)
-        return (obj + reg, {"loss": loss, "outputs": outputs}, jax.tree_util.tree_map(jax.numpy.add, grads, g_reg),
-                state, stats)
+        reg, g_reg = jax.value_and_grad(model.regularization)(real_layers(model, params))
+        return (obj + reg, {"loss": loss, "outputs": outputs},
+                rows_like(jax.tree_util.tree_map(jnp.add, grads, g_reg), params), state, stats)
 
     def value(self, model, params, x, y, state):
         comm = self.solver.comm
@@ -173,7 +210,39 @@ class LayerSharded:
             return data_mean(comm)(self.solver.value(model, p, xy[0], xy[1], s))
 
         value = self._island(chunk_fn, model, params, x, y, state, lambda specs, s_specs: REPLICATED)
-        return value + model.regularization(params)
+        return value + model.regularization(real_layers(model, params))
+
+    def exact(self) -> "RealLayers":
+        """The serial (exact) strategy over the same stored stack (``train.on_nonfinite=serial``)."""
+        return RealLayers(SerialSolver())
+
+
+class RealLayers:
+    """A solver of the whole network given the layer stack as the mesh stores it (:func:`stored_layers`): the
+    zero rows past the depth are cut off before it, and its layer gradient gets zero rows in their place."""
+
+    def __init__(self, solver: Any):
+        self.solver = solver
+
+    def value_and_grad(self, model, params, x, y, state):
+        obj, aux, grads, state, stats = self.solver.value_and_grad(model, real_layers(model, params), x, y, state)
+        return obj, aux, rows_like(grads, params), state, stats
+
+    def value(self, model, params, x, y, state):
+        return self.solver.value(model, real_layers(model, params), x, y, state)
+
+
+def real_layers(model, params: Any) -> Any:
+    """``params`` with the first ``model.depth`` rows of its layer stack (the real layers of a stored stack)."""
+    return {**params, "layers": jax.tree_util.tree_map(lambda a: a[: model.depth], params["layers"])}
+
+
+def rows_like(grads: Any, params: Any) -> Any:
+    """A gradient of the real layers with zero rows appended to the rows of ``params``' layer stack."""
+    def pad(g, a):
+        return jnp.pad(g, [(0, a.shape[0] - g.shape[0])] + [(0, 0)] * (g.ndim - 1))
+
+    return {**grads, "layers": jax.tree_util.tree_map(pad, grads["layers"], params["layers"])}
 
 
 class ChunkLocal:

@@ -23,7 +23,7 @@ from lpt.model import ModelError
 from lpt.parallel import GridError, ProcessorGrid
 from lpt.parallel.faults import is_last_process
 from lpt.parallel.runtime import Runtime
-from lpt.parallel.sharded import ChunkLocal
+from lpt.parallel.sharded import ChunkLocal, LayerSharded
 from lpt.train.build import ConfigError, LoopSettings, build_dataset, check_batch, for_data
 from lpt.train.checks import StabilityCheck, report_padding
 from lpt.train.memory import device_memory, estimate_step_memory, gib, memory_message
@@ -237,7 +237,7 @@ class _Run:
         options = dict(lr=float(cfg["optimizer"]["lr"]), line_search=needs_value_fn(cfg["optimizer"]),
                        comm=s.runtime.step_comm(s.solver), norm=s.runtime.tree_norm,
                        wrap=s.runtime.wrap_step(s.solver, s.model, self.params, self.x_train[:self.batch]))
-        serial = s.solver.exact() if isinstance(s.solver, ChunkLocal) else SerialSolver()
+        serial = s.solver.exact() if isinstance(s.solver, (ChunkLocal, LayerSharded)) else SerialSolver()
         self.guard = NonFiniteGuard(s.loop, lambda: make_train_step(s.model, serial, s.optimizer, **options),
                                     self.save_last_good, lr_scale=float(self.state.lr_scale),
                                     rejections=int(self.state.rejections))

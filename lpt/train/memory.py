@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lpt.parallel.sharded import ChunkLocal, LayerSharded, stored_axis, under_layers
+from lpt.parallel.sharded import ChunkLocal, LayerSharded, stored_axis, stored_layers, under_layers
 
 STATE_ARRAYS = {("serial", "dense"): 1.1, ("serial", "conv"): 2.7, ("mgrit", "dense"): 11.0, ("mgrit", "conv"): 8.0}
 """Arrays of layer states (N + 1) × batch × state size that a step holds at its peak besides the training state,
@@ -59,7 +59,7 @@ def estimate_step_memory(model, solver, optimizer, x: jax.ShapeDtypeStruct, *, l
                          data_ranks: int = 1) -> MemoryEstimate:
     """The estimate for a step on a batch shaped like ``x`` (the whole batch; ``data_ranks`` share it). A
     :class:`~lpt.parallel.sharded.LayerSharded` solver keeps the parameters, their gradient and optimiser state
-    split over its layer chunks (:func:`~lpt.parallel.sharded.stored_axis`), a
+    split over its layer chunks (:func:`~lpt.parallel.sharded.stored_axis`; layer stacks of ⌈N/P⌉ rows each), a
     :class:`~lpt.parallel.sharded.ChunkLocal` one (MPI) the real layers of the largest chunk of its layer stacks (the
     layout's stride, or the last chunk's rest)."""
     layer_chunks, split_axis, rows = 1, stored_axis, 0
@@ -72,6 +72,8 @@ def estimate_step_memory(model, solver, optimizer, x: jax.ShapeDtypeStruct, *, l
     batch = x.shape[0] // data_ranks
     local = jax.ShapeDtypeStruct((batch, *x.shape[1:]), x.dtype)
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x.dtype))
+    if isinstance(solver, LayerSharded):  # the layer stacks as the mesh stores them (⌈N/P⌉ rows per device)
+        params = jax.eval_shape(lambda p: stored_layers(p, model.depth, layer_chunks), params)
     opt_state = jax.eval_shape(optimizer.init, params)
     solver_state = jax.eval_shape(lambda p, xb: solver.init_state(model, p, xb), params, local)
     net = getattr(model, "resnet", model)  # a parareal net: the states of the ResNet it cuts

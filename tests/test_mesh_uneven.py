@@ -1,0 +1,160 @@
+"""Layer-sharded mesh training at a depth that is no multiple of ``parallel.layers`` (issue 13 item 1): the layer
+stacks of parameters and optimiser state are stored with ⌈N/P⌉ rows per device (zero rows after the N real
+ones), training equals the single-device run, checkpoints hold the N real layers and resume bit for bit."""
+
+from __future__ import annotations
+
+import subprocess
+
+import jax
+import numpy as np
+import pytest
+
+from lpt.cli.compose import compose_config
+from lpt.logging import read_run
+from lpt.parallel.sharded import LayerSharded, canonical_layers, stored_depth, stored_layers, under_layers
+from lpt.train import run
+from lpt.train.loop import _Run, _setup
+from test_layer_sharded import before_and_after_steps, single_runs
+
+SHORT = ["solver=mgrit", "dtype=float64", "train.steps=4", "train.eval_every=2", "dataset.n_train=120",
+         "dataset.n_val=40", "model.gamma_tik=1e-3", "model.gamma_ddt=1e-4", "model.gamma_class=1e-3"]
+CONV = ["model.layer=conv", "model.opening=conv", "dataset=mnist", "model.width=2", "dataset.n_train=24",
+        "dataset.n_val=8"]
+CASES = {  # name: (overrides, layers)
+    "adam_37_on_2": (["model.depth=37"], 2),
+    "lbfgs_70_on_4": (["model.depth=70", "optimizer=lbfgs"], 4),
+    # decoupled weight decay and clipping by the global norm: both see the zero rows (zero, and zero gradient)
+    "adamw_clip_70_on_4": (["model.depth=70", "optimizer.weight_decay=1e-2", "optimizer.clip_norm=0.05"], 4),
+    "conv_adam_9_on_2": ([*CONV, "model.depth=9"], 2),
+    # a NaN batch at step 2: the serial step on the stored stack (LayerSharded.exact) takes its place
+    "serial_fallback_37_on_2": (["model.depth=37", "train.inject_nan_at_step=2", "train.on_nonfinite=serial"], 2),
+}
+
+
+def checkpoint(path) -> dict[str, np.ndarray]:
+    with np.load(path / "checkpoint.npz") as data:
+        names = data["names"]
+        return {str(name): data[f"leaf_{i:05d}"] for i, name in enumerate(names)}
+
+
+def test_stored_layers_pad_with_zero_rows_and_canonical_layers_cut_them():
+    assert [stored_depth(n, 4) for n in (68, 69, 70, 72)] == [68, 72, 72, 72]
+    tree = {"layers": {"K": np.ones((70, 3, 3)), "b": np.ones((70, 3))}, "classifier": {"W": np.ones((3, 70))}}
+    history = {"layers": {"K": np.ones((5, 70, 3, 3))}}  # an L-BFGS history: the layers on axis 1
+    stored, stored_history = stored_layers(tree, 70, 4), stored_layers(history, 70, 4)
+    assert stored["layers"]["K"].shape == (72, 3, 3) and stored["layers"]["b"].shape == (72, 3)
+    assert stored_history["layers"]["K"].shape == (5, 72, 3, 3)
+    assert stored["classifier"]["W"].shape == (3, 70)  # not a layer stack
+    assert isinstance(stored["layers"]["K"], np.ndarray)  # host arrays stay on the host
+    assert not stored["layers"]["K"][70:].any() and not stored_history["layers"]["K"][:, 70:].any()
+    for a, b in ((tree, stored), (history, stored_history)):
+        jax.tree_util.tree_map(np.testing.assert_array_equal, canonical_layers(b, 70, 4), a)
+    assert stored_layers(stored, 72, 4)["layers"]["K"] is stored["layers"]["K"]  # a multiple of 4: as it is
+
+
+@pytest.mark.slow(seconds=20)
+@pytest.mark.parametrize("optimizer,depth,layers", [("adam", 37, 2), ("lbfgs", 70, 4)])
+def test_each_device_holds_its_rows_of_the_layer_state_at_an_uneven_depth(tmp_path, optimizer, depth, layers):
+    """Parameters and optimiser state (Adam's moments, L-BFGS's histories) of the layers: ⌈N/P⌉ rows on each
+    device, before and after steps; the zero rows stay zero; the start line says how the state is split."""
+    cfg = compose_config([*SHORT, f"model.depth={depth}", f"optimizer={optimizer}", "parallel=mesh",
+                          f"parallel.layers={layers}"])
+    r = _Run(cfg, tmp_path, _setup(cfg))
+    rows = -(-depth // layers)
+    try:
+        assert isinstance(r.s.solver, LayerSharded)
+        counts = {37: "19 + 18", 70: "18 + 18 + 18 + 16"}[depth]
+        assert r.s.runtime.layout.endswith(
+            f"split over the {layers} layer chunks ({counts} layers; {rows * layers - depth} zero rows fill the "
+            f"stack to {rows} rows per chunk)")
+
+        def check(state):
+            leaves = [(path, leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(
+                (state.params, state.opt_state)) if under_layers(path) and leaf.ndim > 0]
+            histories = 0
+            for path, leaf in leaves:
+                axis = 1 if leaf.shape[0] != rows * layers else 0
+                histories += axis
+                assert leaf.shape[axis] == rows * layers, path
+                assert leaf.sharding.spec[axis] == "layers", path
+                shards = leaf.addressable_shards
+                assert len({s.device for s in shards}) == layers
+                assert all(s.data.shape[axis] == rows for s in shards), path
+                tail = np.take(np.asarray(leaf), np.arange(depth, rows * layers), axis=axis)
+                assert not tail.any(), path  # the zero rows stay zero
+            assert len(leaves) >= 6 and (histories > 0) == (optimizer == "lbfgs")
+
+        before_and_after_steps(r, check)
+    finally:
+        r.lock.release()
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """Single-device runs (history and final checkpoint), one per configuration."""
+    return single_runs(tmp_path_factory, SHORT, lambda path: (read_run(path), checkpoint(path)))
+
+
+@pytest.mark.slow(seconds=40)
+@pytest.mark.parametrize("case", CASES)
+def test_uneven_mesh_training_equals_single_device(tmp_path, single, case):
+    """Loss history and final parameters and optimiser state to 1e-12 (float64)."""
+    overrides, layers = CASES[case]
+    result = run(compose_config([*SHORT, *overrides, "parallel=mesh", f"parallel.layers={layers}"]), tmp_path)
+    (ref, ref_ckpt), rec = single(overrides), read_run(result.log_path)
+    for key in ("loss", "objective", "grad_norm", "lr"):
+        np.testing.assert_allclose(rec.history[key], ref.history[key], rtol=1e-12, atol=1e-14, err_msg=key)
+    if "optimizer.clip_norm=0.05" in overrides:
+        assert rec.history["grad_norm"].min() > 0.05  # every step clipped
+    if "train.on_nonfinite=serial" in overrides:
+        np.testing.assert_array_equal(rec.history["nonfinite"], [0, 1, 0, 0])
+    ckpt = checkpoint(tmp_path)
+    assert ckpt.keys() == ref_ckpt.keys()
+    for name, value in ref_ckpt.items():
+        if name.startswith(("params", "opt_state")):  # the real layers only: the shapes of the single run's
+            np.testing.assert_allclose(ckpt[name], value, rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+@pytest.mark.slow(seconds=40)
+def test_uneven_mesh_checkpoint_resumes_bit_for_bit_on_the_mesh_and_loads_on_one_device(tmp_path):
+    """N = 37 on 2 chunks with L-BFGS: 2 steps, then resumed to 4, equal the uninterrupted 4 steps bit for bit; the
+    checkpoint (the 37 real layers) of a run without warm start resumes on one device too."""
+    mesh = [*SHORT, "model.depth=37", "optimizer=lbfgs", "parallel=mesh", "parallel.layers=2"]
+    whole = run(compose_config(mesh), tmp_path / "whole")
+    run(compose_config([*mesh, "train.steps=2"]), tmp_path / "part")
+    assert checkpoint(tmp_path / "part")["params.layers.K"].shape[0] == 37
+    resumed = run(compose_config([*mesh, f"resume={tmp_path / 'part'}"]), tmp_path / "elsewhere")
+    a, b = read_run(whole.log_path).history, read_run(resumed.log_path).history
+    for key in ("loss", "objective", "grad_norm", "lr"):
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    ends = checkpoint(resumed.run_dir)
+    for name, value in checkpoint(tmp_path / "whole").items():
+        np.testing.assert_array_equal(ends[name], value, err_msg=name)
+    # on one device (without warm-start states, whose layer chunks are the grid's)
+    cold = [*SHORT, "model.depth=37", "optimizer=lbfgs", "solver.warm_start=false"]
+    run(compose_config([*cold, "parallel=mesh", "parallel.layers=2", "train.steps=2"]), tmp_path / "cold")
+    one = run(compose_config([*cold, f"resume={tmp_path / 'cold'}", "train.steps=3"]), tmp_path / "one")
+    assert read_run(one.log_path).history["step"][-1] == 3
+
+
+@pytest.mark.slow(seconds=120)
+def test_two_processes_at_an_uneven_depth_give_the_single_process_run(tmp_path):
+    """Two JAX processes (one device each), N = 17 on 2 layer chunks (9 rows each, the last one zero): the
+    single-process history to 1e-12, and the checkpoint (gathered from both processes: the 17 real layers) equal
+    to the single process's to 1e-12."""
+    from test_multiprocess_mesh import EXE, KEYS, RUN, _env, _finish, _start
+
+    results = _finish(_start(tmp_path / "two", "model.depth=17"))
+    assert [rc for rc, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
+    proc = subprocess.run([EXE, *RUN, "model.depth=17", f"hydra.run.dir={tmp_path / 'one'}"], env=_env(),
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two, one = read_run(tmp_path / "two").history, read_run(tmp_path / "one").history
+    for key in KEYS:
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-12, atol=1e-14, err_msg=key)
+    ckpt, ref = checkpoint(tmp_path / "two"), checkpoint(tmp_path / "one")
+    assert ckpt["params.layers.K"].shape[0] == 17
+    for name, value in ref.items():
+        if name.startswith(("params", "opt_state")):
+            np.testing.assert_allclose(ckpt[name], value, rtol=1e-12, atol=1e-14, err_msg=name)
