@@ -98,9 +98,11 @@ def single(tmp_path_factory):
 
 @pytest.mark.slow(seconds=40)
 @pytest.mark.parametrize("case", CASES)
-def test_uneven_mesh_training_equals_single_device(tmp_path, single, case):
+def test_uneven_mesh_training_equals_single_device(tmp_path, single, case, request):
     """Loss history and final parameters and optimiser state to 1e-12 (float64)."""
     overrides, layers = CASES[case]
+    if "dataset=mnist" in overrides:  # MNIST from ../shared/data (skipped, with the reason, where it is absent)
+        overrides = [*overrides, f"data_dir={request.getfixturevalue('shared_data')}"]
     result = run(compose_config([*SHORT, *overrides, "parallel=mesh", f"parallel.layers={layers}"]), tmp_path)
     (ref, ref_ckpt), rec = single(overrides), read_run(result.log_path)
     for key in ("loss", "objective", "grad_norm", "lr"):
