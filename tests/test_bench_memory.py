@@ -23,6 +23,18 @@ def test_bench_memory_shows_the_donated_state_aliased():
     assert ratio == pytest.approx(rows["donated"][5] / rows["kept"][5], abs=2e-3)
 
 
+def test_bench_memory_estimate_prints_the_estimate_against_xla():
+    """``--estimate``: the line of the memory check's estimate beside XLA's figure, and their ratio (the command that
+    calibrated :data:`lpt.train.memory.STATE_ARRAYS` on a GPU), within the 35 % of tests/test_memory.py."""
+    proc = script("bench_memory.py", "--estimate", "--config", "-: model.depth=16 solver=serial")
+    m = re.search(r"estimate ([\d.]+) MB \(state ([\d.]+), gradient ([\d.]+), layer states ([\d.]+)\), "
+                  r"XLA ([\d.]+) MB, estimate / XLA ([\d.]+)", proc.stdout)
+    assert m, proc.stdout
+    total, state, gradient, layer_states, xla, ratio = map(float, m.groups())
+    assert total == pytest.approx(state + gradient + layer_states, abs=0.2)
+    assert ratio == pytest.approx(total / xla, rel=0.02) and 0.65 < ratio < 1.35
+
+
 def sharded_rows(depth: int, *layers: str) -> dict[int, list[float]]:
     """The rows of ``scripts/bench_sharded_memory.py`` for a dense net of ``depth`` layers, by P."""
     proc = script("bench_sharded_memory.py", "--layers", *layers, "--config",

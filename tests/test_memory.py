@@ -10,46 +10,51 @@ import pytest
 
 from conftest import REPO_ROOT
 from lpt.cli.compose import compose_config
-from lpt.train import ConfigError, build_dataset, build_model, make_optimizer, make_solver, run
+from lpt.train import ConfigError, make_optimizer, run
 from lpt.train.memory import estimate_step_memory
-from lpt.train.optim import needs_value_fn
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
-from time_preset_step import build_step  # noqa: E402
-
-CONFIGS = [
-    (None, "model.depth=64 solver=serial"),
-    (None, "model.depth=64 solver=mgrit"),
-    (None, "model.depth=128 model.width=16 solver=mgrit solver.warm_start=false"),
-    (None, "model.depth=64 solver=mgrit optimizer=lbfgs"),
-    ("mnist_torchbraid", "dataset.n_train=200 model.depth=16"),
-    ("mnist_torchbraid", "dataset.n_train=200 model.depth=16 solver=serial model.layer=conv"),
-]
+from bench_memory import ESTIMATE_CONFIGS, estimate_and_xla  # noqa: E402
 
 
 @pytest.mark.slow(seconds=21)  # each: 10-40 s here, 130 s for the six
-@pytest.mark.parametrize("preset, overrides", CONFIGS)
-def test_the_estimate_is_within_35_percent_of_xla(preset, overrides, shared_data):
+@pytest.mark.parametrize("config", ESTIMATE_CONFIGS)
+def test_the_estimate_is_within_35_percent_of_xla(config, shared_data):
     """float32 as users run it (this session enables float64 for other tests)."""
     with jax.enable_x64(False):
-        _compare(preset, [*overrides.split(), f"data_dir={shared_data}"])
-
-
-def _compare(preset, overrides: list[str]):
-    step, state, x, y = build_step(preset, overrides)
-    mem = step.lower(state, x, y).compile().memory_analysis()
-    xla = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-           + mem.temp_size_in_bytes)
-    cfg = compose_config([*([f"+experiment={preset}"] if preset else []), *overrides])
-    data = build_dataset(cfg)
-    model = build_model(cfg["model"], data)
-    solver = make_solver(cfg["solver"], full_batch=x.shape[0] == data.x_train.shape[0])
-    estimate = estimate_step_memory(model, solver, make_optimizer(cfg["optimizer"]),
-                                    jax.ShapeDtypeStruct(x.shape, x.dtype),
-                                    line_search=needs_value_fn(cfg["optimizer"]))
+        preset, _, overrides = config.partition(":")
+        estimate, xla, state = estimate_and_xla(None if preset == "-" else preset,
+                                                [*overrides.split(), f"data_dir={shared_data}"])
     # the training state is counted exactly (but for the step counter, step-size scale and rejection count)
     assert estimate.state == sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(state)) - 3 * 4
     assert 0.65 < estimate.total / xla < 1.35, (estimate, xla)
+
+
+@pytest.mark.parametrize("backend, calibration", [("cpu", "cpu"), ("gpu", "gpu"), ("tpu", "gpu")])
+def test_the_layer_states_use_the_platforms_calibration(monkeypatch, backend, calibration):
+    """The arrays of layer states are those measured on the platform the step will run on (CPU, or the H200's
+    for accelerators): the same network, solver and batch give layer states in the ratio of the two tables."""
+    import lpt.train.memory as memory
+    from lpt.mgrit import MGRITSolver
+    from lpt.model import ResNet
+    from lpt.model.serial import SerialSolver
+
+    f32 = jax.numpy.float32
+    for kind, solver in (("mgrit", MGRITSolver()), ("serial", SerialSolver())):
+        for layer, net, xs in (
+                ("dense", ResNet(input_shape=(2,), num_outputs=5, depth=16), jax.ShapeDtypeStruct((50, 2), f32)),
+                ("conv", ResNet(input_shape=(8, 8, 1), num_outputs=10, depth=16, width=4, layer="conv",
+                                         opening="conv"),
+                 jax.ShapeDtypeStruct((50, 8, 8, 1), f32))):
+            with monkeypatch.context() as m:
+                m.setattr(memory.jax, "default_backend", lambda: "cpu")
+                on_cpu = estimate_step_memory(net, solver, make_optimizer({"name": "adam", "lr": 1e-3}), xs)
+                m.setattr(memory.jax, "default_backend", lambda: backend)
+                assert memory.calibration() == calibration
+                here = estimate_step_memory(net, solver, make_optimizer({"name": "adam", "lr": 1e-3}), xs)
+            assert here.state == on_cpu.state and here.gradient == on_cpu.gradient
+            ratio = memory.STATE_ARRAYS[calibration][kind, layer] / memory.STATE_ARRAYS["cpu"][kind, layer]
+            assert here.layer_states == pytest.approx(on_cpu.layer_states * ratio, abs=1)  # whole bytes
 
 
 def test_a_run_that_cannot_fit_stops_before_compiling_with_one_line(monkeypatch, tmp_path, shared_data):

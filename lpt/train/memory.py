@@ -4,10 +4,11 @@ a run that cannot fit (issue 13, item 4).
 The estimate is exact for the training state (parameters and optimiser state including the L-BFGS history, this
 device's shard of them when they are layer-sharded; MGRIT warm-start states of this device's layer chunk: their
 shapes by :func:`jax.eval_shape`) and the gradient, plus ``k`` arrays of layer states (N_local + 1) × batch ×
-state size (the state size includes the image of conv states), with ``k`` calibrated against XLA's memory analysis
-of the compiled step on CPU (argument + output − aliased + temporary bytes; ``scripts/bench_memory.py`` prints
-it): :data:`STATE_ARRAYS`. On the configurations of ``tests/test_memory.py`` the estimate is within 35 % of XLA's
-figure.
+state size (the state size includes the image of conv states), with ``k`` calibrated per platform against XLA's
+memory analysis of the compiled step (argument + output − aliased + temporary bytes; ``python
+scripts/bench_memory.py --estimate`` prints both and their ratio): :data:`STATE_ARRAYS`. On the configurations of
+``tests/test_memory.py`` the estimate is within 35 % of XLA's figure on CPU (the test) and on an NVIDIA H200
+(the same configurations and three full presets, measured with that command; not in CI, which has no GPU).
 """
 
 from __future__ import annotations
@@ -21,12 +22,24 @@ import jax.numpy as jnp
 
 from lpt.parallel.sharded import ChunkLocal, LayerSharded, stored_axis, stored_layers, under_layers
 
-STATE_ARRAYS = {("serial", "dense"): 1.1, ("serial", "conv"): 2.7, ("mgrit", "dense"): 11.0, ("mgrit", "conv"): 8.0}
+STATE_ARRAYS = {
+    "cpu": {("serial", "dense"): 1.1, ("serial", "conv"): 2.7, ("mgrit", "dense"): 11.0, ("mgrit", "conv"): 8.0},
+    "gpu": {("serial", "dense"): 3.3, ("serial", "conv"): 3.0, ("mgrit", "dense"): 7.3, ("mgrit", "conv"): 24.0},
+}
 """Arrays of layer states (N + 1) × batch × state size that a step holds at its peak besides the training state,
-by solver and layer kind: backpropagation through the serial scan keeps about one (dense) or three (conv: the
-residuals of the convolutions); the MGRIT step (forward and adjoint states of every level, FAS right-hand
-sides, relaxation temporaries, the layer-gradient pass) eight to eleven. Measured on CPU with XLA's analysis:
-dense 1.07 / 11.2 (peaks, N = 64), conv 2.4–3.0 / 7.3–8.6 (MNIST, conv and conv2, N = 16 and 64)."""
+by platform, solver and layer kind, from ``python scripts/bench_memory.py --estimate`` (XLA's figure less the
+training state, over the bytes of one such array).
+
+CPU (jax 0.10): backpropagation through the serial scan keeps about one (dense) or three (conv: the residuals of
+the convolutions); the MGRIT step (forward and adjoint states of every level, FAS right-hand sides, relaxation
+temporaries, the layer-gradient pass) eight to eleven; measured dense 1.07 / 11.2 (peaks, N = 64), conv 2.4–3.0 /
+7.3–8.6 (MNIST, conv and conv2, N = 16 and 64).
+
+GPU (NVIDIA H200, jax 0.11.2): serial dense 3.3, conv 3.0; MGRIT dense 5.8–7.3 (peaks, N = 64 to 4096; with
+L-BFGS 6.1, and 9.0 for ``indian_pines_512``, besides the line search's), conv 20.5–28.3 (``mnist_4096``, MNIST
+N = 16). The conv figure is about three times the CPU's, likely because ``solver.interval_batch=auto`` relaxes
+all intervals of a level at once on accelerators and image states a few intervals at a time on CPU. Other
+accelerators (TPU) take the GPU's figures, unmeasured."""
 LINE_SEARCH_ARRAYS = 2.0
 """More arrays of layer states for the L-BFGS line search (its trial forward solves)."""
 
@@ -83,7 +96,8 @@ def estimate_step_memory(model, solver, optimizer, x: jax.ShapeDtypeStruct, *, l
     else:
         steps, kind = model.depth, "serial"
     layer = "conv" if net.layer in ("conv", "conv2") else "dense"
-    arrays = STATE_ARRAYS[kind, layer] + (LINE_SEARCH_ARRAYS if line_search and kind == "mgrit" else 0.0)
+    arrays = (STATE_ARRAYS[calibration()][kind, layer]
+              + (LINE_SEARCH_ARRAYS if line_search and kind == "mgrit" else 0.0))
     layer_states = int(arrays * (steps + 1) * _nbytes(y0))
     per_device = (params, opt_state)
     return MemoryEstimate(_nbytes(per_device, model.depth, layer_chunks, split_axis, rows) + _nbytes(solver_state),
@@ -110,6 +124,11 @@ def memory_message(estimate: MemoryEstimate, available: int, cfg) -> str | None:
     return (f"the training step needs about {gib(estimate.total)} per device (training state "
             f"{gib(estimate.state)}, layer states {gib(estimate.layer_states)}), more than the {gib(available)} "
             f"of this device: choose " + ", ".join(advice))
+
+
+def calibration() -> str:
+    """The key of :data:`STATE_ARRAYS` for JAX's default backend: "cpu", else "gpu" (accelerators)."""
+    return "cpu" if jax.default_backend() == "cpu" else "gpu"
 
 
 def device_memory() -> int:
