@@ -29,14 +29,15 @@ TINY = {
     "regression_peaks": ["dataset.n_train=100", "dataset.n_val=50"],
     "regression_pendulum": ["dataset.n_train=100", "dataset.n_val=50"],
     # per preset, replacing the data set's budget and the batch of 32. The deep presets run every option of theirs
-    # but at depth 64 (still 3 MGRIT levels): compiling 4096 conv layers, or full-batch L-BFGS through 512 layers
-    # of width 200, took 60-100 s here and tests nothing the shallower run does not (padding and many levels
-    # have their own tests; the full depths are built by scripts/bench_memory.py and scripts/time_preset_step.py,
-    # whose figures the README gives). Compilation time grows with the number of levels: regression_2048 at its
-    # full depth (6 levels) compiled 60 % longer than at depth 64.
-    "mnist_4096": ["dataset.n_train=8", "dataset.n_val=8", "train.batch_size=2", "model.depth=64"],
-    "indian_pines_512": ["dataset.n_train=32", "dataset.n_val=16", "model.depth=64"],
-    "regression_2048": ["dataset.n_train=100", "dataset.n_val=50", "model.depth=64"],
+    # but at depth 32 (still 3 MGRIT levels: 32 → 8 → 2 with cfactor 4, 32 → 16 → 8 with cfactor 2 and
+    # min_coarse 10): compiling 4096 conv layers, or full-batch L-BFGS through 512 layers of width 200, took
+    # 60-100 s here and tests nothing the shallower run does not (padding and many levels have their own tests;
+    # the full depths are built by scripts/bench_memory.py and scripts/time_preset_step.py, whose figures the
+    # README gives). Compilation time grows with the number of levels and the depth: regression_2048 at its full
+    # depth (6 levels) compiled 60 % longer than at depth 64.
+    "mnist_4096": ["dataset.n_train=8", "dataset.n_val=8", "train.batch_size=2", "model.depth=32"],
+    "indian_pines_512": ["dataset.n_train=32", "dataset.n_val=16", "model.depth=32"],
+    "regression_2048": ["dataset.n_train=100", "dataset.n_val=50", "model.depth=32"],
     # peaks_1024 is peaks_lpl but for its depth (tests/test_presets_papers.py), so at peaks_lpl's depth (32: still
     # 3 levels) and budget it is the same program, loaded from the session's compilation cache, not compiled again
     "peaks_1024": ["dataset.n_train=100", "dataset.n_val=50", "model.depth=32"],
