@@ -48,11 +48,16 @@ def test_the_model_meets_the_contract_and_its_zero_steps_are_the_identity(name, 
     x = _inputs(model, key_x, dtype=dtype)
     y0 = model.open(params, x)
     y = 3 * jax.random.normal(key_y, y0.shape, dtype)  # any state, not only reachable ones
+    step = jax.jit(model.step)
     for n in range(model.depth):
         theta_n = jax.tree_util.tree_map(lambda a: 5 * a[n], params["layers"])
-        out = jax.jit(model.step)(theta_n, y, jnp.zeros((), dtype))
+        out = step(theta_n, y, jnp.zeros((), dtype))
         assert out.dtype == dtype
         np.testing.assert_array_equal(out, y)
+        # and not because the step ignores its input: at h = 1 it moves the state
+        assert not np.allclose(step(theta_n, y, jnp.ones((), dtype)), y)
+    zeros = jax.tree_util.tree_map(lambda a: jnp.zeros_like(a[0]), params["layers"])  # MGRIT's padding steps
+    np.testing.assert_array_equal(step(zeros, y, jnp.zeros((), dtype)), y)
     hs = model.step_sizes(dtype)
     assert hs.shape == (model.depth,) and hs.dtype == dtype
     np.testing.assert_allclose(hs.sum(), model.T, rtol=1e-6)

@@ -65,18 +65,6 @@ def perturbed(params, scale=0.1):
 
 
 @pytest.mark.parametrize("make", [vit, charlm])
-def test_step_at_h_zero_is_the_identity(make):
-    model, params, x, _ = make()
-    y0 = model.open(perturbed(params), x)
-    theta0 = jax.tree_util.tree_map(lambda a: a[0], perturbed(params)["layers"])
-    step = jax.jit(model.step)
-    assert jnp.array_equal(step(theta0, y0, jnp.zeros((), F64)), y0)
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, theta0)  # MGRIT's padding steps: zero weights, h = 0
-    assert jnp.array_equal(step(zeros, y0, jnp.zeros((), F64)), y0)
-    assert not jnp.allclose(step(theta0, y0, jnp.ones((), F64)), y0)
-
-
-@pytest.mark.parametrize("make", [vit, charlm])
 def test_serial_forward_is_the_explicit_block_loop(make):
     model, params, x, _ = make(depth=5)
     params = perturbed(params)
