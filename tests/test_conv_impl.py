@@ -39,28 +39,34 @@ CASES = ([(k, (1, 1), "SAME") for k in (1, 3, 5, 7)]  # the layers' convolutions
 
 @pytest.mark.slow(seconds=12)
 @pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
-def test_matmul_convolution_equals_xla(dtype):
+def test_matmul_and_channels_first_convolutions_equal_xla(dtype):
     """Values and both VJPs for kernel sizes 1, 3, 5, 7 with same padding (the layers' use), and strides
-    2 / (1, 2) / (2, 1) with SAME, VALID and explicit paddings (the general formulation)."""
+    2 / (1, 2) / (2, 1) with SAME, VALID and explicit paddings (the general formulation): the matrix-product
+    formulation in the NHWC layout, and both formulations in the CNHW layout (channels first), equal XLA's NHWC
+    convolution. One compiled program per case."""
     rng = np.random.default_rng(0)
-    tol = TOL[dtype]
     for k, strides, padding in CASES:
         y = jnp.asarray(rng.normal(size=(2, 9, 11, 3)), dtype)
         w = jnp.asarray(rng.normal(size=(k, k, 3, 4)), dtype)
-
-        def both(y, w, g):
-            out = {}
-            for impl in ("xla", "matmul"):
-                value, vjp = jax.vjp(lambda y, w: conv2d(y, w, impl, strides, padding), y, w)
-                out[impl] = (value, *vjp(g))
-            return out
-
         shape = jax.eval_shape(lambda y, w: conv2d(y, w, "xla", strides, padding), y, w).shape
         g = jnp.asarray(rng.normal(size=shape), dtype)
-        out = jax.jit(both)(y, w, g)
-        for got, want in zip(out["matmul"], out["xla"]):
-            assert got.dtype == dtype and got.shape == want.shape
-            assert rel(got, want) <= tol, (k, strides, padding)
+
+        def pairs(y, w, g):  # {(formulation, layout): ((got, XLA's NHWC reference) for value, dy, dw)}
+            want, want_vjp = jax.vjp(lambda y, w: conv2d(y, w, "xla", strides, padding), y, w)
+            want = (want, *want_vjp(g))
+            got, got_vjp = jax.vjp(lambda y, w: conv2d(y, w, "matmul", strides, padding), y, w)
+            out = {("matmul", "NHWC"): tuple(zip((got, *got_vjp(g)), want))}
+            for impl in ("xla", "matmul"):
+                got, got_vjp = jax.vjp(lambda y, w: conv2d(y, w, impl, strides, padding, "CNHW"),
+                                       jnp.moveaxis(y, -1, 0), w)
+                dy, dw = got_vjp(jnp.moveaxis(g, -1, 0))
+                out[impl, "CNHW"] = tuple(zip((jnp.moveaxis(got, 0, -1), jnp.moveaxis(dy, 0, -1), dw), want))
+            return out
+
+        for key, results in jax.jit(pairs)(y, w, g).items():
+            for a, b in results:
+                assert a.dtype == dtype and a.shape == b.shape
+                assert rel(a, b) <= TOL[dtype], (key, k, strides, padding)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
@@ -82,35 +88,6 @@ def test_matmul_convolution_vmapped_over_layers(dtype):
     # no grouped convolution is left in the vmapped matmul formulation
     hlo = jax.jit(f("matmul")).lower(ws, ys).as_text()
     assert "convolution" not in hlo and "dot_general" in hlo
-
-
-@pytest.mark.slow(seconds=12)
-@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
-def test_channels_first_layout_equals_nhwc(dtype):
-    """conv2d in the CNHW layout (channels first) equals the NHWC one, values and both VJPs, both
-    formulations, all the cases above (XLA's NHWC convolution is the reference)."""
-    rng = np.random.default_rng(2)
-    for k, strides, padding in CASES:
-        y = jnp.asarray(rng.normal(size=(2, 9, 11, 3)), dtype)
-        w = jnp.asarray(rng.normal(size=(k, k, 3, 4)), dtype)
-        shape = jax.eval_shape(lambda y, w: conv2d(y, w, "xla", strides, padding), y, w).shape
-        g = jnp.asarray(rng.normal(size=shape), dtype)
-
-        def pairs(y, w, g):  # (CNHW result in NHWC order, NHWC reference) per formulation: one compiled program
-            want, want_vjp = jax.vjp(lambda y, w: conv2d(y, w, "xla", strides, padding), y, w)
-            out = {}
-            for impl in ("xla", "matmul"):
-                got, got_vjp = jax.vjp(lambda y, w: conv2d(y, w, impl, strides, padding, "CNHW"),
-                                       jnp.moveaxis(y, -1, 0), w)
-                dy, dw = got_vjp(jnp.moveaxis(g, -1, 0))
-                out[impl] = ((jnp.moveaxis(got, 0, -1), want), (jnp.moveaxis(dy, 0, -1), want_vjp(g)[0]),
-                             (dw, want_vjp(g)[1]))
-            return out
-
-        for impl, results in jax.jit(pairs)(y, w, g).items():
-            for a, b in results:
-                assert a.dtype == dtype and a.shape == b.shape
-                assert rel(a, b) <= TOL[dtype], (impl, k, strides, padding)
 
 
 @pytest.mark.slow(seconds=14)
