@@ -6,6 +6,7 @@ once, on rank 0, and sent to every rank).
 """
 
 import sys
+import time
 
 import jax
 
@@ -25,13 +26,17 @@ grid = ProcessorGrid("mpi", data=data, layers=world.Get_size() // data)
 comm = grid.comm()
 single, dist = solver_for(), solver_for(comm)
 # rank 0 draws the problem and computes the single-device reference; the other ranks receive both (the same
-# numbers: each rank drawing and compiling them again only multiplies the work on a machine the ranks share)
+# numbers: each rank drawing and compiling them again only multiplies the work on a machine the ranks share); they
+# wait in a non-blocking barrier, asleep between polls: a blocking bcast would spin a core each meanwhile
 if world.Get_rank() == 0:
     model, params, x, y = problem(depth, layer)
     ref = jax.jit(lambda p: single.value_and_grad(model, p, x, y, single.init_state(model, p, x)))(params)
     shared = jax.device_get((params, x, y, ref))
 else:
     shared = None
+barrier = world.Ibarrier()
+while not barrier.Test():
+    time.sleep(0.02)
 params, x, y, ref = jax.tree_util.tree_map(jnp.asarray, world.bcast(shared, root=0))
 model = problem(depth, layer, init=False)[0]
 d_rank, l_rank = divmod(world.Get_rank(), grid.layers)
