@@ -139,7 +139,9 @@ def main(argv=None):
             for p in grid_sizes:
                 if p > 1:
                     from lpt.parallel import ProcessorGrid
+                    from lpt.parallel.comm import idle_barrier
 
+                    idle_barrier(world)  # the other ranks sleep while rank 0 times alone
                     s = replace(solver, comm=ProcessorGrid("mpi", data=1, layers=p).comm())
                     t = timer(jax.jit(lambda prm: s.value_and_grad(model, prm, x, labels, ())[:3]), params)
                 elif rank == 0:

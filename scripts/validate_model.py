@@ -37,7 +37,7 @@ def parse_args(argv=None):
     p.add_argument("--calibrate", action="store_true", help="measure the costs first (and store them)")
     p.add_argument("--comm", action="store_true", help="(mpi) measure the message costs α, β, σ₀, κ again")
     p.add_argument("--warm", action="store_true", help="warm-started solves (full-batch training)")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (MPI message costs too)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     return p.parse_args(argv)
 
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     if args.backend == "mpi" and ranks > 1 and (args.calibrate or args.comm or "mpi" not in cal.comm):
         from lpt.perfmodel.comm import measure
 
-        comm_costs, _ = measure("mpi")
+        comm_costs, _ = measure("mpi", repeats=args.repeats)
         if rank == 0:
             cal.comm["mpi"] = comm_costs
             cal.save(args.file)

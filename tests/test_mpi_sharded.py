@@ -125,7 +125,7 @@ def test_chunked_regularisation_and_norm_equal_the_whole_stacks_on_four_chunks()
     specs = layer_specs(params, 16, 4)
     reg, grads = jax.jit(on_mesh(lambda p: chunk_regularization(model, p, comm), grid, (specs,),
                                  (P(), specs)))(params)
-    ref, g_ref = jax.value_and_grad(model.regularization)(params)
+    ref, g_ref = jax.jit(jax.value_and_grad(model.regularization))(params)
     np.testing.assert_allclose(float(reg), float(ref), rtol=1e-13)
     for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(g_ref)):
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)

@@ -23,8 +23,9 @@ SHORT = ["solver=mgrit", "train.steps=12", "train.eval_every=6", "dataset.n_trai
 def test_mpi_iterates_equal_single(ranks, data, depth, layer):
     """Each rank compares its chunk's forward/adjoint states, objective, gradient, residuals (float64, 1e-12).
 
-    N = 100 pads to 128 steps (the last chunk part identity); the padding itself is the solver's, the same on every
-    back-end, and even chunks (N = 64) on the mesh are checked in tests/test_parallel_mgrit.py."""
+    N = 100 on 2 layer ranks: uneven chunks of 48 and 52 layers in arrays of 52 steps (rank 0's last 4 identity);
+    the layout itself is the solver's, the same on every back-end, and even chunks (N = 64) on the mesh are checked
+    in tests/test_parallel_mgrit.py. Rank 0 computes the single-device reference while the others wait asleep."""
     proc = mpirun(ranks, HERE / "mpi" / "iterates_check.py", str(data), str(depth), layer, timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert proc.stdout.count("ok") == ranks

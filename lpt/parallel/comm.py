@@ -211,3 +211,21 @@ class ReversedComm:
 
     def data_sum(self, x):
         return self.comm.data_sum(x)
+
+
+def idle_barrier(world: Any = None, poll_s: float = 0.01) -> None:
+    """A barrier of ``world`` (default ``MPI.COMM_WORLD``) whose waiting ranks sleep between polls.
+
+    MPI's blocking calls wait by polling, a busy core per waiting rank: where one rank works alone for a while
+    (a reference solve, one-rank timings) and the others only wait for it, they wait here and leave the cores
+    to it. Not for the training step: the sleep adds up to ``poll_s`` to every wait.
+    """
+    import time
+
+    if world is None:
+        from mpi4py import MPI
+
+        world = MPI.COMM_WORLD
+    request = world.Ibarrier()
+    while not request.Test():
+        time.sleep(poll_s)

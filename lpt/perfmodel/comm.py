@@ -83,23 +83,19 @@ def measure_mesh(sizes: Sequence[int] = SIZES, chain: int = 20, repeats: int = 5
     for nbytes in sizes:
         n = max(nbytes // 4, 1)
         x = jnp.zeros((2 * n,), jnp.float32)
-        fns = {}
 
-        def make(k: int):
-            def body(_, v):
-                # block shapes: v (n,) per device; message: the whole block to the other device
-                return jax.lax.ppermute(v, "layers", perm=[(0, 1), (1, 0)]) + 1.0
+        def body(_, v):
+            # block shapes: v (n,) per device; message: the whole block to the other device
+            return jax.lax.ppermute(v, "layers", perm=[(0, 1), (1, 0)]) + 1.0
 
-            f = jax.shard_map(lambda v: jax.lax.fori_loop(0, k, body, v), mesh=mesh, in_specs=P("layers"),
-                              out_specs=P("layers"))
-            return jax.jit(f)
+        # the chain length k is an argument: one program per size, whatever lengths the timing tries
+        chained = jax.jit(jax.shard_map(lambda v, k: jax.lax.fori_loop(0, k, body, v), mesh=mesh,
+                                        in_specs=(P("layers"), P()), out_specs=P("layers")))
+        jax.block_until_ready(chained(x, chain))
 
-        def run(k: int) -> float:
-            if k not in fns:
-                fns[k] = make(k)
-                jax.block_until_ready(fns[k](x))
+        def run(k: int, chained=chained, x=x) -> float:
             start = time.perf_counter()
-            jax.block_until_ready(fns[k](x))
+            jax.block_until_ready(chained(x, k))
             return time.perf_counter() - start
 
         out.append((nbytes, _per_message(run, chain, repeats)))
@@ -126,27 +122,23 @@ def measure_mpi(sizes: Sequence[int] = SIZES, chain: int = 20, repeats: int = 5)
     for nbytes in sizes:
         n = max(nbytes // 4, 1)
         x = jnp.zeros((n,), jnp.float32)
-        fns = {}
-
-        def make(k: int):
-            other = 1 - rank
-
+        chained = None
+        if rank < 2:
             def body(_, v):
                 # message: the block v (n,) to the other rank and back (a ping-pong is two messages)
-                return mpi4jax.sendrecv(v, v, source=other, dest=other, comm=pair) + 1.0
+                return mpi4jax.sendrecv(v, v, source=1 - rank, dest=1 - rank, comm=pair) + 1.0
 
-            return jax.jit(lambda v: jax.lax.fori_loop(0, k, body, v))
+            # the chain length k is an argument: one program per size (each MPI launch compiles it, the
+            # persistent cache cannot serve mpi4jax calls), whatever lengths the timing tries
+            chained = jax.jit(lambda v, k: jax.lax.fori_loop(0, k, body, v))
+            jax.block_until_ready(chained(x, chain))
 
-        def run(k: int) -> float:
-            if rank >= 2:
-                world.Barrier()
-                return 0.0
-            if k not in fns:
-                fns[k] = make(k)
-                jax.block_until_ready(fns[k](x))
+        def run(k: int, chained=chained, x=x) -> float:
             world.Barrier()
+            if chained is None:
+                return 0.0
             start = time.perf_counter()
-            jax.block_until_ready(fns[k](x))
+            jax.block_until_ready(chained(x, k))
             return time.perf_counter() - start
 
         # each sendrecv is one message each way at the same time: the exchange time is one message
@@ -212,7 +204,9 @@ def measure_mpi_sync(nbytes: int = 160_000, compute_s: float = 2e-3, chain: int 
 
 
 def measure(backend: str, sizes: Sequence[int] = SIZES, **kwargs) -> tuple[CommCosts, list[tuple[int, float]]]:
-    """Measure and fit α, β for ``backend`` (single | mesh | mpi); single is (0, 0) without measuring."""
+    """Measure and fit α, β for ``backend`` (single | mesh | mpi); single is (0, 0) without measuring.
+
+    ``kwargs`` (``chain``, ``repeats``) apply to every timed chain, under MPI those of σ₀ and κ too."""
     if backend == "single":
         return CommCosts(0.0, 0.0), []
     if backend == "mesh":
@@ -220,7 +214,7 @@ def measure(backend: str, sizes: Sequence[int] = SIZES, **kwargs) -> tuple[CommC
     elif backend == "mpi":
         samples = measure_mpi(sizes, **kwargs)
         phases = (5e-3, 40e-3)
-        loaded = [measure_mpi_sync(160_000, compute_s=t) for t in phases]
+        loaded = [measure_mpi_sync(160_000, compute_s=t, **kwargs) for t in phases]
         if samples is None:  # not rank 0
             return CommCosts(), []
         fit = fit_alpha_beta([s for s, _ in samples], [t for _, t in samples])

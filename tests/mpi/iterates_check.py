@@ -17,6 +17,7 @@ from mpi4py import MPI  # noqa: E402
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
 from test_parallel_mgrit import problem, rel, solver_for  # noqa: E402
 
+from lpt.parallel.comm import idle_barrier  # noqa: E402
 from lpt.parallel.grid import ProcessorGrid  # noqa: E402
 
 data, depth, layer = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
@@ -25,13 +26,15 @@ grid = ProcessorGrid("mpi", data=data, layers=world.Get_size() // data)
 comm = grid.comm()
 single, dist = solver_for(), solver_for(comm)
 # rank 0 draws the problem and computes the single-device reference; the other ranks receive both (the same
-# numbers: each rank drawing and compiling them again only multiplies the work on a machine the ranks share)
+# numbers: each rank drawing and compiling them again only multiplies the work on a machine the ranks share); they
+# wait asleep (idle_barrier), not spinning in the bcast
 if world.Get_rank() == 0:
     model, params, x, y = problem(depth, layer)
     ref = jax.jit(lambda p: single.value_and_grad(model, p, x, y, single.init_state(model, p, x)))(params)
     shared = jax.device_get((params, x, y, ref))
 else:
     shared = None
+idle_barrier(world)
 params, x, y, ref = jax.tree_util.tree_map(jnp.asarray, world.bcast(shared, root=0))
 model = problem(depth, layer, init=False)[0]
 d_rank, l_rank = divmod(world.Get_rank(), grid.layers)
