@@ -37,7 +37,7 @@ ESTIMATE_CONFIGS = (
     "mnist_torchbraid: dataset.n_train=200 model.depth=16",
     "mnist_torchbraid: dataset.n_train=200 model.depth=16 solver=serial model.layer=conv",
 )
-FULL_PRESETS = ("mnist_4096:", "-: model.depth=4096 model.width=64 solver=mgrit", "indian_pines_512:")
+FULL_PRESETS = (*DEFAULT_CONFIGS, "indian_pines_512:")
 
 
 def held(mem) -> int:
