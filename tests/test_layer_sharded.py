@@ -3,6 +3,8 @@ their gradient and optimiser state, and the training steps equal the single-devi
 
 from __future__ import annotations
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -53,8 +55,22 @@ def test_each_device_holds_only_its_chunk_of_the_layer_state(tmp_path):
             assert warm.sharding.spec[0] == "layers" and warm.addressable_shards[0].data.shape[0] == warm.shape[0] // 4
 
         before_and_after_steps(r, check)
+        # no layer stack moves between the devices, but in the solver's serial fallback after a divergence
+        hlo = r.train_step.lower(r.state, *r.batch_at(0)).compile().as_text()
+        gathered = gathered_layer_stacks(hlo, (32,))
+        assert gathered and all("cond/branch" in name for name in gathered), gathered
     finally:
         r.lock.release()
+
+
+def gathered_layer_stacks(hlo: str, rows: tuple[int, ...]) -> list[str]:
+    """The op names of the all-gathers in compiled HLO text whose result has ``rows`` entries on its first axis."""
+    names = []
+    for line in hlo.splitlines():
+        match = re.search(r"= \w+\[(\d+)[,\]].* all-gather(-start)?\(", line)
+        if match and int(match.group(1)) in rows:
+            names.append(re.search(r'op_name="([^"]*)"', line).group(1))
+    return names
 
 
 def before_and_after_steps(r: _Run, check) -> None:
@@ -123,6 +139,6 @@ def test_layer_axis_is_the_depth_axis_under_layers():
     assert layer_axis((layers,), (8,), 32, 4) is None
     assert stored_axis((layers,), (32, 8, 8), 32, 4) == 0
     assert stored_axis((other,), (6, 8), 32, 4) == 1 and stored_axis((other,), (8,), 32, 4) is None
-    # an uneven depth: the stored stack has ⌈70/4⌉·4 = 72 rows (zero rows 70, 71), split like the others
-    assert stored_axis((layers,), (72, 8), 70, 4) == 0 and stored_axis((other,), (6, 8), 70, 4) == 1
-    assert stored_axis((layers,), (70, 8), 70, 4) is None  # not the stored stack
+    # N = 70 on 4 chunks: the stored stack has 4 · 24 = 96 rows (the solver's n_local per chunk), split so
+    assert stored_axis((layers,), (96, 8), 96, 4) == 0 and stored_axis((other,), (6, 8), 96, 4) == 1
+    assert stored_axis((layers,), (70, 8), 96, 4) is None  # not the stored stack

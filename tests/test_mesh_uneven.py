@@ -1,6 +1,7 @@
 """Layer-sharded mesh training at a depth that is no multiple of ``parallel.layers`` (issue 13 item 1): the layer
-stacks of parameters and optimiser state are stored with ⌈N/P⌉ rows per device (zero rows after the N real
-ones), training equals the single-device run, checkpoints hold the N real layers and resume bit for bit."""
+stacks of parameters and optimiser state are stored as the solver's chunks (each device its chunk's n_local rows:
+its real layers, then zero rows), training equals the single-device run, checkpoints hold the N real layers and
+resume bit for bit."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import pytest
 
 from lpt.cli.compose import compose_config
 from lpt.logging import read_run
-from lpt.parallel.sharded import LayerSharded, canonical_layers, stored_depth, stored_layers, under_layers
+from lpt.mgrit.layout import real_rows
+from lpt.parallel.sharded import LayerSharded, canonical_layers, stored_layers, stored_rows, under_layers
 from lpt.train import run
 from lpt.train.loop import _Run, _setup
-from test_layer_sharded import before_and_after_steps, single_runs
+from test_layer_sharded import before_and_after_steps, gathered_layer_stacks, single_runs
 
 SHORT = ["solver=mgrit", "dtype=float64", "train.steps=4", "train.eval_every=2", "dataset.n_train=120",
          "dataset.n_val=40", "model.gamma_tik=1e-3", "model.gamma_ddt=1e-4", "model.gamma_class=1e-3"]
@@ -38,38 +40,60 @@ def checkpoint(path) -> dict[str, np.ndarray]:
         return {str(name): data[f"leaf_{i:05d}"] for i, name in enumerate(names)}
 
 
-def test_stored_layers_pad_with_zero_rows_and_canonical_layers_cut_them():
-    assert [stored_depth(n, 4) for n in (68, 69, 70, 72)] == [68, 72, 72, 72]
-    tree = {"layers": {"K": np.ones((70, 3, 3)), "b": np.ones((70, 3))}, "classifier": {"W": np.ones((3, 70))}}
-    history = {"layers": {"K": np.ones((5, 70, 3, 3))}}  # an L-BFGS history: the layers on axis 1
-    stored, stored_history = stored_layers(tree, 70, 4), stored_layers(history, 70, 4)
-    assert stored["layers"]["K"].shape == (72, 3, 3) and stored["layers"]["b"].shape == (72, 3)
-    assert stored_history["layers"]["K"].shape == (5, 72, 3, 3)
+def layout_of(depth: int, layers: int):
+    """The forward layout of the default MGRIT solver of a depth-``depth`` net on ``layers`` chunks."""
+    from lpt.mgrit.layout import paired_layouts
+    from lpt.mgrit.options import MGRITOptions
+
+    return paired_layouts(depth, MGRITOptions(), MGRITOptions(), layers)[0]
+
+
+def test_stored_layers_lay_out_the_solvers_chunks_and_canonical_layers_take_the_real_ones():
+    layout = layout_of(70, 4)  # chunks of 16, 16, 16 and 22 layers, 24 rows each
+    assert (layout.stride, layout.last_real, layout.n_local, stored_rows(layout)) == (16, 22, 24, 96)
+    layer = np.arange(70.0)
+    tree = {"layers": {"K": np.ones((70, 3, 3)) * layer[:, None, None], "b": np.ones((70, 3)) * layer[:, None]},
+            "classifier": {"W": np.ones((3, 70))}}
+    history = {"layers": {"K": np.ones((5, 70, 3, 3)) * layer[:, None, None]}}  # an L-BFGS history: axis 1
+    stored, stored_history = stored_layers(tree, layout), stored_layers(history, layout)
+    assert stored["layers"]["K"].shape == (96, 3, 3) and stored["layers"]["b"].shape == (96, 3)
+    assert stored_history["layers"]["K"].shape == (5, 96, 3, 3)
     assert stored["classifier"]["W"].shape == (3, 70)  # not a layer stack
     assert isinstance(stored["layers"]["K"], np.ndarray)  # host arrays stay on the host
-    assert not stored["layers"]["K"][70:].any() and not stored_history["layers"]["K"][:, 70:].any()
+    # chunk p's rows 24p … : its layers 16p …, then zero rows (8 in chunks 0-2, 2 in the last)
+    rows = stored["layers"]["b"][:, 0].reshape(4, 24)
+    for p, count in enumerate((16, 16, 16, 22)):
+        np.testing.assert_array_equal(rows[p, :count], np.arange(16 * p, 16 * p + count))
+        assert not rows[p, count:].any()
+    np.testing.assert_array_equal(np.sort(real_rows(layout)), real_rows(layout))
+    np.testing.assert_array_equal(stored_history["layers"]["K"][:, real_rows(layout)], history["layers"]["K"])
     for a, b in ((tree, stored), (history, stored_history)):
-        jax.tree_util.tree_map(np.testing.assert_array_equal, canonical_layers(b, 70, 4), a)
-    assert stored_layers(stored, 72, 4)["layers"]["K"] is stored["layers"]["K"]  # a multiple of 4: as it is
+        jax.tree_util.tree_map(np.testing.assert_array_equal, canonical_layers(b, layout), a)
+    even = layout_of(64, 4)  # 16 layers per chunk: the stack as it is
+    same = {"layers": {"K": tree["layers"]["K"][:64]}}
+    assert stored_layers(same, even)["layers"]["K"] is same["layers"]["K"]
 
 
 @pytest.mark.slow(seconds=20)
 @pytest.mark.parametrize("optimizer,depth,layers", [("lbfgs", 70, 4)])
 def test_each_device_holds_its_rows_of_the_layer_state_at_an_uneven_depth(tmp_path, optimizer, depth, layers):
     """Parameters and optimiser state (L-BFGS's parameters, gradients and histories, which hold the layers on
-    axis 1) of the layers: ⌈N/P⌉ rows on each device, before and after steps; the zero rows stay zero; the start
+    axis 1) of the layers: the chunk's n_local rows on each device, before and after steps; the zero rows stay
+    zero; the start
     line says how the state is split. (Adam's moments take the same path, stored_layers, as every layer leaf; at
     an even depth tests/test_layer_sharded.py checks them.)"""
     cfg = compose_config([*SHORT, f"model.depth={depth}", f"optimizer={optimizer}", "parallel=mesh",
                           f"parallel.layers={layers}"])
     r = _Run(cfg, tmp_path, _setup(cfg))
-    rows = -(-depth // layers)
+    layout = layout_of(depth, layers)
+    rows, zero = layout.n_local, np.setdiff1d(np.arange(stored_rows(layout)), real_rows(layout))
     try:
         assert isinstance(r.s.solver, LayerSharded)
-        counts = {37: "19 + 18", 70: "18 + 18 + 18 + 16"}[depth]
+        assert r.s.solver.layouts(depth)[0] == layout
+        counts = {37: "16 + 21", 70: "16 + 16 + 16 + 22"}[depth]
         assert r.s.runtime.layout.endswith(
-            f"split over the {layers} layer chunks ({counts} layers; {rows * layers - depth} zero rows fill the "
-            f"stack to {rows} rows per chunk)")
+            f"split over the {layers} layer chunks ({counts} layers; {len(zero)} zero rows fill each chunk to the "
+            f"{rows} rows its solve uses)")
 
         def check(state):
             leaves = [(path, leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(
@@ -83,11 +107,15 @@ def test_each_device_holds_its_rows_of_the_layer_state_at_an_uneven_depth(tmp_pa
                 shards = leaf.addressable_shards
                 assert len({s.device for s in shards}) == layers
                 assert all(s.data.shape[axis] == rows for s in shards), path
-                tail = np.take(np.asarray(leaf), np.arange(depth, rows * layers), axis=axis)
-                assert not tail.any(), path  # the zero rows stay zero
+                assert not np.take(np.asarray(leaf), zero, axis=axis).any(), path  # the zero rows stay zero
             assert len(leaves) >= 6 and (histories > 0) == (optimizer == "lbfgs")
 
         before_and_after_steps(r, check)
+        # no layer stack moves between the devices, but in the serial branches (the solver's fallback after a
+        # divergence: all layers on every chunk, only when it runs)
+        hlo = r.train_step.lower(r.state, *r.batch_at(0)).compile().as_text()
+        gathered = gathered_layer_stacks(hlo, (depth, stored_rows(layout)))
+        assert gathered and all("cond/branch" in name for name in gathered), gathered
     finally:
         r.lock.release()
 

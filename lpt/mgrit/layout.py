@@ -194,6 +194,11 @@ def spread(tree: Any, layout: Layout) -> Any:
 def unspread(tree: Any, layout: Layout) -> Any:
     """The real layers (n, …) of the chunks' arrays one after the other (chunks·n_local, …): the inverse of
     :func:`spread` (a gradient's dead and padding entries left out)."""
-    index = np.concatenate([p * layout.n_local + np.arange(r)
-                            for p, r in enumerate((layout.stride,) * (layout.chunks - 1) + (layout.last_real,))])
+    index = real_rows(layout)
     return jax.tree_util.tree_map(lambda a: jnp.take(a, index, axis=0), tree)
+
+
+def real_rows(layout: Layout) -> np.ndarray:
+    """The rows of the chunks' arrays one after the other (chunks·n_local) that hold the real layers, in order."""
+    return np.concatenate([p * layout.n_local + np.arange(r)
+                           for p, r in enumerate((layout.stride,) * (layout.chunks - 1) + (layout.last_real,))])

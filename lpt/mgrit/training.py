@@ -28,7 +28,7 @@ from lpt.config.run import MGRITSolverOptions
 from lpt.mgrit.adjoint import adjoint_gradient_chunk
 from lpt.mgrit.control import Adaptive, Control, cosine
 from lpt.mgrit.divergence import anywhere, solve_diverged
-from lpt.mgrit.layout import Layout, chunk, chunk_real, paired_layouts, spread, unspread
+from lpt.mgrit.layout import Layout, chunk, chunk_real, paired_layouts, unspread
 from lpt.mgrit.options import MGRITOptions, require
 from lpt.mgrit.solve import MGRITStats, convergence_factor, forward_chunk, forward_restriction, last_factor, padded
 from lpt.mgrit.stability import coarse_step_stability, stability_message
@@ -149,11 +149,6 @@ class MGRITSolver:
     def layouts(self, depth: int) -> tuple[Layout, Layout]:
         """Forward and adjoint layouts of a depth-N network on ``comm.layers`` chunks, with one padding."""
         return paired_layouts(depth, self.fwd, self.bwd, self.comm.layers)
-
-    def padded_layers(self, model, layers: Any) -> Any:
-        """The layer stack as the chunks' arrays one after the other (chunks·n_local, …; :func:`~lpt.mgrit.layout.
-        spread`): each chunk's layers, then identity steps' weights."""
-        return spread(layers, self.layouts(model.depth)[0])
 
     def coarse_stability(self, model, params: Params, x: jnp.ndarray, samples: int = 2) -> tuple[Any, str | None]:
         """H·ρ of every coarse level of the forward solve at ``params`` (:mod:`lpt.mgrit.stability`), linearised

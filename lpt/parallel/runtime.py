@@ -26,7 +26,7 @@ import optax
 from lpt.parallel.comm import Comm
 from lpt.parallel.grid import ProcessorGrid
 from lpt.parallel.sharded import (REPLICATED, SAMPLES, ChunkLocal, LayerSharded, canonical_layers, chunk_norm,
-                                  chunk_state_specs, on_mesh, place, shardings, stored_depth, stored_layers,
+                                  chunk_state_specs, on_mesh, place, shardings, stored_layers, stored_rows,
                                   stored_specs, under_layers)
 
 
@@ -34,10 +34,10 @@ from lpt.parallel.sharded import (REPLICATED, SAMPLES, ChunkLocal, LayerSharded,
 class Runtime:
     """The processor grid of a run and its communication; ``layer_shards``: MPI ranks hold only their chunk's
     layer parameters and optimiser state (:meth:`shard_layers`): layer rank p the layers p·``chunk_rows`` …
-    (p+1)·``chunk_rows`` − 1, the last rank the rest of the ``depth``; ``stored``: a layer-sharded mesh keeps the
-    layer stacks of parameters and optimiser state as :func:`~lpt.parallel.sharded.stored_layers` (zero rows up to
-    a multiple of the chunks; files and evaluations see the ``depth`` real layers); ``layout`` says where the layer
-    state lives."""
+    (p+1)·``chunk_rows`` − 1, the last rank the rest of the ``depth``; ``chunking``: the solver's layout by which a
+    layer-sharded mesh keeps the layer stacks of parameters and optimiser state
+    (:func:`~lpt.parallel.sharded.stored_layers`: each device its chunk's rows; files and evaluations see the
+    ``depth`` real layers); ``layout`` says where the layer state lives."""
 
     grid: ProcessorGrid
     comm: Comm
@@ -45,7 +45,12 @@ class Runtime:
     layout: str = ""
     chunk_rows: int = 0
     depth: int = 0
-    stored: bool = False
+    chunking: Any = None
+
+    @property
+    def stored(self) -> bool:
+        """Whether the layer stacks are kept as a layer-sharded mesh stores them."""
+        return self.chunking is not None
 
     @classmethod
     def create(cls, grid: ProcessorGrid) -> "Runtime":
@@ -138,7 +143,7 @@ class Runtime:
         solve only) unless the optimiser has a line search (L-BFGS's inner products would need the whole stack);
         then every rank keeps the whole stack, as ``layout`` then says."""
         if isinstance(solver, LayerSharded):
-            return self._mesh_layers(depth), solver
+            return self._mesh_layers(solver.layouts(depth)[0]), solver
         if self.grid.backend != "mpi" or self.grid.layers == 1 or not hasattr(solver, "local_layers"):
             return self, solver
         layout = solver.layouts(depth)[0]
@@ -154,17 +159,16 @@ class Runtime:
         return dataclasses.replace(self, layer_shards=True, layout=line, chunk_rows=layout.stride,
                                    depth=depth), sharded
 
-    def _mesh_layers(self, depth: int) -> "Runtime":
-        """The runtime of a layer-sharded mesh: each device keeps ⌈N/P⌉ rows of the layer stacks (the depth's
-        layers in order, zero rows after them up to a multiple of the chunks)."""
-        chunks = self.grid.layers
-        rows = stored_depth(depth, chunks) // chunks
-        counts = [min(rows, max(depth - p * rows, 0)) for p in range(chunks)]
-        line = (f"layer parameters, gradient and optimiser state split over the {chunks} layer chunks "
+    def _mesh_layers(self, layout: Any) -> "Runtime":
+        """The runtime of a layer-sharded mesh: each device keeps its chunk's ``n_local`` rows of the layer stacks
+        (the chunk's layers as the solver's ``layout`` cuts them, zero rows after them)."""
+        counts = [layout.stride] * (layout.chunks - 1) + [layout.last_real]
+        line = (f"layer parameters, gradient and optimiser state split over the {layout.chunks} layer chunks "
                 f"({' + '.join(map(str, counts))} layers")
-        if rows * chunks > depth:
-            line += f"; {rows * chunks - depth} zero rows fill the stack to {rows} rows per chunk"
-        return dataclasses.replace(self, stored=True, layout=line + ")", chunk_rows=rows, depth=depth)
+        if stored_rows(layout) > layout.n:
+            line += (f"; {stored_rows(layout) - layout.n} zero rows fill each chunk to the {layout.n_local} rows "
+                     "its solve uses")
+        return dataclasses.replace(self, chunking=layout, layout=line + ")", depth=layout.n)
 
     @property
     def tree_norm(self) -> Callable[[Any], jnp.ndarray]:
@@ -175,14 +179,14 @@ class Runtime:
         """This rank's chunk of parameter-shaped pytree ``params`` (the whole tree unless ``layer_shards``; on a
         layer-sharded mesh the whole tree as it is stored: :func:`~lpt.parallel.sharded.stored_layers`)."""
         if self.stored:
-            return stored_layers(params, self.depth, self.grid.layers)
+            return stored_layers(params, self.chunking)
         return self._map_layers(params, self._own_chunk) if self.layer_shards else params
 
     def whole_params(self, params: Any) -> Any:
         """The whole layer stack on every rank (a collective; for evaluations): the inverse of
         :meth:`local_params`."""
         if self.stored:
-            return canonical_layers(params, self.depth, self.grid.layers)
+            return canonical_layers(params, self.chunking)
         if not self.layer_shards:
             return params
         # message: every layer chunk to every rank
@@ -252,7 +256,7 @@ class Runtime:
             if name == "solver_state":
                 return solver_specs
             if name in ("params", "opt_state"):
-                return stored_specs(value, model.depth, self.grid.layers)
+                return stored_specs(value, stored_rows(solver.layouts(model.depth)[0]), self.grid.layers)
             return jax.tree_util.tree_map(lambda _: REPLICATED, value)
 
         return type(state)(*[spec(name, getattr(state, name)) for name in state._fields])

@@ -8,6 +8,7 @@ and ``mpi`` back-ends without a wrapper.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable
 
 import jax
@@ -15,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from lpt.mgrit.hierarchy import pad_states
-from lpt.mgrit.layout import unspread
+from lpt.mgrit.hierarchy import pad_states, pad_zeros
+from lpt.mgrit.layout import Layout, real_rows
 from lpt.model.serial import SerialSolver
 from lpt.parallel.comm import data_mean
 from lpt.parallel.grid import ProcessorGrid
@@ -48,10 +49,10 @@ def under_layers(path: tuple) -> bool:
     return any(getattr(key, "key", None) == "layers" for key in path)
 
 
-def stored_depth(depth: int, layers: int) -> int:
-    """Rows of a depth-``depth`` layer stack as the mesh stores it over ``layers`` chunks: the depth rounded up to
-    a multiple of the chunks, ⌈N/P⌉ rows per device (the rows past N are zero: :func:`stored_layers`)."""
-    return -(-depth // layers) * layers
+def stored_rows(layout: Layout) -> int:
+    """Rows of a layer stack as the layer-sharded mesh stores it (:func:`stored_layers`): the solver's chunks one
+    after the other, ``n_local`` rows each."""
+    return layout.chunks * layout.n_local
 
 
 def layer_axis(path: tuple, shape: tuple[int, ...], depth: int, layers: int) -> int | None:
@@ -63,53 +64,62 @@ def layer_axis(path: tuple, shape: tuple[int, ...], depth: int, layers: int) -> 
     return next((k for k in (0, 1) if len(shape) > k and shape[k] == depth), None)
 
 
-def stored_axis(path: tuple, shape: tuple[int, ...], depth: int, layers: int) -> int | None:
+def stored_axis(path: tuple, shape: tuple[int, ...], rows: int, layers: int) -> int | None:
     """The axis along which a leaf of the stored training state (parameters, optimiser state: layer stacks of
-    :func:`stored_depth` rows) of a depth-``depth`` network is split over the layer chunks: a layer stack's layer
-    axis (:func:`layer_axis`); for the other matrices (classifier, opening: ≥ 2 axes) their first axis with a
+    ``rows`` rows, :func:`stored_rows`) is split over the layer chunks: a layer stack's layer axis
+    (:func:`layer_axis`); for the other matrices (classifier, opening: ≥ 2 axes) their first axis with a
     multiple of the chunks, so that no device keeps a whole replicated matrix and its optimiser state (XLA
     gathers it where the step uses it whole); None (replicated) for vectors and scalars."""
     if under_layers(path):
-        return layer_axis(path, shape, stored_depth(depth, layers), layers)
+        return layer_axis(path, shape, rows, layers)
     if len(shape) < 2:
         return None
     return next((k for k, n in enumerate(shape) if n % layers == 0), None)
 
 
-def stored_specs(tree: Any, depth: int, layers: int) -> Any:
+def stored_specs(tree: Any, rows: int, layers: int) -> Any:
     """Specs of the stored training state's parameter-shaped pytrees (:func:`stored_axis`)."""
     def spec(path, leaf):
-        axis = stored_axis(path, getattr(leaf, "shape", ()), depth, layers)
+        axis = stored_axis(path, getattr(leaf, "shape", ()), rows, layers)
         return REPLICATED if axis is None else P(*[None] * axis, "layers")
 
     return jax.tree_util.tree_map_with_path(spec, tree)
 
 
-def stored_layers(tree: Any, depth: int, layers: int) -> Any:
-    """A parameter-shaped pytree (parameters, optimiser state) of a depth-``depth`` network as the mesh stores it
-    on ``layers`` chunks: every layer stack's layer axis extended by zero rows to :func:`stored_depth` (numpy
-    arrays stay on the host). Zero rows stay zero: their gradient is zero, so is every optimiser's update."""
-    rows = stored_depth(depth, layers)
+def stored_layers(tree: Any, layout: Layout) -> Any:
+    """A parameter-shaped pytree (parameters, optimiser state) of a depth-``layout.n`` network as the layer-sharded
+    mesh stores it: every layer stack's layer axis laid out as the solver's chunks (:func:`stored_rows` rows,
+    chunk p's ``n_local`` rows on layer device p: its real layers p·stride …, then zero rows), so that each
+    device holds the rows its chunk solves with and the step moves no layer between devices. Zero rows stay
+    zero: their steps are identity steps (step size 0: zero gradient), and every optimiser's update of a zero
+    row with a zero gradient is zero. Numpy arrays stay on the host; a stack laid out so already is returned
+    as it is."""
+    rows = stored_rows(layout)
+    index = np.full((layout.chunks, layout.n_local), layout.n)  # n: the zero row appended below
+    index.reshape(-1)[real_rows(layout)] = np.arange(layout.n)
+    index = index.reshape(-1)
 
-    def pad(path, a):
-        axis = layer_axis(path, np.shape(a), depth, 1)
-        if axis is None or rows == depth:
+    def lay_out(path, a):
+        axis = layer_axis(path, np.shape(a), layout.n, 1)
+        if axis is None or (rows == layout.n and np.array_equal(index, np.arange(rows))):
             return a
-        widths = [(0, 0)] * np.ndim(a)
-        widths[axis] = (0, rows - depth)
-        return (np if isinstance(a, np.ndarray) else jnp).pad(a, widths)
+        xp = np if isinstance(a, np.ndarray) else jnp
+        zero = xp.zeros_like(xp.take(a, np.arange(1), axis=axis))
+        return xp.take(xp.concatenate([a, zero], axis=axis), index, axis=axis)
 
-    return jax.tree_util.tree_map_with_path(pad, tree)
+    return jax.tree_util.tree_map_with_path(lay_out, tree)
 
 
-def canonical_layers(tree: Any, depth: int, layers: int) -> Any:
-    """The inverse of :func:`stored_layers`: every layer stack's first ``depth`` rows (what checkpoints, logs and
-    evaluations see)."""
-    rows = stored_depth(depth, layers)
+def canonical_layers(tree: Any, layout: Layout) -> Any:
+    """The inverse of :func:`stored_layers`: every layer stack's ``layout.n`` real layers in order (what
+    checkpoints, logs and evaluations see)."""
+    rows, index = stored_rows(layout), real_rows(layout)
 
     def cut(path, a):
-        axis = layer_axis(path, np.shape(a), rows, layers)
-        return a if axis is None or rows == depth else a[(slice(None),) * axis + (slice(0, depth),)]
+        axis = layer_axis(path, np.shape(a), rows, 1)
+        if axis is None or (rows == layout.n and np.array_equal(index, np.arange(rows))):
+            return a
+        return (np if isinstance(a, np.ndarray) else jnp).take(a, index, axis=axis)
 
     return jax.tree_util.tree_map_with_path(cut, tree)
 
@@ -159,12 +169,12 @@ class LayerSharded:
     layer chunks (``parallel=mesh``, ``parallel.layers`` > 1).
 
     The training step is compiled over global arrays (XLA partitions the optimiser update along the layer axis:
-    elementwise updates stay on each chunk, norms become reductions); only the solver's gradient runs per chunk,
-    under ``shard_map``: it receives this chunk's layers of the padded stack (``solver.local_layers``) and
-    returns this chunk's layer gradient, averaged over the data ranks. The regularisation is added here, on
-    the whole stack. The stack may come as the mesh stores it (:func:`stored_layers`: zero rows past the depth,
-    which nothing reads) or as it is; the gradient has the rows of the given stack (zero past the depth). Every
-    other attribute is the wrapped solver's.
+    elementwise updates stay on each chunk, norms become reductions); the solver's gradient and the
+    regularisation run per chunk, under ``shard_map``. The layer stacks come as the mesh stores them
+    (:func:`stored_layers`: each device holds its chunk's ``n_local`` rows, zero rows past its real layers), so
+    a chunk's rows are where its solve needs them and no layer stack is gathered; the gradient comes in the same
+    layout (averaged over the data ranks, zero on the zero rows). A stack given as it is (the real layers in order)
+    is laid out so first and its gradient returned as it is. Every other attribute is the wrapped solver's.
     """
 
     def __init__(self, solver: Any, grid: ProcessorGrid, state_specs: Callable[[Any, Any, Any], Any]):
@@ -177,72 +187,76 @@ class LayerSharded:
         return self.solver.init_state(model, params, x)
 
     def _island(self, fn: Callable, model, params, x, y, state, out_specs: Callable[[Any, Any], Any]):
-        """``fn(params_chunk, (x, y), state)`` per chunk, on the chunks' layers (each chunk's arrays one after the
-        other: :meth:`~lpt.mgrit.MGRITSolver.padded_layers`, which reads rows < depth only) split along the
-        layers."""
+        """``fn(layout, params_chunk, (x, y), state)`` per chunk, on the stored stack split along the layers."""
         layout = self.solver.layouts(model.depth)[0]
-        padded = {**params, "layers": self.solver.padded_layers(model, params["layers"])}
-        specs = layer_specs(padded, layout.chunks * layout.n_local, self.grid.layers)
+        stored = stored_layers(params, layout)
+        specs = layer_specs(stored, stored_rows(layout), self.grid.layers)
         state_specs = self._state_specs(model, params, x)
-        return on_mesh(fn, self.grid, (specs, SAMPLES, state_specs), out_specs(specs, state_specs))(
-            padded, (x, y), state)
+        return on_mesh(partial(fn, layout), self.grid, (specs, SAMPLES, state_specs),
+                       out_specs(specs, state_specs))(stored, (x, y), state)
 
     def value_and_grad(self, model, params, x, y, state):
         comm = self.solver.comm
 
-        def chunk_fn(p, xy, s):
+        def chunk_fn(layout, p, xy, s):
             obj, aux, grads, s, stats = self.solver.value_and_grad(model, p, xy[0], xy[1], s)
             mean = data_mean(comm)
-            return mean(obj), mean(aux["loss"]), aux["outputs"], mean(grads), s, stats
+            reg, g_reg = chunk_regularization(model, p, comm, layout)
+            grads = {**grads, "layers": own_rows(grads["layers"], comm, layout)}
+            grads = jax.tree_util.tree_map(jnp.add, mean(grads), g_reg)
+            return mean(obj) + reg, mean(aux["loss"]), aux["outputs"], grads, s, stats
 
         obj, loss, outputs, grads, state, stats = self._island(
             chunk_fn, model, params, x, y, state,
             lambda specs, s_specs: (REPLICATED, REPLICATED, SAMPLES, specs, s_specs, REPLICATED))
-        grads = {**grads, "layers": unspread(grads["layers"], self.solver.layouts(model.depth)[0])}
-        reg, g_reg = jax.value_and_grad(model.regularization)(real_layers(model, params))
-        return (obj + reg, {"loss": loss, "outputs": outputs},
-                rows_like(jax.tree_util.tree_map(jnp.add, grads, g_reg), params), state, stats)
+        return obj, {"loss": loss, "outputs": outputs}, self._like(model, grads, params), state, stats
 
     def value(self, model, params, x, y, state):
         comm = self.solver.comm
 
-        def chunk_fn(p, xy, s):
-            return data_mean(comm)(self.solver.value(model, p, xy[0], xy[1], s))
+        def chunk_fn(layout, p, xy, s):
+            value = data_mean(comm)(self.solver.value(model, p, xy[0], xy[1], s))
+            return value + chunk_regularization(model, p, comm, layout)[0]
 
-        value = self._island(chunk_fn, model, params, x, y, state, lambda specs, s_specs: REPLICATED)
-        return value + model.regularization(real_layers(model, params))
+        return self._island(chunk_fn, model, params, x, y, state, lambda specs, s_specs: REPLICATED)
+
+    def _like(self, model, grads: Any, params: Any) -> Any:
+        """A stored gradient as ``params`` are laid out (the real layers in order when they come so)."""
+        layout = self.solver.layouts(model.depth)[0]
+        rows = jax.tree_util.tree_leaves(params["layers"])[0].shape[0]
+        return grads if rows == stored_rows(layout) else canonical_layers(grads, layout)
 
     def exact(self) -> "RealLayers":
         """The serial (exact) strategy over the same stored stack (``train.on_nonfinite=serial``)."""
-        return RealLayers(SerialSolver())
+        return RealLayers(SerialSolver(), self.solver.layouts)
 
 
 class RealLayers:
-    """A solver of the whole network given the layer stack as the mesh stores it (:func:`stored_layers`): the
-    zero rows past the depth are cut off before it, and its layer gradient gets zero rows in their place."""
+    """A solver of the whole network given the layer stack as the mesh stores it (:func:`stored_layers`): its real
+    layers are taken out in order before it (message: the layer stacks to every device, only where this runs), and
+    its layer gradient is laid out as the stack, zero on the zero rows."""
 
-    def __init__(self, solver: Any):
-        self.solver = solver
+    def __init__(self, solver: Any, layouts: Callable[[int], Any]):
+        self.solver, self.layouts = solver, layouts
 
     def value_and_grad(self, model, params, x, y, state):
-        obj, aux, grads, state, stats = self.solver.value_and_grad(model, real_layers(model, params), x, y, state)
-        return obj, aux, rows_like(grads, params), state, stats
+        layout = self.layouts(model.depth)[0]
+        obj, aux, grads, state, stats = self.solver.value_and_grad(model, canonical_layers(params, layout), x, y,
+                                                                   state)
+        return obj, aux, stored_layers(grads, layout), state, stats
 
     def value(self, model, params, x, y, state):
-        return self.solver.value(model, real_layers(model, params), x, y, state)
+        return self.solver.value(model, canonical_layers(params, self.layouts(model.depth)[0]), x, y, state)
 
 
-def real_layers(model, params: Any) -> Any:
-    """``params`` with the first ``model.depth`` rows of its layer stack (the real layers of a stored stack)."""
-    return {**params, "layers": jax.tree_util.tree_map(lambda a: a[: model.depth], params["layers"])}
-
-
-def rows_like(grads: Any, params: Any) -> Any:
-    """A gradient of the real layers with zero rows appended to the rows of ``params``' layer stack."""
-    def pad(g, a):
-        return jnp.pad(g, [(0, a.shape[0] - g.shape[0])] + [(0, 0)] * (g.ndim - 1))
-
-    return {**grads, "layers": jax.tree_util.tree_map(pad, grads["layers"], params["layers"])}
+def own_rows(layers: Any, comm: Any, layout: Layout) -> Any:
+    """A chunk's ``n_local`` rows of a per-layer stack (a gradient) with the rows past its real layers zero (as
+    they are when every chunk's rows are real)."""
+    if stored_rows(layout) == layout.n:
+        return layers
+    real = jnp.where(comm.layer_rank() == layout.chunks - 1, layout.last_real, layout.stride)
+    own = jnp.arange(layout.n_local) < real
+    return jax.tree_util.tree_map(lambda g: jnp.where(own.reshape(-1, *(1,) * (g.ndim - 1)), g, 0), layers)
 
 
 class ChunkLocal:
@@ -302,7 +316,7 @@ class _ExactChunks:
         return self._exact(model, params, x, y, grad=False)
 
 
-def chunk_regularization(model, params: Any, comm: Any) -> tuple[Any, Any]:
+def chunk_regularization(model, params: Any, comm: Any, layout: Layout | None = None) -> tuple[Any, Any]:
     """The regularisation R(θ) of the whole network and its gradient, from this chunk's layers θ_a..θ_b and the
     previous chunk's last layer θ_{a−1} (a halo, received by ``comm.shift``):
 
@@ -312,20 +326,38 @@ def chunk_regularization(model, params: Any, comm: Any) -> tuple[Any, Any]:
     per-layer terms and terms of neighbouring layers (γ_tik/2 Σ‖θ_n‖², γ_ddt/2 Σ‖(θ_n − θ_{n−1})/h‖²) plus terms
     of the other parameters (γ_class/2 ‖W_c‖²): the halo's own term cancels, the difference across the chunk
     boundary is counted once. The first chunk's halo is its own first layer (a zero difference). The halo's
-    gradient belongs to the previous chunk's last layer: it is sent back (a reverse shift)."""
-    layers = params["layers"]
-    zeros = {k: jax.tree_util.tree_map(jax.numpy.zeros_like, v) for k, v in params.items() if k != "layers"}
-    # message: one layer's weights from the previous chunk
-    halo = jax.tree_util.tree_map(lambda a: comm.shift(a[-1:], a[:1]), layers)
+    gradient belongs to the previous chunk's last layer: it is sent back (a reverse shift).
 
-    def chunk_term(halo, layers):
-        joined = jax.tree_util.tree_map(lambda h, a: jax.numpy.concatenate([h, a]), halo, layers)
+    Without ``layout`` every row of ``params["layers"]`` is a real layer (MPI ranks: :class:`ChunkLocal`); with it
+    the chunk has ``layout.n_local`` rows of which the first ``layout.stride`` (the last chunk's
+    ``layout.last_real``) are real (the mesh's stored stack: :func:`stored_layers`); the rest have a zero
+    gradient."""
+    layers = params["layers"]
+    rows = jax.tree_util.tree_leaves(layers)[0].shape[0]
+    stride, last = (layout.stride, layout.last_real) if layout is not None else (rows, rows)
+    zeros = {k: jax.tree_util.tree_map(jnp.zeros_like, v) for k, v in params.items() if k != "layers"}
+    # message: one layer's weights from the previous chunk (its last real one: every chunk but the last has stride)
+    halo = jax.tree_util.tree_map(lambda a: comm.shift(a[stride - 1:stride], a[:1]), layers)
+
+    def chunk_term(halo, real):
+        joined = jax.tree_util.tree_map(lambda h, a: jnp.concatenate([h, a]), halo, real)
         return model.regularization({**zeros, "layers": joined}) - model.regularization({**zeros, "layers": halo})
 
-    part, (g_halo, g_layers) = jax.value_and_grad(chunk_term, argnums=(0, 1))(halo, layers)
-    # message: the halo's gradient back to the previous chunk, onto its last layer (nothing to the last chunk)
+    def on(count: int) -> Callable[[], Any]:  # the chunk's first ``count`` rows real (no message in here)
+        def term():
+            real = jax.tree_util.tree_map(lambda a: a[:count], layers)
+            part, (g_halo, g_real) = jax.value_and_grad(chunk_term, argnums=(0, 1))(halo, real)
+            return part, g_halo, jax.tree_util.tree_map(lambda g: pad_zeros(g, rows), g_real)
+
+        return term
+
+    if last == stride:
+        part, g_halo, g_layers = on(stride)()
+    else:
+        part, g_halo, g_layers = jax.lax.cond(comm.layer_rank() == layout.chunks - 1, on(last), on(stride))
+    # message: the halo's gradient back to the previous chunk, onto its last real layer (nothing to the last chunk)
     g_layers = jax.tree_util.tree_map(
-        lambda g, gh: g.at[-1:].add(comm.shift(gh, jax.numpy.zeros_like(gh), reverse=True)), g_layers, g_halo)
+        lambda g, gh: g.at[stride - 1:stride].add(comm.shift(gh, jnp.zeros_like(gh), reverse=True)), g_layers, g_halo)
     empty = jax.tree_util.tree_map(lambda a: a[:0], layers)
     rest = {k: v for k, v in params.items() if k != "layers"}
     once, g_rest = jax.value_and_grad(lambda r: model.regularization({**r, "layers": empty}))(rest)

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lpt.parallel.sharded import ChunkLocal, LayerSharded, stored_axis, stored_layers, under_layers
+from lpt.parallel.sharded import ChunkLocal, LayerSharded, stored_axis, stored_layers, stored_rows, under_layers
 
 STATE_ARRAYS = {
     "cpu": {("serial", "dense"): 1.1, ("serial", "conv"): 2.7, ("mgrit", "dense"): 11.0, ("mgrit", "conv"): 8.0},
@@ -72,12 +72,13 @@ def estimate_step_memory(model, solver, optimizer, x: jax.ShapeDtypeStruct, *, l
                          data_ranks: int = 1) -> MemoryEstimate:
     """The estimate for a step on a batch shaped like ``x`` (the whole batch; ``data_ranks`` share it). A
     :class:`~lpt.parallel.sharded.LayerSharded` solver keeps the parameters, their gradient and optimiser state
-    split over its layer chunks (:func:`~lpt.parallel.sharded.stored_axis`; layer stacks of ⌈N/P⌉ rows each), a
+    split over its layer chunks (:func:`~lpt.parallel.sharded.stored_axis`; layer stacks of the layout's n_local
+    rows each), a
     :class:`~lpt.parallel.sharded.ChunkLocal` one (MPI) the real layers of the largest chunk of its layer stacks (the
     layout's stride, or the last chunk's rest)."""
-    layer_chunks, split_axis, rows = 1, stored_axis, 0
+    layer_chunks, split_axis, rows, depth = 1, stored_axis, 0, model.depth
     if isinstance(solver, LayerSharded):
-        layer_chunks = solver.grid.layers
+        layer_chunks, depth = solver.grid.layers, stored_rows(solver.layouts(model.depth)[0])
     elif isinstance(solver, ChunkLocal):
         layer_chunks, split_axis = solver.comm.layers, _chunk_axis
         layout = solver.layouts(model.depth)[0]
@@ -85,8 +86,8 @@ def estimate_step_memory(model, solver, optimizer, x: jax.ShapeDtypeStruct, *, l
     batch = x.shape[0] // data_ranks
     local = jax.ShapeDtypeStruct((batch, *x.shape[1:]), x.dtype)
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x.dtype))
-    if isinstance(solver, LayerSharded):  # the layer stacks as the mesh stores them (⌈N/P⌉ rows per device)
-        params = jax.eval_shape(lambda p: stored_layers(p, model.depth, layer_chunks), params)
+    if isinstance(solver, LayerSharded):  # the layer stacks as the mesh stores them (n_local rows per device)
+        params = jax.eval_shape(lambda p: stored_layers(p, solver.layouts(model.depth)[0]), params)
     opt_state = jax.eval_shape(optimizer.init, params)
     solver_state = jax.eval_shape(lambda p, xb: solver.init_state(model, p, xb), params, local)
     net = getattr(model, "resnet", model)  # a parareal net: the states of the ResNet it cuts
@@ -100,8 +101,8 @@ def estimate_step_memory(model, solver, optimizer, x: jax.ShapeDtypeStruct, *, l
               + (LINE_SEARCH_ARRAYS if line_search and kind == "mgrit" else 0.0))
     layer_states = int(arrays * (steps + 1) * _nbytes(y0))
     per_device = (params, opt_state)
-    return MemoryEstimate(_nbytes(per_device, model.depth, layer_chunks, split_axis, rows) + _nbytes(solver_state),
-                          _nbytes(params, model.depth, layer_chunks, split_axis, rows), layer_states)
+    return MemoryEstimate(_nbytes(per_device, depth, layer_chunks, split_axis, rows) + _nbytes(solver_state),
+                          _nbytes(params, depth, layer_chunks, split_axis, rows), layer_states)
 
 
 def _chunk_axis(path: tuple, shape: tuple[int, ...], depth: int, layers: int) -> int | None:
