@@ -1,11 +1,14 @@
 #!/usr/bin/env python
 """Per-device memory of layer-sharded training on the device mesh (issue 13): parameters + optimiser state held
-by one device, and XLA's memory analysis of the compiled step, for ``parallel.layers`` = 1, 2, 4.
+by one device, XLA's memory analysis of the compiled step and the layer data it all-gathers, for ``parallel.layers``
+= 1, 2, 4.
 
 The training state is built as ``lpt-train parallel=mesh parallel.layers=P`` builds it (emulated CPU devices),
 and the script prints, per P and in MB: the bytes of parameters and optimiser state on device 0 (summed over its
 shards), the warm-start states on device 0, the compiled step's arguments and temporaries (XLA's analysis, one
-device), and the ratio of the first column to P = 1 times P (1.00 = falls as 1/P):
+device), the MB of the step's all-gathers (their results, read from the compiled HLO) outside the solver's serial
+fallback after a divergence (a branch that gathers every layer and runs only then), and the ratio of the first
+column to P = 1 times P (1.00 = falls as 1/P):
 
     python scripts/bench_sharded_memory.py                  # mnist_4096 and a dense N = 4096, width 64 net
     python scripts/bench_sharded_memory.py --layers 1 2 --config "-: model.depth=64 solver=mgrit"
@@ -20,6 +23,8 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
 import argparse  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402
@@ -44,11 +49,26 @@ def analyse(preset: str | None, overrides: list[str], layers: int) -> dict[str, 
     r = _Run(cfg, tempfile.mkdtemp(prefix="lpt-bench-"), _setup(cfg))
     try:
         state = r.state
-        mem = r.train_step.lower(state, *r.batch_at(0)).compile().memory_analysis()
+        compiled = r.train_step.lower(state, *r.batch_at(0)).compile()
+        mem = compiled.memory_analysis()
         return {"params+opt": on_device0((state.params, state.opt_state)), "warm start": on_device0(state.solver_state),
-                "arguments": mem.argument_size_in_bytes / 1e6, "temporaries": mem.temp_size_in_bytes / 1e6}
+                "arguments": mem.argument_size_in_bytes / 1e6, "temporaries": mem.temp_size_in_bytes / 1e6,
+                "gathered": gathered(compiled.as_text()) / 1e6}
     finally:
         r.lock.release()
+
+
+def gathered(hlo: str) -> int:
+    """Bytes of the results of the all-gathers in compiled HLO text, but those in a conditional's branch (the
+    serial fallback)."""
+    total = 0
+    for line in hlo.splitlines():
+        match = re.search(r"= ([a-z]+)(\d+)\[([\d,]*)\]\S* all-gather(-start)?\(", line)
+        name = re.search(r'op_name="([^"]*)"', line)
+        if match and not (name and "cond/branch" in name.group(1)):
+            size = math.prod(int(n) for n in match.group(3).split(",") if n)
+            total += size * max(int(match.group(2)), 8) // 8
+    return total
 
 
 def main(argv=None):
@@ -57,7 +77,7 @@ def main(argv=None):
                    + " and ".join(repr(c) for c in DEFAULT_CONFIGS))
     p.add_argument("--layers", type=int, nargs="+", default=[1, 2, 4])
     args = p.parse_args(argv)
-    cols = ("params+opt", "warm start", "arguments", "temporaries")
+    cols = ("params+opt", "warm start", "arguments", "temporaries", "gathered")
     for config in args.config or DEFAULT_CONFIGS:
         preset, _, rest = config.partition(":")
         preset = preset.strip()
