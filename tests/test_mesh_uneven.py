@@ -172,7 +172,8 @@ def test_uneven_mesh_checkpoint_resumes_bit_for_bit_on_the_mesh_and_loads_on_one
 
 @pytest.mark.slow(seconds=120)
 def test_two_processes_at_an_uneven_depth_give_the_single_process_run(tmp_path):
-    """Two JAX processes (one device each), N = 17 on 2 layer chunks (9 rows each, the last one zero): the
+    """Two JAX processes (one device each), N = 17 on 2 layer chunks (the solver's chunks of 16 and 1 layers, 16
+    rows each on its device): the
     single-process history to 1e-12, and the checkpoint (gathered from both processes: the 17 real layers) equal
     to the single process's to 1e-12."""
     from test_multiprocess_mesh import EXE, KEYS, RUN, _env, _finish, _start
