@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):  # 8 devices unless set already
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
 import argparse  # noqa: E402
 import math  # noqa: E402
@@ -58,17 +59,22 @@ def analyse(preset: str | None, overrides: list[str], layers: int) -> dict[str, 
         r.lock.release()
 
 
+def all_gathers(hlo: str) -> list[tuple[tuple[int, ...], int, str]]:
+    """(result shape, result bytes, op name) of every all-gather in compiled HLO text."""
+    found = []
+    for line in hlo.splitlines():
+        match = re.search(r"= ([a-z]+)(\d+)\[([\d,]*)\]\S* all-gather(-start)?\(", line)
+        if match:
+            shape = tuple(int(n) for n in match.group(3).split(",") if n)
+            name = re.search(r'op_name="([^"]*)"', line)
+            found.append((shape, math.prod(shape) * max(int(match.group(2)), 8) // 8, name.group(1) if name else ""))
+    return found
+
+
 def gathered(hlo: str) -> int:
     """Bytes of the results of the all-gathers in compiled HLO text, but those in a conditional's branch (the
     serial fallback)."""
-    total = 0
-    for line in hlo.splitlines():
-        match = re.search(r"= ([a-z]+)(\d+)\[([\d,]*)\]\S* all-gather(-start)?\(", line)
-        name = re.search(r'op_name="([^"]*)"', line)
-        if match and not (name and "cond/branch" in name.group(1)):
-            size = math.prod(int(n) for n in match.group(3).split(",") if n)
-            total += size * max(int(match.group(2)), 8) // 8
-    return total
+    return sum(size for _, size, name in all_gathers(hlo) if "cond/branch" not in name)
 
 
 def main(argv=None):

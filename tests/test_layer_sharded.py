@@ -3,7 +3,8 @@ their gradient and optimiser state, and the training steps equal the single-devi
 
 from __future__ import annotations
 
-import re
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -15,6 +16,9 @@ from lpt.logging import read_run
 from lpt.parallel.sharded import LayerSharded, layer_axis, stored_axis
 from lpt.train import run
 from lpt.train.loop import _Run, _setup
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from bench_sharded_memory import all_gathers  # noqa: E402
 
 SHORT = ["solver=mgrit", "dtype=float64", "train.steps=6", "train.eval_every=3", "dataset.n_train=200",
          "dataset.n_val=50"]
@@ -65,12 +69,7 @@ def test_each_device_holds_only_its_chunk_of_the_layer_state(tmp_path):
 
 def gathered_layer_stacks(hlo: str, rows: tuple[int, ...]) -> list[str]:
     """The op names of the all-gathers in compiled HLO text whose result has ``rows`` entries on its first axis."""
-    names = []
-    for line in hlo.splitlines():
-        match = re.search(r"= \w+\[(\d+)[,\]].* all-gather(-start)?\(", line)
-        if match and int(match.group(1)) in rows:
-            names.append(re.search(r'op_name="([^"]*)"', line).group(1))
-    return names
+    return [name for shape, _, name in all_gathers(hlo) if shape[:1] and shape[0] in rows]
 
 
 def before_and_after_steps(r: _Run, check) -> None:

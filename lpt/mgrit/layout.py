@@ -172,8 +172,7 @@ def chunk_real(tree: Any, rank: Any, layout: Layout) -> Any:
     """Chunk ``rank``'s ``n_local`` entries of every leaf of a per-layer stack (n, …: step sizes, a gradient),
     zero past its real layers (identity steps' step sizes; no gradient for a dead or padding step)."""
     length = (layout.chunks - 1) * layout.stride + layout.n_local
-    real = jnp.where(jnp.asarray(rank) == layout.chunks - 1, layout.last_real, layout.stride)
-    own = jnp.arange(layout.n_local) < real
+    own = own_steps(rank, layout)
 
     def one(a: jnp.ndarray) -> jnp.ndarray:
         local = jax.lax.dynamic_slice_in_dim(pad_zeros(a, max(length, a.shape[0])), rank * layout.stride,
@@ -181,6 +180,12 @@ def chunk_real(tree: Any, rank: Any, layout: Layout) -> Any:
         return jnp.where(own.reshape(-1, *(1,) * (a.ndim - 1)), local, jnp.zeros_like(local))
 
     return jax.tree_util.tree_map(one, tree)
+
+
+def own_steps(rank: Any, layout: Layout) -> jnp.ndarray:
+    """Whether each of chunk ``rank``'s ``n_local`` steps (``rank`` may be traced) is one of its real layers."""
+    real = jnp.where(jnp.asarray(rank) == layout.chunks - 1, layout.last_real, layout.stride)
+    return jnp.arange(layout.n_local) < real
 
 
 def spread(tree: Any, layout: Layout) -> Any:

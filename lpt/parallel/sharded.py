@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from lpt.mgrit.hierarchy import pad_states, pad_zeros
-from lpt.mgrit.layout import Layout, real_rows
+from lpt.mgrit.layout import Layout, own_steps, real_rows
 from lpt.model.serial import SerialSolver
 from lpt.parallel.comm import data_mean
 from lpt.parallel.grid import ProcessorGrid
@@ -92,16 +92,15 @@ def stored_layers(tree: Any, layout: Layout) -> Any:
     chunk p's ``n_local`` rows on layer device p: its real layers p·stride …, then zero rows), so that each
     device holds the rows its chunk solves with and the step moves no layer between devices. Zero rows stay
     zero: their steps are identity steps (step size 0: zero gradient), and every optimiser's update of a zero
-    row with a zero gradient is zero. Numpy arrays stay on the host; a stack laid out so already is returned
-    as it is."""
-    rows = stored_rows(layout)
+    row with a zero gradient is zero. Numpy arrays stay on the host; where every chunk's rows are real layers
+    (no zero rows) the tree is returned as it is."""
     index = np.full((layout.chunks, layout.n_local), layout.n)  # n: the zero row appended below
     index.reshape(-1)[real_rows(layout)] = np.arange(layout.n)
     index = index.reshape(-1)
 
     def lay_out(path, a):
         axis = layer_axis(path, np.shape(a), layout.n, 1)
-        if axis is None or (rows == layout.n and np.array_equal(index, np.arange(rows))):
+        if axis is None or stored_rows(layout) == layout.n:
             return a
         xp = np if isinstance(a, np.ndarray) else jnp
         zero = xp.zeros_like(xp.take(a, np.arange(1), axis=axis))
@@ -117,7 +116,7 @@ def canonical_layers(tree: Any, layout: Layout) -> Any:
 
     def cut(path, a):
         axis = layer_axis(path, np.shape(a), rows, 1)
-        if axis is None or (rows == layout.n and np.array_equal(index, np.arange(rows))):
+        if axis is None or rows == layout.n:
             return a
         return (np if isinstance(a, np.ndarray) else jnp).take(a, index, axis=axis)
 
@@ -189,7 +188,7 @@ class LayerSharded:
     def _island(self, fn: Callable, model, params, x, y, state, out_specs: Callable[[Any, Any], Any]):
         """``fn(layout, params_chunk, (x, y), state)`` per chunk, on the stored stack split along the layers."""
         layout = self.solver.layouts(model.depth)[0]
-        stored = stored_layers(params, layout)
+        stored = params if as_stored(params, layout) else stored_layers(params, layout)
         specs = layer_specs(stored, stored_rows(layout), self.grid.layers)
         state_specs = self._state_specs(model, params, x)
         return on_mesh(partial(fn, layout), self.grid, (specs, SAMPLES, state_specs),
@@ -223,12 +222,16 @@ class LayerSharded:
     def _like(self, model, grads: Any, params: Any) -> Any:
         """A stored gradient as ``params`` are laid out (the real layers in order when they come so)."""
         layout = self.solver.layouts(model.depth)[0]
-        rows = jax.tree_util.tree_leaves(params["layers"])[0].shape[0]
-        return grads if rows == stored_rows(layout) else canonical_layers(grads, layout)
+        return grads if as_stored(params, layout) else canonical_layers(grads, layout)
 
     def exact(self) -> "RealLayers":
         """The serial (exact) strategy over the same stored stack (``train.on_nonfinite=serial``)."""
         return RealLayers(SerialSolver(), self.solver.layouts)
+
+
+def as_stored(params: Any, layout: Layout) -> bool:
+    """Whether the layer stack of ``params`` comes as the mesh stores it (:func:`stored_rows` rows)."""
+    return jax.tree_util.tree_leaves(params["layers"])[0].shape[0] == stored_rows(layout)
 
 
 class RealLayers:
@@ -254,8 +257,7 @@ def own_rows(layers: Any, comm: Any, layout: Layout) -> Any:
     they are when every chunk's rows are real)."""
     if stored_rows(layout) == layout.n:
         return layers
-    real = jnp.where(comm.layer_rank() == layout.chunks - 1, layout.last_real, layout.stride)
-    own = jnp.arange(layout.n_local) < real
+    own = own_steps(comm.layer_rank(), layout)
     return jax.tree_util.tree_map(lambda g: jnp.where(own.reshape(-1, *(1,) * (g.ndim - 1)), g, 0), layers)
 
 

@@ -77,25 +77,22 @@ def estimate_step_memory(model, solver, optimizer, x: jax.ShapeDtypeStruct, *, l
     :class:`~lpt.parallel.sharded.ChunkLocal` one (MPI) the real layers of the largest chunk of its layer stacks (the
     layout's stride, or the last chunk's rest)."""
     layer_chunks, split_axis, rows, depth = 1, stored_axis, 0, model.depth
+    layout = solver.layouts(model.depth)[0] if hasattr(solver, "layouts") else None
     if isinstance(solver, LayerSharded):
-        layer_chunks, depth = solver.grid.layers, stored_rows(solver.layouts(model.depth)[0])
+        layer_chunks, depth = solver.grid.layers, stored_rows(layout)
     elif isinstance(solver, ChunkLocal):
         layer_chunks, split_axis = solver.comm.layers, _chunk_axis
-        layout = solver.layouts(model.depth)[0]
         rows = max(layout.stride, layout.last_real)
     batch = x.shape[0] // data_ranks
     local = jax.ShapeDtypeStruct((batch, *x.shape[1:]), x.dtype)
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x.dtype))
     if isinstance(solver, LayerSharded):  # the layer stacks as the mesh stores them (n_local rows per device)
-        params = jax.eval_shape(lambda p: stored_layers(p, solver.layouts(model.depth)[0]), params)
+        params = jax.eval_shape(lambda p: stored_layers(p, layout), params)
     opt_state = jax.eval_shape(optimizer.init, params)
     solver_state = jax.eval_shape(lambda p, xb: solver.init_state(model, p, xb), params, local)
     net = getattr(model, "resnet", model)  # a parareal net: the states of the ResNet it cuts
     y0 = jax.eval_shape(net.open, jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), x.dtype)), local)
-    if hasattr(solver, "layouts"):
-        steps, kind = solver.layouts(model.depth)[0].n_local, "mgrit"
-    else:
-        steps, kind = model.depth, "serial"
+    steps, kind = (layout.n_local, "mgrit") if layout is not None else (model.depth, "serial")
     layer = "conv" if net.layer in ("conv", "conv2") else "dense"
     arrays = (STATE_ARRAYS[calibration()][kind, layer]
               + (LINE_SEARCH_ARRAYS if line_search and kind == "mgrit" else 0.0))
