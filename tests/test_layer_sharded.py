@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -129,10 +130,17 @@ def test_layer_sharded_training_equals_single_device(tmp_path, single, overrides
 
 
 def test_layer_axis_is_the_depth_axis_under_layers():
+    """Axis 0 of a layer stack, axis 1 of an L-BFGS history (optax's own paths), also where the history's length
+    equals the depth (axis 0 then has ``depth`` entries too)."""
     layers = jax.tree_util.DictKey("layers")
     other = jax.tree_util.DictKey("classifier")
     assert layer_axis((layers,), (32, 8, 8), 32, 4) == 0
-    assert layer_axis((jax.tree_util.SequenceKey(0), layers), (10, 32, 8), 32, 4) == 1  # an L-BFGS history
+    params = {"layers": {"K": np.zeros((32, 8, 8))}, "classifier": {"W": np.zeros((8, 5))}}
+    axes = {jax.tree_util.keystr(path): layer_axis(path, leaf.shape, 32, 4) for path, leaf in
+            jax.tree_util.tree_leaves_with_path(optax.lbfgs(memory_size=32).init(params))}
+    assert axes["[0].diff_params_memory['layers']['K']"] == axes["[0].diff_updates_memory['layers']['K']"] == 1
+    assert axes["[0].params['layers']['K']"] == axes["[2].grad['layers']['K']"] == 0
+    assert axes["[0].diff_params_memory['classifier']['W']"] is None
     assert layer_axis((other,), (32, 8), 32, 4) is None
     assert layer_axis((layers,), (70, 8), 70, 4) is None  # not a multiple of the chunks: replicated
     assert layer_axis((layers,), (8,), 32, 4) is None

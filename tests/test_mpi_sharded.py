@@ -1,11 +1,13 @@
 """Layer-sharded parameters on MPI ranks (issue 13 item 1, ``parallel=mpi``): each rank keeps only its chunk's real
 layer parameters and optimiser state (on a depth that MGRIT pads the last rank fewer, no pad layer anywhere), and
 training equals the one-process run (float64, 1e-10) with Adam, γ_tik, γ_ddt (a difference across the chunk
-boundary), γ_class and gradient clipping; the checkpoint holds the whole state. L-BFGS (its line search's inner
-products would need the whole stack) and paddings that leave a rank no real layer keep the layers replicated."""
+boundary), γ_class and gradient clipping; the checkpoint holds the whole state. L-BFGS too: its two-loop
+recursion and zoom line search take their inner products summed over the chunks (``lpt.parallel.products``), and
+its histories (layer axis 1) are split, gathered and resumed like the parameters."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -22,7 +24,8 @@ from lpt.model import ResNet
 from lpt.parallel.comm import SingleComm
 from lpt.parallel.grid import ProcessorGrid
 from lpt.parallel.runtime import Runtime
-from lpt.parallel.sharded import ChunkLocal, chunk_norm, chunk_regularization, layer_specs, on_mesh
+from lpt.parallel.products import chunk_norm, chunk_products
+from lpt.parallel.sharded import ChunkLocal, chunk_regularization, layer_specs, on_mesh
 from lpt.train import run
 from test_parallel_comm import mpirun
 
@@ -75,18 +78,85 @@ def test_sharded_mpi_training_equals_one_process(tmp_path):
 
 
 @pytest.mark.slow(seconds=120)
-def test_lbfgs_under_mpi_keeps_the_layers_replicated_and_equals_one_process(tmp_path):
-    args = ["solver=mgrit", "dtype=float64", "model.depth=16", "model.gamma_ddt=1e-2", "optimizer=lbfgs",
-            "train.steps=4", "train.eval_every=2", "dataset.n_train=200", "dataset.n_val=50", "logging.progress=false"]
+def test_lbfgs_on_sharded_mpi_layers_equals_one_process_and_resumes(tmp_path):
+    """L-BFGS on 2 ranks, depth 13 (chunks of 8 and 5 real layers): each rank holds its chunk of the layers and of
+    the L-BFGS histories; 4 steps, then a resume to 6, give the one-process run's history (float64, 1e-10), and the
+    checkpoint after 4 steps holds the whole histories (layer axis 1 joined), equal to one process's."""
+    args = ["solver=mgrit", "dtype=float64", "model.depth=13", "model.gamma_ddt=1e-2", "optimizer=lbfgs",
+            "optimizer.memory_size=3", "train.eval_every=2", "dataset.n_train=200", "dataset.n_val=50",
+            "logging.progress=false"]
     exe = Path(sys.executable).with_name("lpt-train")
-    proc = mpirun(2, exe, *args, "parallel=mpi", "parallel.layers=2", f"hydra.run.dir={tmp_path / 'mpi'}",
-                  timeout=400)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "replicated on every rank (optimizer=lbfgs" in proc.stdout + proc.stderr
-    run(compose_config(args), tmp_path / "single")
-    rec, ref = read_run(tmp_path / "mpi"), read_run(tmp_path / "single")
+    out, mine = tmp_path / "mpi", {}
+    for steps, resume in ((4, []), (6, [f"resume={tmp_path / 'mpi'}"])):
+        proc = mpirun(2, exe, *args, f"train.steps={steps}", "parallel=mpi", "parallel.layers=2",
+                      f"hydra.run.dir={out}", *resume, timeout=400)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        assert "split over the 2 layer ranks (8 + 5 layers" in proc.stdout + proc.stderr
+        mine = mine or _checkpoint(out)
+    run(compose_config([*args, "train.steps=4"]), tmp_path / "single4")
+    run(compose_config([*args, "train.steps=6"]), tmp_path / "single")
+    rec, ref = read_run(out), read_run(tmp_path / "single")
+    assert len(rec.history["step"]) == 6 and np.ptp(ref.history["lr"]) > 0, "the line search's steps vary"
     for key in ("loss", "objective", "grad_norm", "lr"):
         np.testing.assert_allclose(rec.history[key], ref.history[key], rtol=1e-10, atol=1e-14, err_msg=key)
+    theirs = _checkpoint(tmp_path / "single4")
+    history = "opt_state.0.diff_params_memory.layers.K"
+    assert mine[history].shape == theirs[history].shape == (3, 13, 8, 8)
+    assert np.abs(theirs[history]).max() > 1e-6, "the histories are filled"
+    for name, value in theirs.items():
+        if name.startswith(("params", "opt_state")):
+            np.testing.assert_allclose(mine[name], value, rtol=1e-9, atol=1e-13, err_msg=name)
+
+
+def _quartic(sum_layers):
+    """f(θ) = Σ ½θ² + ½θ⁴ over all leaves, the layer leaves' part reduced by ``sum_layers`` (over the chunks), its
+    gradient θ + 2θ³ leaf by leaf (a custom VJP, as the solver's objective has)."""
+    def part(leaves):
+        return sum(jax.numpy.sum(0.5 * a * a + 0.5 * a ** 4) for a in leaves)
+
+    @jax.custom_vjp
+    def f(p):
+        return sum_layers(part(jax.tree_util.tree_leaves(p["layers"]))) + part(
+            jax.tree_util.tree_leaves({k: v for k, v in p.items() if k != "layers"}))
+
+    f.defvjp(lambda p: (f(p), jax.tree_util.tree_map(lambda a: a + 2 * a ** 3, p)),
+             lambda grad, g: (jax.tree_util.tree_map(lambda a: g * a, grad),))
+    return f
+
+
+def _lbfgs_steps(params, products, sum_layers, steps=3):
+    opt, f = optax.lbfgs(memory_size=2), _quartic(sum_layers)
+    state = opt.init(params)
+    for _ in range(steps):
+        value, grad = jax.value_and_grad(f)(params)
+        with products():
+            updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=f)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+def test_chunk_products_make_lbfgs_on_four_chunks_equal_the_whole_stack():
+    """optax's L-BFGS with its zoom line search, 3 steps of a quartic objective, per chunk under ``shard_map`` (4
+    chunks of a 16-layer stack) inside :func:`chunk_products`: the whole stack's iterates (float64, 1e-12). The same
+    per-chunk steps without it (each chunk's own inner products) go elsewhere, and a block in which optax computes
+    no inner product is refused."""
+    model = ResNet(input_shape=(2,), num_outputs=5, depth=16, width=4)
+    params = model.init(jax.random.PRNGKey(3), np.float64)
+    grid = ProcessorGrid("mesh", layers=4)
+    comm = grid.comm()
+    specs = layer_specs(params, 16, 4)
+    whole = jax.jit(lambda p: _lbfgs_steps(p, contextlib.nullcontext, lambda v: v))(params)
+    f = _quartic(lambda v: v)
+    assert float(f(whole)) < 0.5 * float(f(params)), "the steps descend"
+    chunked = [jax.jit(on_mesh(lambda p, c=c: _lbfgs_steps(p, c, comm.layer_sum), grid, (specs,), specs))(params)
+               for c in (lambda: chunk_products(comm), contextlib.nullcontext)]
+    for a, b in zip(*map(jax.tree_util.tree_leaves, (chunked[0], whole))):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    apart = max(float(np.abs(a - b).max()) for a, b in zip(*map(jax.tree_util.tree_leaves, (chunked[1], whole))))
+    assert apart > 1e-4, apart
+    with pytest.raises(RuntimeError, match="no inner product"):
+        with chunk_products(comm):
+            pass
 
 
 def _runtime_for(layers: int) -> tuple[Runtime, MGRITSolver]:
@@ -95,17 +165,16 @@ def _runtime_for(layers: int) -> tuple[Runtime, MGRITSolver]:
     return Runtime(ProcessorGrid("mpi", layers=layers), comm), MGRITSolver(comm=comm)
 
 
-@pytest.mark.parametrize("layers,depth,line_search,sharded,says", [
-    (2, 16, False, True, "split over the 2 layer ranks (8 layers each)"),
-    (2, 16, True, False, "replicated on every rank (optimizer=lbfgs: its line search needs the whole stack)"),
-    (2, 100, False, True, "split over the 2 layer ranks (48 + 52 layers; identity steps up to 52 per rank are "
+@pytest.mark.parametrize("layers,depth,sharded,says", [
+    (2, 16, True, "split over the 2 layer ranks (8 layers each)"),
+    (2, 100, True, "split over the 2 layer ranks (48 + 52 layers; identity steps up to 52 per rank are "
                           "added inside the solve only)"),
-    (2, 13, True, False, "replicated on every rank (optimizer=lbfgs"),
-    (4, 24, False, True, "split over the 4 layer ranks (4 + 4 + 4 + 12 layers; identity steps up to 12 per rank"),
+    (2, 13, True, "split over the 2 layer ranks (8 + 5 layers; identity steps up to 8 per rank"),
+    (4, 24, True, "split over the 4 layer ranks (4 + 4 + 4 + 12 layers; identity steps up to 12 per rank"),
 ])
-def test_which_mpi_runs_shard_their_layers(layers, depth, line_search, sharded, says):
+def test_which_mpi_runs_shard_their_layers(layers, depth, sharded, says):
     runtime, solver = _runtime_for(layers)
-    runtime, solver = runtime.shard_layers(solver, depth, line_search)
+    runtime, solver = runtime.shard_layers(solver, depth)
     assert runtime.layer_shards == sharded and isinstance(solver, ChunkLocal) == sharded
     assert says in runtime.layout
     if sharded:

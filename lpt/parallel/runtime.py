@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -25,9 +26,10 @@ import optax
 
 from lpt.parallel.comm import Comm
 from lpt.parallel.grid import ProcessorGrid
-from lpt.parallel.sharded import (REPLICATED, SAMPLES, ChunkLocal, LayerSharded, canonical_layers, chunk_norm,
-                                  chunk_state_specs, on_mesh, place, shardings, stored_layers, stored_rows,
-                                  stored_specs, under_layers)
+from lpt.parallel.products import chunk_norm, chunk_products
+from lpt.parallel.sharded import (REPLICATED, SAMPLES, ChunkLocal, LayerSharded, canonical_layers, chunk_state_specs,
+                                  history_axis, on_mesh, place, shardings, stored_layers, stored_rows, stored_specs,
+                                  under_layers)
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,9 +91,9 @@ class Runtime:
             chunks = self.comm.layer_comm.gather(np.concatenate(samples, axis=1 + batch_axis), root=0)
             return a if chunks is None else np.concatenate(chunks, axis=0)
 
-        def layers(a):  # message: a layer chunk to rank 0
+        def layers(a, axis):  # message: a layer chunk to rank 0
             chunks = self.comm.layer_comm.gather(np.asarray(a), root=0)
-            return a if chunks is None else np.concatenate(chunks, axis=0)
+            return a if chunks is None else np.concatenate(chunks, axis=axis)
 
         state = self._on_layers(state, layers)
         return state._replace(solver_state=jax.tree_util.tree_map(join, state.solver_state))
@@ -111,7 +113,8 @@ class Runtime:
             shape[1 + batch_axis] *= self.grid.data
             return jax.ShapeDtypeStruct(tuple(shape), a.dtype)
 
-        state = self._on_layers(state, lambda a: jax.ShapeDtypeStruct((self.depth, *a.shape[1:]), a.dtype))
+        state = self._on_layers(state, lambda a, axis: jax.ShapeDtypeStruct(
+            (*a.shape[:axis], self.depth, *a.shape[axis + 1:]), a.dtype))
         return state._replace(solver_state=jax.tree_util.tree_map(whole, state.solver_state))
 
     def local_state(self, state: Any, batch_axis: int = 0) -> Any:
@@ -136,21 +139,18 @@ class Runtime:
         return state._replace(solver_state=jax.tree_util.tree_map(block, state.solver_state))
 
     # --- MPI ranks with layer-sharded parameters -------------------------------------------------------
-    def shard_layers(self, solver: Any, depth: int, line_search: bool = False) -> tuple["Runtime", Any]:
+    def shard_layers(self, solver: Any, depth: int) -> tuple["Runtime", Any]:
         """The runtime and solver of a depth-``depth`` network: on ``parallel=mpi`` with layer chunks each rank
         keeps only its chunk's real layers (:class:`~lpt.parallel.sharded.ChunkLocal`: chunk p is layers p·s …
         (p+1)·s − 1, s the layout's stride, the last chunk the rest; identity steps' weights are made inside the
-        solve only) unless the optimiser has a line search (L-BFGS's inner products would need the whole stack);
-        then every rank keeps the whole stack, as ``layout`` then says."""
+        solve only), and its chunk of the optimiser state (L-BFGS's inner products summed over the chunks:
+        :attr:`products`)."""
         if isinstance(solver, LayerSharded):
             return self._mesh_layers(solver.layouts(depth)[0]), solver
         if self.grid.backend != "mpi" or self.grid.layers == 1 or not hasattr(solver, "local_layers"):
             return self, solver
         layout = solver.layouts(depth)[0]
         counts = [layout.stride] * (self.grid.layers - 1) + [layout.last_real]
-        if line_search:
-            return dataclasses.replace(self, layout="layer parameters and optimiser state replicated on every rank "
-                                                    "(optimizer=lbfgs: its line search needs the whole stack)"), solver
         each = (f"{layout.stride} layers each" if len(set(counts)) == 1 else f"{' + '.join(map(str, counts))} layers")
         if layout.n_local > min(counts):
             each += f"; identity steps up to {layout.n_local} per rank are added inside the solve only"
@@ -175,6 +175,12 @@ class Runtime:
         """‖·‖₂ of a gradient-shaped pytree as this process holds it (summed over the chunks when sharded)."""
         return chunk_norm(self.comm) if self.layer_shards else optax.tree.norm
 
+    @property
+    def products(self) -> Callable[[], Any]:
+        """The context in which an optimiser with inner products (L-BFGS) is traced: with ``layer_shards`` optax's
+        inner products and norms summed over the chunks (:func:`~lpt.parallel.products.chunk_products`)."""
+        return (lambda: chunk_products(self.comm)) if self.layer_shards else contextlib.nullcontext
+
     def local_params(self, params: Any) -> Any:
         """This rank's chunk of parameter-shaped pytree ``params`` (the whole tree unless ``layer_shards``; on a
         layer-sharded mesh the whole tree as it is stored: :func:`~lpt.parallel.sharded.stored_layers`)."""
@@ -190,8 +196,8 @@ class Runtime:
         if not self.layer_shards:
             return params
         # message: every layer chunk to every rank
-        return self._map_layers(params, lambda a: jnp.asarray(np.concatenate(
-            self.comm.layer_comm.allgather(np.asarray(a)), axis=0)))
+        return self._map_layers(params, lambda a, axis: jnp.asarray(np.concatenate(
+            self.comm.layer_comm.allgather(np.asarray(a)), axis=axis)))
 
     def _canonical(self, state: Any) -> Any:
         """A training state with the real layers of stored layer stacks (:meth:`whole_params`)."""
@@ -199,17 +205,22 @@ class Runtime:
             return state
         return state._replace(params=self.whole_params(state.params), opt_state=self.whole_params(state.opt_state))
 
-    def _own_chunk(self, a: Any) -> Any:
-        """This layer rank's real layers of a whole stack (rows p·chunk_rows …, the last rank's up to the depth)."""
+    def _own_chunk(self, a: Any, axis: int = 0) -> Any:
+        """This layer rank's real layers of a whole stack (rows p·chunk_rows …, the last rank's up to the depth)
+        along its layer ``axis``."""
         rank = self.comm.layer_comm.Get_rank()
         start = rank * self.chunk_rows
-        return a[start:self.depth if rank == self.grid.layers - 1 else start + self.chunk_rows]
+        rows = slice(start, self.depth if rank == self.grid.layers - 1 else start + self.chunk_rows)
+        return a[(slice(None),) * axis + (rows,)]
 
     @staticmethod
-    def _map_layers(tree: Any, fn: Callable[[Any], Any]) -> Any:
-        return jax.tree_util.tree_map_with_path(lambda path, a: fn(a) if under_layers(path) else a, tree)
+    def _map_layers(tree: Any, fn: Callable[[Any, int], Any]) -> Any:
+        """``tree`` with ``fn(leaf, its layer axis)`` applied to the leaves of its layer stacks
+        (:func:`~lpt.parallel.sharded.history_axis`)."""
+        return jax.tree_util.tree_map_with_path(
+            lambda path, a: fn(a, history_axis(path)) if under_layers(path) else a, tree)
 
-    def _on_layers(self, state: Any, fn: Callable[[Any], Any]) -> Any:
+    def _on_layers(self, state: Any, fn: Callable[[Any, int], Any]) -> Any:
         """``state`` with ``fn`` applied to the layer leaves of its parameters and optimiser state (sharded only)."""
         if not self.layer_shards:
             return state

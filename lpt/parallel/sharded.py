@@ -55,13 +55,20 @@ def stored_rows(layout: Layout) -> int:
     return layout.chunks * layout.n_local
 
 
+def history_axis(path: tuple) -> int:
+    """The layer axis of a leaf under ``"layers"``: 1 in an L-BFGS history (optax's ``*_memory`` fields, a leading
+    axis of ``memory_size`` entries), 0 otherwise (parameters, gradients, moments)."""
+    return 1 if any(str(getattr(key, "name", "")).endswith("_memory") for key in path) else 0
+
+
 def layer_axis(path: tuple, shape: tuple[int, ...], depth: int, layers: int) -> int | None:
     """The axis of a parameter-shaped leaf (parameters, gradients, optimiser moments, L-BFGS histories) that is
-    split over the layer chunks: for leaves under a ``"layers"`` key the first of axes 0 and 1 with ``depth``
-    entries, when ``depth`` is a multiple of the chunks; None (replicated) otherwise."""
+    split over the layer chunks: for leaves under a ``"layers"`` key their :func:`history_axis` if it has ``depth``
+    entries and ``depth`` is a multiple of the chunks; None (replicated) otherwise."""
     if depth % layers or not under_layers(path):
         return None
-    return next((k for k in (0, 1) if len(shape) > k and shape[k] == depth), None)
+    axis = history_axis(path)
+    return axis if len(shape) > axis and shape[axis] == depth else None
 
 
 def stored_axis(path: tuple, shape: tuple[int, ...], rows: int, layers: int) -> int | None:
@@ -365,16 +372,3 @@ def chunk_regularization(model, params: Any, comm: Any, layout: Layout | None = 
     once, g_rest = jax.value_and_grad(lambda r: model.regularization({**r, "layers": empty}))(rest)
     # message: one scalar, summed over the chunks
     return comm.layer_sum(part) + once, {**g_rest, "layers": g_layers}
-
-
-def chunk_norm(comm: Any) -> Callable[[Any], Any]:
-    """``tree -> ‖tree‖₂`` of a parameter-shaped pytree whose layer stacks are split over the layer chunks of
-    ``comm``: the squares of the leaves under ``"layers"`` summed over the chunks, the (replicated) others once."""
-    def norm(tree):
-        flat = jax.tree_util.tree_leaves_with_path(tree)
-        zero = jax.numpy.zeros((), jax.numpy.result_type(*[leaf for _, leaf in flat]))
-        squares = [sum((jax.numpy.sum(jax.numpy.square(leaf)) for path, leaf in flat if under_layers(path) == local),
-                       zero) for local in (True, False)]
-        return jax.numpy.sqrt(comm.layer_sum(squares[0]) + squares[1])  # message: one scalar
-
-    return norm

@@ -134,7 +134,7 @@ def _setup(cfg: Mapping[str, Any]) -> _Setup:
     if hasattr(solver, "layouts"):
         solver.layouts(model.depth)  # too many layer ranks for this depth: refused before any work
     # MPI ranks with layer chunks: each keeps its chunk's layers; the clipping norm then sums over the chunks
-    runtime, solver = runtime.shard_layers(solver, model.depth, line_search=needs_value_fn(cfg["optimizer"]))
+    runtime, solver = runtime.shard_layers(solver, model.depth)
     optimizer = make_optimizer(cfg["optimizer"], norm=runtime.tree_norm)
     _check_memory(cfg, model, solver, optimizer, data, dtype, loop, runtime)
     return _Setup(dtype, runtime, loop, cfg.get("seed", 0), data, model, optimizer, full_batch, solver)
@@ -236,6 +236,7 @@ class _Run:
         s, cfg = self.s, self.cfg
         options = dict(lr=float(cfg["optimizer"]["lr"]), line_search=needs_value_fn(cfg["optimizer"]),
                        comm=s.runtime.step_comm(s.solver), norm=s.runtime.tree_norm,
+                       products=s.runtime.products,
                        wrap=s.runtime.wrap_step(s.solver, s.model, self.params, self.x_train[:self.batch]))
         serial = s.solver.exact() if isinstance(s.solver, (ChunkLocal, LayerSharded)) else SerialSolver()
         self.guard = NonFiniteGuard(s.loop, lambda: make_train_step(s.model, serial, s.optimizer, **options),

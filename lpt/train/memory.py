@@ -20,7 +20,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lpt.parallel.sharded import ChunkLocal, LayerSharded, stored_axis, stored_layers, stored_rows, under_layers
+from lpt.parallel.sharded import (ChunkLocal, LayerSharded, history_axis, stored_axis, stored_layers, stored_rows,
+                                  under_layers)
 
 STATE_ARRAYS = {
     "cpu": {("serial", "dense"): 1.1, ("serial", "conv"): 2.7, ("mgrit", "dense"): 11.0, ("mgrit", "conv"): 8.0},
@@ -104,8 +105,10 @@ def estimate_step_memory(model, solver, optimizer, x: jax.ShapeDtypeStruct, *, l
 
 def _chunk_axis(path: tuple, shape: tuple[int, ...], depth: int, layers: int) -> int | None:
     """The layer axis of a layer stack's leaf that MPI ranks split (:class:`~lpt.parallel.sharded.ChunkLocal`, a
-    padded depth too): axis 0 of the leaves under ``"layers"`` with ``depth`` entries."""
-    return 0 if under_layers(path) and shape[:1] == (depth,) else None
+    padded depth too): the :func:`~lpt.parallel.sharded.history_axis` of the leaves under ``"layers"`` if it has
+    ``depth`` entries."""
+    axis = history_axis(path)
+    return axis if under_layers(path) and shape[axis:axis + 1] == (depth,) else None
 
 
 def memory_message(estimate: MemoryEstimate, available: int, cfg) -> str | None:

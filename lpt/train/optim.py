@@ -13,7 +13,7 @@ from lpt.config import check_group
 def clip_by_global_norm(max_norm: float, norm: Callable[[Any], Any] = optax.tree.norm) -> optax.GradientTransformation:
     """``optax.clip_by_global_norm`` with the norm as a function: u ← u if ‖u‖ < max_norm, else u·max_norm/‖u‖.
     On layer-sharded parameters ``norm`` sums the squares of the layer leaves over the chunks
-    (:func:`lpt.parallel.sharded.chunk_norm`), so every chunk scales by the norm of the whole gradient."""
+    (:func:`lpt.parallel.products.chunk_norm`), so every chunk scales by the norm of the whole gradient."""
     def update(updates, state, params=None):
         del params
         g_norm = norm(updates)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -82,7 +83,8 @@ def current_lr(opt_state: Any, default: float) -> jnp.ndarray:
 def make_train_step(model: ResNet, solver: Solver, optimizer: optax.GradientTransformationExtraArgs,
                     *, lr: float, line_search: bool, comm: Any = None,
                     wrap: Callable[[Callable], Callable] | None = None, faults: FaultPolicy | None = None,
-                    donate: bool = False, norm: Callable[[Any], jnp.ndarray] = optax.tree.norm) -> Callable:
+                    donate: bool = False, norm: Callable[[Any], jnp.ndarray] = optax.tree.norm,
+                    products: Callable[[], Any] = contextlib.nullcontext) -> Callable:
     """Build the jitted step ``(state, x, y) -> (state, metrics, stats)``.
 
     The step computes (objective, gradient) with the solver, applies the optimiser update θ ← θ + s·Δθ and
@@ -97,7 +99,9 @@ def make_train_step(model: ResNet, solver: Solver, optimizer: optax.GradientTran
     adapts the per-chunk step to the back-end (``shard_map`` on a device mesh).
 
     ``norm`` is the gradient norm logged (on MPI ranks with layer-sharded parameters a sum over the chunks,
-    :func:`lpt.parallel.sharded.chunk_norm`; the non-finite check is reduced over all ranks in any case).
+    :func:`lpt.parallel.products.chunk_norm`; the non-finite check is reduced over all ranks in any case), and
+    ``products()`` the context in which an optimiser with a line search (L-BFGS) is traced there: its inner products
+    summed over the chunks (:func:`lpt.parallel.products.chunk_products`).
 
     With ``faults`` (and a state that counts ``rejections``) the step applies the policy itself
     (:class:`FaultPolicy`). With ``donate`` the input state's buffers are given to the output (the caller must
@@ -112,7 +116,8 @@ def make_train_step(model: ResNet, solver: Solver, optimizer: optax.GradientTran
         if line_search:
             extra = dict(value=obj, grad=grads,
                          value_fn=line_search_value(model, solver, x, y, solver_state, data_mean))
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params, **extra)
+        with products() if line_search else contextlib.nullcontext():
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params, **extra)
         scale = jnp.asarray(1.0 if state.lr_scale is None else state.lr_scale, jnp.float32)
         updates = jax.tree_util.tree_map(lambda u: u * scale.astype(u.dtype), updates)
         params = optax.apply_updates(state.params, updates)
