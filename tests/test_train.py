@@ -162,8 +162,11 @@ def test_mgrit_training_matches_serial_accuracy(tmp_path):
     assert np.all((k >= 3) & (k <= 5)) and np.all(np.isfinite(done))
     end = r[rows, k - 1]
     assert np.all((end <= r0) | (k == 5)), "a forward solve ended above its start with growth cycles left"
-    for j in (3, 4):  # growth cycle j + 1 ran only if cycle j ended above the start
-        assert np.all(r[k > j, j - 1] > r0[k > j])
+    grown = k > 3  # growth cycle 4 ran only if cycle 3 ended above the start (in some steps of this run)
+    assert grown.any() and np.all(r[grown, 2] > r0[grown])
+    # a second growth cycle (the first ended above the start too) ran in no step here, so the next line may check
+    # nothing; tests/test_mgrit_solve.py::test_growth_cycles_run_while_the_residual_is_above_its_start has that case
+    assert np.all(r[k > 4, 3] > r0[k > 4])
     print(f"forward growth cycles in {np.mean(k > 3):.1%} of the steps; ending above the start in "
           f"{np.mean(end > r0):.1%}")
     solver = yaml.safe_load(rec.attrs["config"])["solver"]
