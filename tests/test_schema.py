@@ -1,6 +1,6 @@
-"""The config schema (lpt/config): every shipped YAML is accepted and fully described by it, its defaults are
-the YAMLs' values, every bad value is refused in one line naming ``group.key=value``, and the README's option
-tables are the ones generated from it."""
+"""The config schema (lpt/config): every shipped YAML is accepted and fully described by it, the option files'
+options (defaults and help) and the README's option tables are the ones generated from it, and every bad value is
+refused in one line naming ``group.key=value``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from lpt.cli.compose import compose_config
 from lpt.config import ConfigError, check_config, check_options, register_schemas, schema_for, schema_nodes
 from lpt.config.fields import field_type
+from lpt.config.files import BEGIN, FILE_KEYS, generated_part, option_files, with_options
 from lpt.config.run import RunOptions
 from lpt.config.tables import markdown_tables, readme_tables
 
@@ -34,15 +35,33 @@ def _load(path: Path) -> dict:
 @pytest.mark.parametrize("path", GROUP_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_group_option_file_is_its_schema_node_with_the_same_defaults(path):
     """configs/<group>/<name>.yaml merges into its structured config (Hydra/OmegaConf type checks), passes
-    lpt's check, and each of its values is the schema node's default (the schema is the one definition)."""
+    lpt's check, and holds the schema node's defaults: every field (or those of ``FILE_KEYS``) once, each with its
+    default."""
     group, values = path.parent.name, _load(path)
     node = NODES[f"{group}/{path.stem}"]
     OmegaConf.merge(OmegaConf.structured(node), values)  # raises on a key or type the schema lacks
     schema, variant = schema_for(group, values)
     check_options(values, schema, group, variant)
     defaults = OmegaConf.to_container(OmegaConf.structured(node))
+    assert list(values) == list(FILE_KEYS.get(f"{group}/{path.stem}", defaults)), path
     for key, value in values.items():
         assert defaults[key] == value, (path.name, key, defaults[key], value)
+
+
+def test_the_option_files_hold_the_options_generated_from_the_schema():
+    """Every option file of configs/ (groups, and train.yaml's top level and ``train:`` block) holds, after its
+    hand-written header, exactly the lines generated from the schema (defaults and help: lpt.config.files;
+    ``python scripts/option_tables.py --write`` rewrites them), and a changed default is a difference."""
+    files = option_files(CONFIGS)
+    assert set(files) == {*GROUP_FILES, CONFIGS / "train.yaml"}
+    for path, lines in files.items():
+        text = path.read_text()
+        assert generated_part(text)[1] == lines, f"{path}: run python scripts/option_tables.py --write"
+        assert with_options(text, lines) == text
+    mgrit = CONFIGS / "solver" / "mgrit.yaml"
+    edited = mgrit.read_text().replace("\ncfactor: 4 ", "\ncfactor: 2 ")
+    assert edited != mgrit.read_text() and generated_part(edited)[1] != files[mgrit]
+    assert BEGIN in (CONFIGS / "logging" / "default.yaml").read_text().splitlines()[0]
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
