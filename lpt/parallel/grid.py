@@ -74,9 +74,11 @@ class ProcessorGrid:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "ProcessorGrid":
-        return cls(backend=cfg.get("name", "single"), data=cfg.get("data", 1), layers=cfg.get("layers", 1),
-                   processes=cfg.get("processes", 1), coordinator=cfg.get("coordinator"),
-                   process_id=cfg.get("process_id"), heartbeat_s=cfg.get("heartbeat_s", 100))
+        """The grid of config group ``parallel`` (keys it lacks: the schema's defaults, ``ParallelOptions``)."""
+        values = {f.name: getattr(ParallelOptions(), f.name) for f in fields(ParallelOptions)} | dict(cfg)
+        return cls(backend=values["name"], data=values["data"], layers=values["layers"],
+                   processes=values["processes"], coordinator=values["coordinator"],
+                   process_id=values["process_id"], heartbeat_s=values["heartbeat_s"])
 
     def connect(self) -> None:
         """Join the JAX processes of a multi-process mesh (``processes`` > 1; CPU collectives over gloo).
