@@ -24,7 +24,7 @@ SHORT = ["solver=mgrit", "dtype=float64", "train.steps=4", "train.eval_every=2",
 CONV = ["model.layer=conv", "model.opening=conv", "dataset=mnist", "model.width=2", "dataset.n_train=24",
         "dataset.n_val=8"]
 CASES = {  # name: (overrides, layers)
-    "adam_37_on_2": (["model.depth=37"], 2),
+    # (Adam at N = 37 on 2 chunks: the normal steps 1, 3 and 4 of serial_fallback_37_on_2)
     "lbfgs_70_on_4": (["model.depth=70", "optimizer=lbfgs"], 4),
     # decoupled weight decay and clipping by the global norm: both see the zero rows (zero, and zero gradient)
     "adamw_clip_70_on_4": (["model.depth=70", "optimizer.weight_decay=1e-2", "optimizer.clip_norm=0.05"], 4),
@@ -126,22 +126,39 @@ def single(tmp_path_factory):
     return single_runs(tmp_path_factory, SHORT, lambda path: (read_run(path), checkpoint(path)))
 
 
+@pytest.fixture(scope="module")
+def mesh_runs(tmp_path_factory):
+    """``get(overrides, layers)``: the run directory of a mesh run of SHORT + overrides on ``layers`` chunks, run
+    once (a parity case's run is the checkpoint test's uninterrupted run)."""
+    cache = {}
+
+    def get(overrides, layers):
+        key = (tuple(overrides), layers)
+        if key not in cache:
+            path = tmp_path_factory.mktemp("mesh")
+            run(compose_config([*SHORT, *overrides, "parallel=mesh", f"parallel.layers={layers}"]), path)
+            cache[key] = path
+        return cache[key]
+
+    return get
+
+
 @pytest.mark.slow(seconds=40)
 @pytest.mark.parametrize("case", CASES)
-def test_uneven_mesh_training_equals_single_device(tmp_path, single, case, request):
+def test_uneven_mesh_training_equals_single_device(single, mesh_runs, case, request):
     """Loss history and final parameters and optimiser state to 1e-12 (float64)."""
     overrides, layers = CASES[case]
     if "dataset=mnist" in overrides:  # MNIST from ../shared/data (skipped, with the reason, where it is absent)
         overrides = [*overrides, f"data_dir={request.getfixturevalue('shared_data')}"]
-    result = run(compose_config([*SHORT, *overrides, "parallel=mesh", f"parallel.layers={layers}"]), tmp_path)
-    (ref, ref_ckpt), rec = single(overrides), read_run(result.log_path)
+    path = mesh_runs(overrides, layers)
+    (ref, ref_ckpt), rec = single(overrides), read_run(path)
     for key in ("loss", "objective", "grad_norm", "lr"):
         np.testing.assert_allclose(rec.history[key], ref.history[key], rtol=1e-12, atol=1e-14, err_msg=key)
     if "optimizer.clip_norm=0.05" in overrides:
         assert rec.history["grad_norm"].min() > 0.05  # every step clipped
     if "train.on_nonfinite=serial" in overrides:
         np.testing.assert_array_equal(rec.history["nonfinite"], [0, 1, 0, 0])
-    ckpt = checkpoint(tmp_path)
+    ckpt = checkpoint(path)
     assert ckpt.keys() == ref_ckpt.keys()
     for name, value in ref_ckpt.items():
         if name.startswith(("params", "opt_state")):  # the real layers only: the shapes of the single run's
@@ -149,23 +166,25 @@ def test_uneven_mesh_training_equals_single_device(tmp_path, single, case, reque
 
 
 @pytest.mark.slow(seconds=40)
-def test_uneven_mesh_checkpoint_resumes_bit_for_bit_on_the_mesh_and_loads_on_one_device(tmp_path):
-    """N = 37 on 2 chunks with L-BFGS: 2 steps, then resumed to 4, equal the uninterrupted 4 steps bit for bit; the
-    checkpoint (the 37 real layers) of a run without warm start resumes on one device too."""
-    mesh = [*SHORT, "model.depth=37", "optimizer=lbfgs", "parallel=mesh", "parallel.layers=2"]
-    whole = run(compose_config(mesh), tmp_path / "whole")
+def test_uneven_mesh_checkpoint_resumes_bit_for_bit_on_the_mesh_and_loads_on_one_device(tmp_path, mesh_runs):
+    """N = 70 on 4 chunks (16 + 16 + 16 + 22 layers) with L-BFGS: 2 steps, then resumed to 4, equal the
+    uninterrupted 4 steps (case lbfgs_70_on_4's run) bit for bit; the checkpoint (the 70 real layers) of a run
+    without warm start resumes on one device too."""
+    overrides, layers = CASES["lbfgs_70_on_4"]
+    mesh = [*SHORT, *overrides, "parallel=mesh", f"parallel.layers={layers}"]
+    whole = mesh_runs(overrides, layers)
     run(compose_config([*mesh, "train.steps=2"]), tmp_path / "part")
-    assert checkpoint(tmp_path / "part")["params.layers.K"].shape[0] == 37
+    assert checkpoint(tmp_path / "part")["params.layers.K"].shape[0] == 70
     resumed = run(compose_config([*mesh, f"resume={tmp_path / 'part'}"]), tmp_path / "elsewhere")
-    a, b = read_run(whole.log_path).history, read_run(resumed.log_path).history
+    a, b = read_run(whole).history, read_run(resumed.log_path).history
     for key in ("loss", "objective", "grad_norm", "lr"):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     ends = checkpoint(resumed.run_dir)
-    for name, value in checkpoint(tmp_path / "whole").items():
+    for name, value in checkpoint(whole).items():
         np.testing.assert_array_equal(ends[name], value, err_msg=name)
     # on one device (without warm-start states, whose layer chunks are the grid's)
-    cold = [*SHORT, "model.depth=37", "optimizer=lbfgs", "solver.warm_start=false"]
-    run(compose_config([*cold, "parallel=mesh", "parallel.layers=2", "train.steps=2"]), tmp_path / "cold")
+    cold = [*SHORT, *overrides, "solver.warm_start=false"]
+    run(compose_config([*cold, "parallel=mesh", f"parallel.layers={layers}", "train.steps=2"]), tmp_path / "cold")
     one = run(compose_config([*cold, f"resume={tmp_path / 'cold'}", "train.steps=3"]), tmp_path / "one")
     assert read_run(one.log_path).history["step"][-1] == 3
 
