@@ -4,8 +4,9 @@ The tests compile far more than they run: XLA's CPU back-end compiles them at LL
 (``--xla_backend_optimization_level=1``, unless ``XLA_FLAGS`` sets a level), which cut the CPU time of
 ``tests/test_conv_impl.py`` by a quarter (94.5 → 70.6 CPU-s) while the 600-step training of
 ``tests/test_train.py::test_mgrit_training_matches_serial_accuracy`` ran no slower (90 → 87 CPU-s); level 0 halves
-compilation but makes training 2.4 × slower. Processes that tests start with their own ``XLA_FLAGS`` (MPI ranks,
-examples, scripts) compile at XLA's default level 2, as users run.
+compilation but makes training 2.4 × slower. Processes that tests start (MPI ranks, ``lpt-train``, examples) get
+the same level (:func:`child_xla_flags`), so that what they compute is what the session compares it with;
+benchmark scripts and the stop-while-compiling test compile at XLA's default level 2, as users run.
 
 Library code always passes explicit dtypes, so float32 paths stay float32 under x64 (``tests/test_float32.py``
 checks that no float64 value appears in a float32 one-shot gradient, and runs MGRIT in float32 with x64 off).
@@ -32,8 +33,9 @@ import tempfile
 from pathlib import Path
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+_LEVEL = "--xla_backend_optimization_level=1"
 if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
-    os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=1"
+    os.environ["XLA_FLAGS"] += f" {_LEVEL}"
 
 _OWN_CACHE_DIR = None
 if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
@@ -57,6 +59,12 @@ settings.load_profile(os.environ.get("LPT_HYPOTHESIS_PROFILE", "ci"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def child_xla_flags(*flags: str) -> str:
+    """``XLA_FLAGS`` of a process that a test starts: ``flags`` (e.g. one device) and the session's optimisation
+    level."""
+    return " ".join([*flags, _LEVEL])
 
 
 def pytest_configure(config):

@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import child_xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_example(name: str) -> str:
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_ENABLE_X64": "0"}
+    env = {**os.environ, "XLA_FLAGS": child_xla_flags(), "JAX_ENABLE_X64": "0"}
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / name)], capture_output=True, text=True,
                           timeout=600, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]

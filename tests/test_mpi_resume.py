@@ -19,6 +19,7 @@ import pytest
 
 from lpt.logging import read_run
 from test_multiprocess_mesh import logged_rows
+from conftest import child_xla_flags
 
 EXE = str(Path(sys.executable).with_name("lpt-train"))
 RUN = ["solver=mgrit", "model.depth=16", "dtype=float64", "logging.progress=false", "train.eval_every=3",
@@ -31,7 +32,7 @@ def _command(*args: str) -> tuple[list[str], dict]:
     if shutil.which("mpirun") is None:
         pytest.skip("mpirun is not installed (apt-get install openmpi-bin)")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
-    env["XLA_FLAGS"] = ""
+    env["XLA_FLAGS"] = child_xla_flags()
     return ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", EXE, *RUN, *args], env
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from lpt.logging import read_run
+from conftest import child_xla_flags
 
 EXE = str(Path(sys.executable).with_name("lpt-train"))
 RUN = ["solver=mgrit", "model.depth=16", "dtype=float64", "train.steps=6", "train.eval_every=3",
@@ -28,7 +29,7 @@ KEYS = ("loss", "objective", "grad_norm", "train_acc", "val_acc")
 
 def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"  # one device per process
+    env["XLA_FLAGS"] = child_xla_flags("--xla_force_host_platform_device_count=1")  # one device per process
     return env
 
 

@@ -17,6 +17,7 @@ from jax.sharding import PartitionSpec as P
 
 from lpt.parallel.comm import SingleComm
 from lpt.parallel.grid import GridError, ProcessorGrid
+from conftest import child_xla_flags
 
 HERE = Path(__file__).resolve().parent
 
@@ -94,7 +95,7 @@ def mpirun(np_: int, script: Path, *args: str, timeout: float = 240) -> subproce
     cmd = [shutil.which("mpirun"), "--allow-run-as-root", "--oversubscribe", "-np", str(np_), sys.executable,
            str(script), *args]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
-    env["XLA_FLAGS"] = ""  # one device per rank
+    env["XLA_FLAGS"] = child_xla_flags()  # one device per rank
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 

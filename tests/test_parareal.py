@@ -25,6 +25,7 @@ from lpt.model import ModelError, ResNet
 from lpt.model.parareal import ParaRealNet, default_coarse_units
 from lpt.train import build_dataset, build_model, run
 from lpt.train.build import ConfigError
+from conftest import child_xla_flags
 
 F64 = jnp.float64
 
@@ -244,7 +245,7 @@ def test_lpt_train_cli_runs_parareal(tmp_path):
            "train.steps=3", "train.eval_every=3", "dataset.n_train=50", "dataset.n_val=20",
            f"hydra.run.dir={tmp_path}", "logging.progress=false"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
+                          env={**os.environ, "XLA_FLAGS": child_xla_flags(), "JAX_PLATFORMS": "cpu"})
     assert done.returncode == 0, done.stderr[-2000:]
     record = read_run(tmp_path)
     assert list(record.history["step"]) == [1, 2, 3] and "num_parallel: 3" in record.attrs["config"]

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import child_xla_flags
 
 HERE = Path(__file__).resolve().parent
 BOUND_S = 60.0
@@ -31,7 +32,7 @@ def mpirun(script: str, *args: str) -> tuple[subprocess.CompletedProcess, float]
             pytest.fail(reason)
         pytest.skip(reason)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
-    env["XLA_FLAGS"] = ""  # one device per rank
+    env["XLA_FLAGS"] = child_xla_flags()  # one device per rank
     cmd = [exe, "--allow-run-as-root", "--oversubscribe", "-np", "2", sys.executable, str(HERE / "mpi" / script), *args]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BOUND_S + 120, env=env)
@@ -75,7 +76,7 @@ def test_an_error_on_one_rank_of_lpt_train_ends_every_rank(tmp_path):
     if exe is None or importlib.util.find_spec("mpi4py") is None:
         pytest.skip("MPI fault tests need OpenMPI (mpirun) and mpi4py: pip install '.[mpi]'")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
-    env["XLA_FLAGS"] = ""
+    env["XLA_FLAGS"] = child_xla_flags()
     cmd = [exe, "--allow-run-as-root", "--oversubscribe", "-np", "2", str(Path(sys.executable).with_name("lpt-train")),
            "solver=mgrit", "model.depth=16", "train.steps=6", "logging.progress=false", "parallel=mpi",
            "parallel.layers=2", "train.inject_error_at_step=3", f"hydra.run.dir={tmp_path}"]
