@@ -6,6 +6,7 @@ resume bit for bit."""
 from __future__ import annotations
 
 import subprocess
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -48,16 +49,21 @@ def layout_of(depth: int, layers: int):
     return paired_layouts(depth, MGRITOptions(), MGRITOptions(), layers)[0]
 
 
+class LBFGSHistory(NamedTuple):
+    diff_params_memory: dict
+
+
 def test_stored_layers_lay_out_the_solvers_chunks_and_canonical_layers_take_the_real_ones():
     layout = layout_of(70, 4)  # chunks of 16, 16, 16 and 22 layers, 24 rows each
     assert (layout.stride, layout.last_real, layout.n_local, stored_rows(layout)) == (16, 22, 24, 96)
     layer = np.arange(70.0)
     tree = {"layers": {"K": np.ones((70, 3, 3)) * layer[:, None, None], "b": np.ones((70, 3)) * layer[:, None]},
             "classifier": {"W": np.ones((3, 70))}}
-    history = {"layers": {"K": np.ones((5, 70, 3, 3)) * layer[:, None, None]}}  # an L-BFGS history: axis 1
+    # an L-BFGS history, named as optax names it (ScaleByLBFGSState.diff_params_memory): the layers on axis 1
+    history = LBFGSHistory({"layers": {"K": np.ones((5, 70, 3, 3)) * layer[:, None, None]}})
     stored, stored_history = stored_layers(tree, layout), stored_layers(history, layout)
     assert stored["layers"]["K"].shape == (96, 3, 3) and stored["layers"]["b"].shape == (96, 3)
-    assert stored_history["layers"]["K"].shape == (5, 96, 3, 3)
+    assert stored_history.diff_params_memory["layers"]["K"].shape == (5, 96, 3, 3)
     assert stored["classifier"]["W"].shape == (3, 70)  # not a layer stack
     assert isinstance(stored["layers"]["K"], np.ndarray)  # host arrays stay on the host
     # chunk p's rows 24p … : its layers 16p …, then zero rows (8 in chunks 0-2, 2 in the last)
@@ -66,7 +72,8 @@ def test_stored_layers_lay_out_the_solvers_chunks_and_canonical_layers_take_the_
         np.testing.assert_array_equal(rows[p, :count], np.arange(16 * p, 16 * p + count))
         assert not rows[p, count:].any()
     np.testing.assert_array_equal(np.sort(real_rows(layout)), real_rows(layout))
-    np.testing.assert_array_equal(stored_history["layers"]["K"][:, real_rows(layout)], history["layers"]["K"])
+    np.testing.assert_array_equal(stored_history.diff_params_memory["layers"]["K"][:, real_rows(layout)],
+                                  history.diff_params_memory["layers"]["K"])
     for a, b in ((tree, stored), (history, stored_history)):
         jax.tree_util.tree_map(np.testing.assert_array_equal, canonical_layers(b, layout), a)
     even = layout_of(64, 4)  # 16 layers per chunk: the stack as it is
