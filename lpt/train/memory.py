@@ -20,8 +20,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lpt.parallel.sharded import (ChunkLocal, LayerSharded, history_axis, stored_axis, stored_layers, stored_rows,
-                                  under_layers)
+from lpt.parallel.sharded import ChunkLocal, LayerSharded, layer_axis, stored_axis, stored_layers, stored_rows
 
 STATE_ARRAYS = {
     "cpu": {("serial", "dense"): 1.1, ("serial", "conv"): 2.7, ("mgrit", "dense"): 11.0, ("mgrit", "conv"): 8.0},
@@ -105,10 +104,8 @@ def estimate_step_memory(model, solver, optimizer, x: jax.ShapeDtypeStruct, *, l
 
 def _chunk_axis(path: tuple, shape: tuple[int, ...], depth: int, layers: int) -> int | None:
     """The layer axis of a layer stack's leaf that MPI ranks split (:class:`~lpt.parallel.sharded.ChunkLocal`, a
-    padded depth too): the :func:`~lpt.parallel.sharded.history_axis` of the leaves under ``"layers"`` if it has
-    ``depth`` entries."""
-    axis = history_axis(path)
-    return axis if under_layers(path) and shape[axis:axis + 1] == (depth,) else None
+    padded depth too): :func:`~lpt.parallel.sharded.layer_axis` of any depth (MPI chunks need not be equal)."""
+    return layer_axis(path, shape, depth, 1)
 
 
 def memory_message(estimate: MemoryEstimate, available: int, cfg) -> str | None:
