@@ -20,6 +20,8 @@ import os
 import sys
 from typing import Sequence
 
+from lpt.config.run import ParallelOptions, RunOptions
+
 DEFAULT_FILE = "lpt-calibration.json"
 
 
@@ -115,12 +117,12 @@ class Setup:
         n = self.data.x_train.shape[0]
         self.fwd, self.bwd, warm = solver_options(self.cfg, full_batch=self.batch == n)
         self.warm = warm if getattr(args, "warm", None) is None else args.warm
-        self.dtype = self.cfg.get("dtype", "float32")
+        self.dtype = self.cfg.get("dtype", RunOptions.dtype)
         self.calibration = Calibration.load(self.file) if need_model else None
         par = self.cfg.get("parallel", {})
-        self.layers = getattr(args, "ranks", None) or par.get("layers", 1)
-        self.data_ranks = getattr(args, "data", None) or par.get("data", 1)
-        self.backend = getattr(args, "backend", None) or par.get("name", "single")
+        self.layers = getattr(args, "ranks", None) or par.get("layers", ParallelOptions.layers)
+        self.data_ranks = getattr(args, "data", None) or par.get("data", ParallelOptions.data)
+        self.backend = getattr(args, "backend", None) or par.get("name", ParallelOptions.name)
         self.value_evals = getattr(args, "value_evals", None) or 0.0  # L-BFGS line-search evaluations per step
 
     def perf(self, ranks: int = 1, comm_backend: str | None = None):

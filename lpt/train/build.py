@@ -14,8 +14,8 @@ from typing import Any, Literal, Mapping
 import numpy as np
 
 from lpt.config import ConfigError, check_group
-from lpt.config.groups import ResNetModel
-from lpt.config.run import LoggingOptions, TrainOptions
+from lpt.config.groups import ParaRealModel, ResNetModel
+from lpt.config.run import LoggingOptions, RunOptions, TrainOptions
 from lpt.data import DataError, Dataset, load_dataset
 from lpt.model import ResNet
 from lpt.model.parareal import ParaRealNet
@@ -63,7 +63,7 @@ def build_dataset(cfg: Mapping[str, Any]) -> Dataset:
     """
     ds = dict(cfg["dataset"])
     name = ds.pop("name", None)
-    return check_finite(load_dataset(name, data_dir=cfg.get("data_dir"), seed=cfg.get("seed", 0), **ds))
+    return check_finite(load_dataset(name, data_dir=cfg.get("data_dir"), seed=cfg.get("seed", RunOptions.seed), **ds))
 
 
 def check_finite(data: Dataset) -> Dataset:
@@ -88,7 +88,7 @@ def build_model(model_cfg: Mapping[str, Any], data: Dataset):
     """Build the network of config group ``model`` (``arch``: resnet | parareal | transformer) for the shapes of
     ``data``."""
     check_group("model", model_cfg)  # the schema's checks of this group (for callers without validate_config)
-    arch = model_cfg.get("arch", "resnet")
+    arch = model_cfg.get("arch", ResNetModel.arch)
     if arch == "parareal":
         return _build_parareal(model_cfg, data)
     if arch == "transformer":
@@ -111,7 +111,7 @@ def _build_parareal(model_cfg: Mapping[str, Any], data: Dataset) -> ParaRealNet:
     """The parareal net of config group ``model`` (``arch: parareal``): the ResNet options checked and built as
     for ``arch: resnet``; ``num_parallel``, ``coarse_units`` and ``precond`` are the parareal options."""
     resnet = build_model({**{k: v for k, v in model_cfg.items() if k in MODEL_KEYS}, "arch": "resnet"}, data)
-    return ParaRealNet(resnet=resnet, num_parallel=model_cfg.get("num_parallel", 4),
+    return ParaRealNet(resnet=resnet, num_parallel=model_cfg.get("num_parallel", ParaRealModel.num_parallel),
                        coarse_units=model_cfg.get("coarse_units"), precond=model_cfg.get("precond"))
 
 

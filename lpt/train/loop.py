@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
+from lpt.config.run import RunOptions
 from lpt.data import DataError
 from lpt.logging import (CHECKPOINT_NAME, LOG_NAME, RunDirBusy, RunDirLock, RunLog, load_checkpoint, resolve_resume,
                          save_checkpoint)
@@ -120,7 +121,7 @@ def _setup(cfg: Mapping[str, Any]) -> _Setup:
         plan.grid.connect()  # several JAX processes: before any device is used
     except GridError as exc:
         raise ConfigError(str(exc)) from exc
-    dtype = cfg.get("dtype", "float32")
+    dtype = cfg.get("dtype", RunOptions.dtype)
     if dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     loop = plan.loop
@@ -137,7 +138,7 @@ def _setup(cfg: Mapping[str, Any]) -> _Setup:
     runtime, solver = runtime.shard_layers(solver, model.depth)
     optimizer = make_optimizer(cfg["optimizer"], norm=runtime.tree_norm)
     _check_memory(cfg, model, solver, optimizer, data, dtype, loop, runtime)
-    return _Setup(dtype, runtime, loop, cfg.get("seed", 0), data, model, optimizer, full_batch, solver)
+    return _Setup(dtype, runtime, loop, cfg.get("seed", RunOptions.seed), data, model, optimizer, full_batch, solver)
 
 
 def _check_memory(cfg, model, solver, optimizer, data, dtype, loop: LoopSettings, runtime: Runtime) -> None:

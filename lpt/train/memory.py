@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from lpt.config.run import LBFGSOptions, ParallelOptions
 from lpt.parallel.sharded import ChunkLocal, LayerSharded, layer_axis, stored_axis, stored_layers, stored_rows
 
 STATE_ARRAYS = {
@@ -115,10 +116,11 @@ def memory_message(estimate: MemoryEstimate, available: int, cfg) -> str | None:
     grid = cfg["parallel"]
     advice = [f"a smaller train.batch_size (now {cfg['train'].get('batch_size') or 'the full training set'})"]
     if cfg["solver"].get("name") == "mgrit":
-        advice.append(f"more layer ranks (parallel.layers={grid.get('layers', 1)})")
+        advice.append(f"more layer ranks (parallel.layers={grid.get('layers', ParallelOptions.layers)})")
     advice.append(f"a smaller model.depth ({cfg['model'].get('depth')}) or model.width ({cfg['model'].get('width')})")
     if cfg["optimizer"].get("name") == "lbfgs":
-        advice.append(f"a shorter optimizer.memory_size ({cfg['optimizer'].get('memory_size', 10)})")
+        memory = cfg["optimizer"].get("memory_size", LBFGSOptions.memory_size)
+        advice.append(f"a shorter optimizer.memory_size ({memory})")
     return (f"the training step needs about {gib(estimate.total)} per device (training state "
             f"{gib(estimate.state)}, layer states {gib(estimate.layer_states)}), more than the {gib(available)} "
             f"of this device: choose " + ", ".join(advice))

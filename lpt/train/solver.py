@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from lpt.config.run import MGRITSolverOptions
 from lpt.mgrit.training import MGRITSolver
 from lpt.model.serial import SerialSolver, Solver, objective
 
@@ -33,7 +34,7 @@ def for_batch(solver: Solver, cfg: Mapping[str, Any], *, full_batch: bool) -> So
     """``solver`` = ``make_solver(cfg, full_batch=True)`` (as :func:`lpt.train.validate.validate_config` builds
     it) for a run whose batches are full or not: ``warm_start: auto`` means warm starts exactly for full
     batches (the solver keeps its other options)."""
-    auto = cfg.get("warm_start", "auto") == "auto"
+    auto = cfg.get("warm_start", MGRITSolverOptions.warm_start) == "auto"
     if auto and getattr(solver, "warm_start", full_batch) != full_batch:
         return dataclasses.replace(solver, warm_start=full_batch)
     return solver

@@ -23,6 +23,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from lpt.config import ConfigError, check_config
+from lpt.config.groups import ResNetModel, TransformerModel
+from lpt.config.run import LBFGSOptions
 from lpt.data import Dataset
 from lpt.train.build import LoopSettings, build_model
 from lpt.train.memory import device_memory, gib
@@ -93,9 +95,9 @@ def _parallel_grid(parallel: Mapping[str, Any]) -> ProcessorGrid:
 def _probe_dataset(model_cfg: Mapping[str, Any]) -> Dataset:
     """A one-sample data set that fits any model (image inputs for convolutional layers): for the data-free
     checks."""
-    shape = (1,) if model_cfg.get("layer", "dense") == "dense" else (1, 1, 1)
+    shape = (1,) if model_cfg.get("layer", ResNetModel.layer) == "dense" else (1, 1, 1)
     if model_cfg.get("arch") == "transformer":  # one image patch (the sequence-only checks run with the data)
-        patch = model_cfg.get("patch", 7)
+        patch = model_cfg.get("patch", TransformerModel.patch)
         shape = (patch, patch, 1) if isinstance(patch, int) and 0 < patch < 1024 else (1, 1, 1)
     x = np.zeros((1, *shape), np.float32)
     y = np.zeros((1,), np.int32)
@@ -160,7 +162,7 @@ def _check_memory(cfg: Mapping[str, Any], loop: LoopSettings, model) -> None:
         units += (model.num_parallel - 1) * model.coarse_units
     weights = units * width * width * k2
     if cfg["optimizer"].get("name") == "lbfgs":
-        weights *= 1 + 2 * cfg["optimizer"].get("memory_size", 10)
+        weights *= 1 + 2 * cfg["optimizer"].get("memory_size", LBFGSOptions.memory_size)
     n_train = cfg["dataset"].get("n_train")
     batch = loop.batch_size or (n_train if _is_int(n_train) else 1)
     states = (depth + 1) * batch * width
