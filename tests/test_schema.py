@@ -215,7 +215,8 @@ def test_choice_lists_have_one_definition():
 
 
 def test_no_code_outside_the_schema_repeats_an_options_default():
-    """Code that reads an option from a configuration built by hand (``cfg.get(key, default)``) takes the default
+    """Code that reads an option from a configuration built by hand (``cfg.get(key, default)``, or a local
+    ``get(key, default)``) takes the default
     from the schema (``RunOptions.seed``), never a literal copy of it (``cfg.get("seed", 0)``), which would drift
     when the schema's default changes. Not counted: an empty string (a table's blank for a missing value) and a
     mesh's axis sizes (``mesh.shape.get("data", 1)``), which are no options."""
@@ -223,8 +224,9 @@ def test_no_code_outside_the_schema_repeats_an_options_default():
 
     names = {f.name for _, _, node in schema_nodes() for f in dataclasses.fields(node)}
     value = r"""-?[0-9][0-9.e]*|["'][^"']+["']|True|False"""
-    literal = re.compile(rf"""(?<!shape)\.get\(\s*["']([a-z_]+)["']\s*,\s*({value})\s*\)""")
-    found = [f"{path.relative_to(ROOT)}: .get({key!r}, {value})"
+    literal = re.compile(rf"""([\w.]*)\bget\(\s*["']([a-z_]+)["']\s*,\s*({value})\s*\)""")
+    found = [f"{path.relative_to(ROOT)}: {owner}get({key!r}, {value})"
              for path in sorted((ROOT / "lpt").rglob("*.py")) if "config" not in path.parent.name
-             for key, value in literal.findall(path.read_text()) if key in names]
+             for owner, key, value in literal.findall(path.read_text())
+             if key in names and not owner.endswith("shape.")]
     assert not found, f"literal defaults of schema options: {found}"

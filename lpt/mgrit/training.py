@@ -38,12 +38,6 @@ from lpt.parallel.comm import SingleComm
 
 OnDivergence = Literal["error", "serial"]
 
-CONFIG_KEYS = ("cfactor", "max_levels", "min_coarse", "nrelax", "nrelax_fine", "cycle", "fwd_iters", "bwd_iters",
-               "abs_tol", "rel_tol", "bwd_levels", "bwd_tol", "restrict", "warm_start", "on_divergence",
-               "interval_batch", "skip_first_down", "control", "control_tol", "control_max_iters", "control_every",
-               "control_min_cos", "control_tightenings", "growth_cycles", "bwd_growth_cycles")
-
-
 class WarmStart(NamedTuple):
     """States kept between steps: primal ``ys`` and adjoint ``ybars`` (N+1, B, …); ``valid`` False means
     "no previous step": use the cheap coarse-level guess."""
@@ -104,27 +98,28 @@ class MGRITSolver:
         """Build from the ``solver`` config group (configs/solver/mgrit.yaml); the key ``name`` is ignored.
 
         Args:
-            cfg: mapping with the keys of :data:`CONFIG_KEYS` (missing ones take the defaults).
+            cfg: mapping with the keys of the schema :class:`~lpt.config.run.MGRITSolverOptions` (missing ones
+                take its defaults).
             full_batch: resolves ``warm_start: auto`` (warm start exactly for full-batch training).
         """
         check_options(cfg, MGRITSolverOptions, "solver")  # every key and range: the schema's, with its messages
 
-        def get(key: str, default: Any = None) -> Any:
-            return cfg.get(key, COUNT_DEFAULTS.get(key, default))
+        def get(key: str) -> Any:
+            return cfg[key] if key in cfg else getattr(MGRITSolverOptions, key)
 
-        cfactor = get("cfactor", 4)
+        cfactor = get("cfactor")
         if not isinstance(cfactor, (int, str)) and hasattr(cfactor, "__iter__"):
             cfactor = tuple(cfactor)
-        max_levels = get("max_levels", 10)
+        max_levels = get("max_levels")
         fwd_iters, bwd_iters = get("fwd_iters"), get("bwd_iters")
         bwd_levels, bwd_tol = get("bwd_levels"), get("bwd_tol")
-        common = dict(cfactor=cfactor, min_coarse=get("min_coarse", 2), nrelax=get("nrelax", 1),
-                      nrelax_fine=get("nrelax_fine", 0), cycle=get("cycle", "V"), rel_tol=get("rel_tol", 0.0),
-                      restrict=get("restrict", "inject"), interval_batch=get("interval_batch", "auto"),
-                      skip_first_down=get("skip_first_down", False))
-        control = Control(kind=get("control", "fixed"), tol=get("control_tol", 1e-2),
-                          max_iters=get("control_max_iters", 6), every=get("control_every", 50),
-                          min_cos=get("control_min_cos", 0.95), tightenings=get("control_tightenings", 2))
+        common = dict(cfactor=cfactor, min_coarse=get("min_coarse"), nrelax=get("nrelax"),
+                      nrelax_fine=get("nrelax_fine"), cycle=get("cycle"), rel_tol=get("rel_tol"),
+                      restrict=get("restrict"), interval_batch=get("interval_batch"),
+                      skip_first_down=get("skip_first_down"))
+        control = Control(kind=get("control"), tol=get("control_tol"),
+                          max_iters=get("control_max_iters"), every=get("control_every"),
+                          min_cos=get("control_min_cos"), tightenings=get("control_tightenings"))
         if control.adaptive:
             require(control.max_iters >= max(fwd_iters, bwd_iters),
                     f"solver.control_max_iters={control.max_iters} must be ≥ solver.fwd_iters={fwd_iters} and "
@@ -134,15 +129,15 @@ class MGRITSolver:
         # by default on the forward solve only (README "One-shot accuracy": the adjoint's cost more than they gain)
         growth, bwd_growth = get("growth_cycles"), get("bwd_growth_cycles")
         growth, bwd_growth = (0, 0) if control.adaptive else (growth, growth if bwd_growth is None else bwd_growth)
-        abs_tol = get("abs_tol", 0.0)
+        abs_tol = get("abs_tol")
         fwd = MGRITOptions(**common, max_levels=max_levels, max_iter=most or fwd_iters, abs_tol=abs_tol,
                            growth_iter=growth)
         bwd = MGRITOptions(**common, max_levels=max_levels if bwd_levels is None else bwd_levels,
                            max_iter=most or bwd_iters, abs_tol=abs_tol if bwd_tol is None else bwd_tol,
                            growth_iter=bwd_growth)
-        warm = get("warm_start", "auto")
+        warm = get("warm_start")
         return cls(fwd=fwd, bwd=bwd, warm_start=full_batch if warm == "auto" else bool(warm),
-                   on_divergence=get("on_divergence", "serial"), control=control,
+                   on_divergence=get("on_divergence"), control=control,
                    min_iters=(fwd_iters, bwd_iters) if control.adaptive else (1, 1))
 
     # --- the Solver protocol -----------------------------------------------------------------------
@@ -290,9 +285,6 @@ class MGRITSolver:
 
         loss, vjp, outputs = jax.vjp(head_loss, params["classifier"], y_final, has_aux=True)
         return (loss, outputs), vjp
-
-
-COUNT_DEFAULTS = {"fwd_iters": 3, "bwd_iters": 3, "bwd_levels": None, "growth_cycles": 2, "bwd_growth_cycles": 0}
 
 
 def solve_stats(prefix: str, stats: MGRITStats) -> dict[str, jnp.ndarray]:
