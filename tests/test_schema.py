@@ -5,6 +5,8 @@ refused in one line naming ``group.key=value``."""
 from __future__ import annotations
 
 import dataclasses
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -220,7 +222,6 @@ def test_no_code_outside_the_schema_repeats_an_options_default():
     from the schema (``RunOptions.seed``), never a literal copy of it (``cfg.get("seed", 0)``), which would drift
     when the schema's default changes. Not counted: an empty string (a table's blank for a missing value) and a
     mesh's axis sizes (``mesh.shape.get("data", 1)``), which are no options."""
-    import re
 
     names = {f.name for _, _, node in schema_nodes() for f in dataclasses.fields(node)}
     value = r"""-?[0-9][0-9.e]*|["'][^"']+["']|True|False"""
@@ -230,3 +231,47 @@ def test_no_code_outside_the_schema_repeats_an_options_default():
              for owner, key, value in literal.findall(path.read_text())
              if key in names and not owner.endswith("shape.")]
     assert not found, f"literal defaults of schema options: {found}"
+
+
+def _library_defaults():
+    """(class, schema, {class field: schema field}) of the library classes whose options are the run's."""
+    from lpt.config.groups import ParaRealModel, ResNetModel, TransformerModel
+    from lpt.config.run import MGRITSolverOptions, ParallelOptions, TrainOptions
+    from lpt.mgrit.control import Control
+    from lpt.mgrit.options import MGRITOptions
+    from lpt.mgrit.training import MGRITSolver
+    from lpt.model import ResNet
+    from lpt.model.parareal import ParaRealNet
+    from lpt.model.transformer import Transformer
+    from lpt.parallel.grid import ProcessorGrid
+    from lpt.train.build import LoopSettings
+
+    same = lambda *names: {n: n for n in names}  # noqa: E731
+    return [
+        (ResNet, ResNetModel, same("depth", "width", "T", "activation", "layer", "opening", "kernel_size",
+                                   "init_scale", "gamma_tik", "gamma_ddt", "gamma_class", "conv_impl", "conv_layout")),
+        (Transformer, TransformerModel, same("depth", "d_model", "heads", "mlp_ratio", "T", "patch", "init_scale",
+                                             "embed_scale", "gamma_tik", "gamma_ddt", "gamma_class")),
+        (ParaRealNet, ParaRealModel, same("num_parallel")),
+        (ProcessorGrid, ParallelOptions, same("data", "layers", "processes", "heartbeat_s")),
+        (LoopSettings, TrainOptions, same("on_nonfinite", "lr_factor", "max_rejections")),
+        (Control, MGRITSolverOptions, {"kind": "control", "tol": "control_tol", "max_iters": "control_max_iters",
+                                       "every": "control_every", "min_cos": "control_min_cos",
+                                       "tightenings": "control_tightenings"}),
+        (MGRITOptions, MGRITSolverOptions, same("cfactor", "max_levels", "min_coarse", "nrelax", "cycle", "abs_tol",
+                                                "rel_tol", "restrict", "interval_batch", "skip_first_down")),
+        (MGRITSolver, MGRITSolverOptions, same("on_divergence")),
+    ]
+
+
+@pytest.mark.parametrize("cls, schema, names", _library_defaults(), ids=lambda v: getattr(v, "__name__", ""))
+def test_library_classes_take_the_schemas_defaults(cls, schema, names):
+    """A model, solver or grid built in Python without an option gets the run's default of that option: the
+    class's default is the schema field (``depth: int = ResNetModel.depth``), defined once. (Where one solve's
+    option means something else than the run's, e.g. ``MGRITOptions.max_iter`` = 2 cycles of one solve, or
+    ``nrelax_fine`` None = ``nrelax``, it is not listed.)"""
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    source = Path(sys.modules[cls.__module__].__file__).read_text()
+    for attr, name in names.items():
+        assert defaults[attr] == getattr(schema, name), (cls.__name__, attr)
+        assert re.search(rf"^    {attr}: [^=\n]+ = {schema.__name__}\.{name}\b", source, re.M), (cls.__name__, attr)

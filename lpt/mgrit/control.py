@@ -42,12 +42,12 @@ class Control:
     training (mode = tightenings + 1) for good.
     """
 
-    kind: Literal["fixed", "adaptive"] = "fixed"
-    tol: float = 1e-2
-    max_iters: int = 6
-    every: int = 50
-    min_cos: float = 0.95
-    tightenings: int = 2
+    kind: Literal["fixed", "adaptive"] = MGRITSolverOptions.control
+    tol: float = MGRITSolverOptions.control_tol
+    max_iters: int = MGRITSolverOptions.control_max_iters
+    every: int = MGRITSolverOptions.control_every
+    min_cos: float = MGRITSolverOptions.control_min_cos
+    tightenings: int = MGRITSolverOptions.control_tightenings
 
     def __post_init__(self) -> None:
         # ranges and messages: the schema's options solver.control and solver.control_* (lpt.config.run)

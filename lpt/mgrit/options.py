@@ -59,18 +59,19 @@ class MGRITOptions:
             README "One-shot accuracy"); 0 = exactly ``max_iter`` cycles.
     """
 
-    cfactor: int | tuple[int, ...] = 4
-    max_levels: int = 10
-    min_coarse: int = 2
-    nrelax: int = 1
+    # the run's defaults (the schema's) where the option is the run's; one solve's own where it differs
+    cfactor: int | tuple[int, ...] = MGRITSolverOptions.cfactor
+    max_levels: int = MGRITSolverOptions.max_levels
+    min_coarse: int = MGRITSolverOptions.min_coarse
+    nrelax: int = MGRITSolverOptions.nrelax
     nrelax_fine: int | None = None
-    cycle: Cycle = "V"
+    cycle: Cycle = MGRITSolverOptions.cycle
     max_iter: int = 2
-    abs_tol: float = 0.0
-    rel_tol: float = 0.0
-    restrict: Restrict = "inject"
-    interval_batch: int | str = "auto"
-    skip_first_down: bool = False
+    abs_tol: float = MGRITSolverOptions.abs_tol
+    rel_tol: float = MGRITSolverOptions.rel_tol
+    restrict: Restrict = MGRITSolverOptions.restrict
+    interval_batch: int | str = MGRITSolverOptions.interval_batch
+    skip_first_down: bool = MGRITSolverOptions.skip_first_down
     growth_iter: int = 0
 
     def __post_init__(self) -> None:

@@ -82,7 +82,7 @@ class MGRITSolver:
     fwd: MGRITOptions = field(default_factory=lambda: MGRITOptions(max_iter=2))
     bwd: MGRITOptions = field(default_factory=lambda: MGRITOptions(max_iter=2))
     warm_start: bool = True
-    on_divergence: OnDivergence = "serial"
+    on_divergence: OnDivergence = MGRITSolverOptions.on_divergence
     comm: Any = SingleComm()
     control: Control = Control()
     min_iters: tuple[int, int] = (1, 1)

@@ -76,7 +76,7 @@ class ParaRealNet:
     """
 
     resnet: ResNet
-    num_parallel: int = 4
+    num_parallel: int = ParaRealModel.num_parallel
     coarse_units: int | None = None
     precond: Precond | None = None
 

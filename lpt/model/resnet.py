@@ -81,20 +81,20 @@ class ResNet:
 
     input_shape: tuple[int, ...]
     num_outputs: int
-    depth: int = 32
-    width: int = 8
-    T: float = 5.0
-    activation: str = "tanh"
-    layer: LayerKind = "dense"
-    opening: Opening = "dense"
+    depth: int = ResNetModel.depth
+    width: int = ResNetModel.width
+    T: float = ResNetModel.T
+    activation: str = ResNetModel.activation
+    layer: LayerKind = ResNetModel.layer
+    opening: Opening = ResNetModel.opening
     task: Task = "classification"
-    kernel_size: int = 3
-    init_scale: float = 1.0
-    gamma_tik: float = 0.0
-    gamma_ddt: float = 0.0
-    gamma_class: float = 0.0
-    conv_impl: str = "auto"
-    conv_layout: str = "auto"
+    kernel_size: int = ResNetModel.kernel_size
+    init_scale: float = ResNetModel.init_scale
+    gamma_tik: float = ResNetModel.gamma_tik
+    gamma_ddt: float = ResNetModel.gamma_ddt
+    gamma_class: float = ResNetModel.gamma_class
+    conv_impl: str = ResNetModel.conv_impl
+    conv_layout: str = ResNetModel.conv_layout
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))

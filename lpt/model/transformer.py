@@ -95,19 +95,19 @@ class Transformer:
 
     input_shape: tuple[int, ...]
     num_outputs: int
-    depth: int = 16
-    d_model: int = 32
-    heads: int = 2
-    mlp_ratio: int = 2
-    T: float = 1.0
+    depth: int = TransformerModel.depth
+    d_model: int = TransformerModel.d_model
+    heads: int = TransformerModel.heads
+    mlp_ratio: int = TransformerModel.mlp_ratio
+    T: float = TransformerModel.T
     causal: bool | None = None
-    patch: int = 7
+    patch: int = TransformerModel.patch
     task: TransformerTask = "classification"
-    init_scale: float = 1.0
-    embed_scale: float = 1.0
-    gamma_tik: float = 0.0
-    gamma_ddt: float = 0.0
-    gamma_class: float = 0.0
+    init_scale: float = TransformerModel.init_scale
+    embed_scale: float = TransformerModel.embed_scale
+    gamma_tik: float = TransformerModel.gamma_tik
+    gamma_ddt: float = TransformerModel.gamma_ddt
+    gamma_class: float = TransformerModel.gamma_class
 
     layer: ClassVar[str] = "transformer"  # read by the run's header line and the memory estimate
     activation: ClassVar[str] = "gelu"

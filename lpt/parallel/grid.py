@@ -40,12 +40,12 @@ class ProcessorGrid:
     """
 
     backend: Backend = "single"
-    data: int = 1
-    layers: int = 1
-    processes: int = 1
+    data: int = ParallelOptions.data
+    layers: int = ParallelOptions.layers
+    processes: int = ParallelOptions.processes
     coordinator: str | None = None
     process_id: int | None = None
-    heartbeat_s: int = 100
+    heartbeat_s: int = ParallelOptions.heartbeat_s
 
     def __post_init__(self) -> None:
         try:  # the ranges and their one-line messages are the schema's (lpt.config.run.ParallelOptions)

@@ -42,9 +42,9 @@ class LoopSettings:
     checkpoint_every: int
     eval_chunk: int
     progress: bool
-    on_nonfinite: NonFinitePolicy = "reduce_lr"
-    lr_factor: float = 0.5
-    max_rejections: int = 10
+    on_nonfinite: NonFinitePolicy = TrainOptions.on_nonfinite
+    lr_factor: float = TrainOptions.lr_factor
+    max_rejections: int = TrainOptions.max_rejections
     inject_nan_at_step: int | None = None  # testing only: this step's inputs are NaN for the configured solver
     inject_error_at_step: int | None = None  # testing only: the last process raises an error at this step
 
