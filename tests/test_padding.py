@@ -159,3 +159,23 @@ def test_forward_and_adjoint_share_one_chunking():
                                                         for d in range(1, layout.dist + 1)), (depth, chunks)
                         assert all(min(c.real) >= 1 for c in layout.counts), (depth, chunks)
 
+
+
+def test_extra_work_per_chunk_is_the_padding_and_the_uneven_split():
+    """The largest chunk's steps per sweep of all levels against the real steps split evenly, by hand: N = 1025,
+    cfactor 4 on 4 chunks: chunks of 256 + 256 + 256 + 257 layers, the largest chunk's chunked levels 260 / 68 /
+    20 / 8 steps and the gathered levels 8 (5 steps padded) + 2: 366 steps; the real levels 1025 / 257 / 65 / 17
+    split over 4, and 5 + 2 gathered: 348. On one chunk it is the padding's extra work; 1024 on 4 chunks splits
+    evenly."""
+    from lpt.mgrit.layout import make_layout
+    from lpt.mgrit.options import MGRITOptions
+
+    opts = MGRITOptions()
+    four = make_layout(1025, opts, 4)
+    assert [s.n for s in four.local_shapes[:-1]] == [260, 68, 20, 8] and four.work == 366
+    assert [s.padded for s in four.shapes[four.dist:]] == [8, 2]
+    assert four.extra_work_per_chunk == pytest.approx(366 / ((1025 + 257 + 65 + 17) / 4 + 5 + 2) - 1, abs=1e-15)
+    for n in (1025, 65, 70, 13):
+        one = make_layout(n, opts, 1)
+        assert one.extra_work_per_chunk == pytest.approx(one.extra_work, abs=1e-15)
+    assert make_layout(1024, opts, 4).extra_work_per_chunk == 0

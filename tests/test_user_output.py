@@ -227,3 +227,32 @@ def test_the_header_states_the_real_and_the_padded_depth(depth, padded, level, c
         below = max(d for d in range(1, depth) if unpadded(d))
         above = min(d for d in range(depth + 1, 4 * depth) if unpadded(d))
         assert record.getMessage().endswith(f"depth {below} or {above} needs none")
+
+
+@pytest.mark.parametrize("depth, layers, level, near", [(1025, 4, logging.WARNING, (1024, 2048)),
+                                                        (1024, 4, logging.INFO, None),
+                                                        (1025, 2, logging.INFO, None),
+                                                        (70, 4, logging.WARNING, (64, 128))])
+def test_the_header_states_what_the_uneven_chunks_cost(depth, layers, level, near, caplog):
+    """On layer chunks the header also says how many steps the largest chunk relaxes per sweep and how much more
+    that is than the real steps split evenly (N = 1025 on 4 chunks: 366 steps, 5.2 % more; on one chunk the
+    padding alone is 1.1 %): a warning above 5 %, with the nearest depths that split evenly on this grid."""
+    import dataclasses
+
+    from lpt.parallel.comm import SingleComm
+    from lpt.train.checks import report_padding
+    from lpt.train.solver import make_solver
+
+    solver = make_solver(compose_config(["solver=mgrit"])["solver"], full_batch=True)
+    solver = dataclasses.replace(solver, comm=SingleComm(layers=layers))
+    with caplog.at_level(logging.INFO, logger="lpt"):
+        report_padding(solver, depth, _Attrs())
+    (record,) = [r for r in caplog.records if "pads depth" in r.getMessage()]
+    layout = solver.layouts(depth)[0]
+    assert record.levelno == level and (layout.extra_work_per_chunk > 0.05) == (level == logging.WARNING)
+    assert (f"{layers} layer chunks of {layout.stride} layers (the last {layout.last_real}), {layout.n_local} steps "
+            f"each with identity steps: the largest chunk relaxes {layout.work} steps per sweep of all levels, "
+            f"{100 * layout.extra_work_per_chunk:.2g} % more than the real steps split evenly") in record.getMessage()
+    if near:
+        assert record.getMessage().endswith(f"depth {near[0]} or {near[1]} needs none on {layers} layer chunks")
+        assert all(solver.layouts(d)[0].extra_work_per_chunk == 0 for d in near)

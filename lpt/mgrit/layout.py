@@ -88,6 +88,15 @@ class Layout(NamedTuple):
         return sum(s.padded for s in self.shapes) / sum(s.n for s in real) - 1
 
     @property
+    def extra_work_per_chunk(self) -> float:
+        """Steps the largest chunk relaxes per sweep of every level (:attr:`work`) relative to the real steps split
+        evenly, Σ_{chunked ℓ} n_ℓ / P + Σ_{gathered ℓ} n_ℓ (n_ℓ the levels of the unpadded depth), minus 1: the
+        padding and the uneven split together; on one chunk :attr:`extra_work`."""
+        real = _shapes(self.n, tuple(s.m for s in self.shapes[:-1]))
+        even = sum(s.n for s in real[: self.dist]) / self.chunks + sum(s.n for s in real[self.dist:])
+        return self.work / even - 1
+
+    @property
     def last_real(self) -> int:
         """Real fine steps of the last chunk (its local index of y_N)."""
         return self.n - (self.chunks - 1) * self.stride

@@ -8,6 +8,8 @@ import logging
 import jax.numpy as jnp
 import numpy as np
 
+from lpt.mgrit.layout import make_layout
+
 log = logging.getLogger("lpt")
 
 
@@ -26,24 +28,31 @@ def report_padding(solver, depth: int, runlog) -> None:
     fwd = solver.layouts(depth)[0]
     runlog.set_attr("depth", depth)
     runlog.set_attr("padded_depth", fwd.n_pad)
-    extra = fwd.extra_work
     line = (f"MGRIT pads depth {depth} to {fwd.n_pad} layer steps ({fwd.n_pad - depth} identity steps; "
-            f"{100 * extra:.2g} % more work per cycle with the coarse levels' own padding), so that every level of "
-            f"the hierarchy holds whole intervals")
+            f"{100 * fwd.extra_work:.2g} % more work per cycle with the coarse levels' own padding), so that every "
+            f"level of the hierarchy holds whole intervals")
     if fwd.chunks > 1:
         line += (f"; {fwd.chunks} layer chunks of {fwd.stride} layers (the last {fwd.last_real}), "
-                 f"{fwd.n_local} steps each with identity steps")
-    if extra <= PADDING_WARN:
+                 f"{fwd.n_local} steps each with identity steps: the largest chunk relaxes {fwd.work} steps per "
+                 f"sweep of all levels, {100 * fwd.extra_work_per_chunk:.2g} % more than the real steps split "
+                 f"evenly")
+    if fwd.extra_work_per_chunk <= PADDING_WARN:
         log.info("%s", line)
         return
     below = next((d for d in range(depth - 1, 0, -1) if _unpadded(solver, d)), None)
-    above = next(d for d in range(depth + 1, 2 * fwd.n_pad + 2) if _unpadded(solver, d))
-    log.warning("%s; depth %s needs none", line, " or ".join(str(d) for d in (below, above) if d))
+    above = next((d for d in range(depth + 1, 2 * fwd.n_pad + 2) if _unpadded(solver, d)), None)
+    near = " or ".join(str(d) for d in (below, above) if d)
+    grid = f" on {fwd.chunks} layer chunks" if fwd.chunks > 1 else ""
+    log.warning("%s; depth %s needs none%s", line, near, grid) if near else log.warning("%s", line)
 
 
 def _unpadded(solver, depth: int) -> bool:
+    """Whether a depth-``depth`` net needs no identity step and splits evenly over the solver's layer chunks (which
+    needs no padding on one chunk: checked first, it is cheaper)."""
     try:
-        return solver.layouts(depth)[0].extra_work == 0
+        fwd = getattr(solver, "fwd", None)
+        return ((fwd is None or make_layout(depth, fwd).extra_work == 0)
+                and solver.layouts(depth)[0].extra_work_per_chunk == 0)
     except ValueError:  # too shallow for the layer ranks
         return False
 
