@@ -253,7 +253,7 @@ def _library_defaults():
         (Transformer, TransformerModel, same("depth", "d_model", "heads", "mlp_ratio", "T", "patch", "init_scale",
                                              "embed_scale", "gamma_tik", "gamma_ddt", "gamma_class")),
         (ParaRealNet, ParaRealModel, same("num_parallel")),
-        (ProcessorGrid, ParallelOptions, same("data", "layers", "processes", "heartbeat_s")),
+        (ProcessorGrid, ParallelOptions, {**same("data", "layers", "processes", "heartbeat_s"), "backend": "name"}),
         (LoopSettings, TrainOptions, same("on_nonfinite", "lr_factor", "max_rejections")),
         (Control, MGRITSolverOptions, {"kind": "control", "tol": "control_tol", "max_iters": "control_max_iters",
                                        "every": "control_every", "min_cos": "control_min_cos",

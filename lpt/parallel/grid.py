@@ -39,7 +39,7 @@ class ProcessorGrid:
             multi-process mesh outlive one that failed.
     """
 
-    backend: Backend = "single"
+    backend: Backend = ParallelOptions.name
     data: int = ParallelOptions.data
     layers: int = ParallelOptions.layers
     processes: int = ParallelOptions.processes
