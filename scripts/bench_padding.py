@@ -6,7 +6,9 @@ performance model's layer steps of one cycle and of one one-shot gradient on one
 one one-shot gradient (``--iters`` forward / ``--bwd-iters`` adjoint cycles, cold start, on one device; the minimum
 of ``--repeats`` rounds after compilation, in which the depths take turns). Ratios are to the first depth, measured
 in this run. With ``--layers P`` the layouts and counts on P layer chunks follow (counts only; the counts are
-those of the largest chunk: ``stride`` fine layers on every chunk but the last, arrays of ``local`` steps).
+those of the largest chunk: ``stride`` fine layers on every chunk but the last, arrays of ``local`` steps; ``chunk
+extra``, ``Layout.extra_work_per_chunk``, is how many more steps per sweep of all levels the largest chunk relaxes
+than the real steps split evenly, the figure the run's start line gives).
 With ``--time-chunks P`` the gradient is also timed on P layer chunks: a "layers" mesh of P emulated CPU devices
 (``lpt.layer_parallel``'s ``one_shot`` under ``jax.grad``, the same cycles), one thread per device — give the
 process P cores (``taskset -c 0-(P−1)``) and ``--xla_cpu_multi_thread_eigen=false``.
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device: {jax.devices()[0].device_kind} | dense width {args.width}, batch {args.batch}, float32, "
           f"m={args.cfactor} levels={args.levels} nrelax={args.nrelax}, {args.iters} fwd / {args.bwd_iters} bwd cycles")
     header = (f"{'N':>6} {'chunks':>6} {'padded':>7} {'chunked':>7} {'extra':>7} {'cycle work':>14} "
-              f"{'gradient work':>15} {'stride':>6} {'local':>6}")
+              f"{'gradient work':>15} {'stride':>6} {'local':>6} {'chunk extra':>11}")
     rows, first = [], {}
     for chunks in [1, *args.layers]:
         for depth in args.depths:
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
             base = first.setdefault(chunks, work)
             rows.append(f"{depth:>6} {chunks:>6} {layout.n_pad:>7} {layout.dist:>7} {100 * layout.extra_work:>6.1f}% "
                         f"{work[0]:>7.0f} ({work[0] / base[0]:.3f}) {work[1]:>8.0f} ({work[1] / base[1]:.3f}) "
-                        f"{layout.stride:>6} {layout.n_local:>6}")
+                        f"{layout.stride:>6} {layout.n_local:>6} {100 * layout.extra_work_per_chunk:>10.1f}%")
     print(header, *rows, sep="\n")
 
     steps = []

@@ -130,6 +130,7 @@ def test_bench_padding_prints_layouts_counts_and_times():
         layout = make_layout(depth, opts, chunks)
         assert (int(row[2]), int(row[3])) == (layout.n_pad, layout.dist), row
         assert float(row[5]) == cycle_ops(layout, opts).work
+        assert row[-1] == f"{100 * layout.extra_work_per_chunk:.1f}%", row
     assert set(table) == {(64, 1), (65, 1), (64, 2), (65, 2)}
     assert len(re.findall(r"N = +6[45]: one-shot gradient [\d.]+ ms \(measured / N = 64: [\d.]+\)", proc.stdout)) == 2
     assert len(re.findall(r"N = +6[45]: one-shot gradient on 2 chunks [\d.]+ ms \(measured / N = 64: [\d.]+\)",
