@@ -234,7 +234,9 @@ def test_no_code_outside_the_schema_repeats_an_options_default():
 
 
 def _library_defaults():
-    """(class, schema, {class field: schema field}) of the library classes whose options are the run's."""
+    """(class, schema, {class field: schema field}) of the library classes whose options are the run's: every
+    field with a default that has a schema field of its name (or of the name in ``renamed``), but those whose
+    meaning differs from the run's option (``differs``) and those whose default is None (nothing to copy)."""
     from lpt.config.groups import ParaRealModel, ResNetModel, TransformerModel
     from lpt.config.run import MGRITSolverOptions, ParallelOptions, TrainOptions
     from lpt.mgrit.control import Control
@@ -246,22 +248,22 @@ def _library_defaults():
     from lpt.parallel.grid import ProcessorGrid
     from lpt.train.build import LoopSettings
 
-    same = lambda *names: {n: n for n in names}  # noqa: E731
-    return [
-        (ResNet, ResNetModel, same("depth", "width", "T", "activation", "layer", "opening", "kernel_size",
-                                   "init_scale", "gamma_tik", "gamma_ddt", "gamma_class", "conv_impl", "conv_layout")),
-        (Transformer, TransformerModel, same("depth", "d_model", "heads", "mlp_ratio", "T", "patch", "init_scale",
-                                             "embed_scale", "gamma_tik", "gamma_ddt", "gamma_class")),
-        (ParaRealNet, ParaRealModel, same("num_parallel")),
-        (ProcessorGrid, ParallelOptions, {**same("data", "layers", "processes", "heartbeat_s"), "backend": "name"}),
-        (LoopSettings, TrainOptions, same("on_nonfinite", "lr_factor", "max_rejections")),
-        (Control, MGRITSolverOptions, {"kind": "control", "tol": "control_tol", "max_iters": "control_max_iters",
-                                       "every": "control_every", "min_cos": "control_min_cos",
-                                       "tightenings": "control_tightenings"}),
-        (MGRITOptions, MGRITSolverOptions, same("cfactor", "max_levels", "min_coarse", "nrelax", "cycle", "abs_tol",
-                                                "rel_tol", "restrict", "interval_batch", "skip_first_down")),
-        (MGRITSolver, MGRITSolverOptions, same("on_divergence")),
-    ]
+    control = {n: f"control_{n}" for n in ("tol", "max_iters", "every", "min_cos", "tightenings")}
+    cases = [(ResNet, ResNetModel, {}, ()), (Transformer, TransformerModel, {}, ()),
+             (ParaRealNet, ParaRealModel, {}, ()), (ProcessorGrid, ParallelOptions, {"backend": "name"}, ()),
+             (LoopSettings, TrainOptions, {}, ()), (Control, MGRITSolverOptions, {"kind": "control", **control}, ()),
+             # one solve's nrelax_fine None means nrelax; the solver's warm_start is resolved (no "auto"), its
+             # control an object
+             (MGRITOptions, MGRITSolverOptions, {}, ("nrelax_fine",)),
+             (MGRITSolver, MGRITSolverOptions, {}, ("warm_start", "control"))]
+    out = []
+    for cls, schema, renamed, differs in cases:
+        options = {f.name for f in dataclasses.fields(schema)}
+        names = {f.name: renamed.get(f.name, f.name) for f in dataclasses.fields(cls)
+                 if renamed.get(f.name, f.name) in options and f.name not in differs
+                 and f.default is not dataclasses.MISSING and f.default is not None}
+        out.append((cls, schema, names))
+    return out
 
 
 @pytest.mark.parametrize("cls, schema, names", _library_defaults(), ids=lambda v: getattr(v, "__name__", ""))
@@ -270,6 +272,7 @@ def test_library_classes_take_the_schemas_defaults(cls, schema, names):
     class's default is the schema field (``depth: int = ResNetModel.depth``), defined once. (Where one solve's
     option means something else than the run's, e.g. ``MGRITOptions.max_iter`` = 2 cycles of one solve, or
     ``nrelax_fine`` None = ``nrelax``, it is not listed.)"""
+    assert names, cls.__name__
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     source = Path(sys.modules[cls.__module__].__file__).read_text()
     for attr, name in names.items():

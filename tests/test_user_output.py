@@ -256,3 +256,4 @@ def test_the_header_states_what_the_uneven_chunks_cost(depth, layers, level, nea
     if near:
         assert record.getMessage().endswith(f"depth {near[0]} or {near[1]} needs none on {layers} layer chunks")
         assert all(solver.layouts(d)[0].extra_work_per_chunk == 0 for d in near)
+        assert not any(solver.layouts(d)[0].extra_work_per_chunk == 0 for d in range(near[0] + 1, near[1]))

@@ -81,18 +81,22 @@ class Layout(NamedTuple):
         return sum(s.n for s in self.local_shapes[:-1]) + sum(s.padded for s in self.shapes[self.dist:])
 
     @property
+    def real_shapes(self) -> tuple[LevelShape, ...]:
+        """The levels of the unpadded depth: n, ⌈n/m_0⌉, … (the same coarsening factors)."""
+        return _shapes(self.n, tuple(s.m for s in self.shapes[:-1]))
+
+    @property
     def extra_work(self) -> float:
         """Steps the padding adds to all levels, relative to the levels of the unpadded depth (n, ⌈n/m_0⌉, …):
         Σ_ℓ p_ℓ / Σ_ℓ n_ℓ − 1 (a level's relaxation costs in proportion to its steps)."""
-        real = _shapes(self.n, tuple(s.m for s in self.shapes[:-1]))
-        return sum(s.padded for s in self.shapes) / sum(s.n for s in real) - 1
+        return sum(s.padded for s in self.shapes) / sum(s.n for s in self.real_shapes) - 1
 
     @property
     def extra_work_per_chunk(self) -> float:
         """Steps the largest chunk relaxes per sweep of every level (:attr:`work`) relative to the real steps split
         evenly, Σ_{chunked ℓ} n_ℓ / P + Σ_{gathered ℓ} n_ℓ (n_ℓ the levels of the unpadded depth), minus 1: the
         padding and the uneven split together; on one chunk :attr:`extra_work`."""
-        real = _shapes(self.n, tuple(s.m for s in self.shapes[:-1]))
+        real = self.real_shapes
         even = sum(s.n for s in real[: self.dist]) / self.chunks + sum(s.n for s in real[self.dist:])
         return self.work / even - 1
 

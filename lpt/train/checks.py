@@ -43,7 +43,7 @@ def report_padding(solver, depth: int, runlog) -> None:
     above = next((d for d in range(depth + 1, 2 * fwd.n_pad + 2) if _unpadded(solver, d)), None)
     near = " or ".join(str(d) for d in (below, above) if d)
     grid = f" on {fwd.chunks} layer chunks" if fwd.chunks > 1 else ""
-    log.warning("%s; depth %s needs none%s", line, near, grid) if near else log.warning("%s", line)
+    log.warning("%s%s", line, f"; depth {near} needs none{grid}" if near else "")
 
 
 def _unpadded(solver, depth: int) -> bool:
