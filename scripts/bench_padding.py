@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """What an uneven depth costs: MGRIT's padding, counted by the performance model and timed, against the first depth.
 
-For each depth: the padded fine depth, the steps the padding adds to all levels (``Layout.extra_work``), the
+For each depth: the layers MGRIT solves and the serial tail after them (``lpt.mgrit.layout.serial_tail``: 1 of
+N = 1025, the first 1024 by MGRIT), the padded fine depth, the steps the padding adds to all levels
+(``Layout.extra_work``), the
 performance model's layer steps of one cycle and of one one-shot gradient on one rank, and the measured time of
 one one-shot gradient (``--iters`` forward / ``--bwd-iters`` adjoint cycles, cold start, on one device; the minimum
 of ``--repeats`` rounds after compilation, in which the depths take turns). Ratios are to the first depth, measured
@@ -10,7 +12,7 @@ those of the largest chunk: ``stride`` fine layers on every chunk but the last, 
 extra``, ``Layout.extra_work_per_chunk``, is how many more steps per sweep of all levels the largest chunk relaxes
 than the real steps split evenly, the figure the run's start line gives).
 With ``--time-chunks P`` the gradient is also timed on P layer chunks: a "layers" mesh of P emulated CPU devices
-(``lpt.layer_parallel``'s ``one_shot`` under ``jax.grad``, the same cycles), one thread per device — give the
+(the training solver, ``MGRITSolver``, under ``shard_map``, the same cycles), one thread per device — give the
 process P cores (``taskset -c 0-(P−1)``) and ``--xla_cpu_multi_thread_eigen=false``.
 
 Example:
@@ -74,27 +76,36 @@ def compiled(step, inputs, label: str):
     return step, inputs
 
 
-def chunk_steps(args: argparse.Namespace, fwd, bwd) -> list:
-    """One-shot gradients of a dense residual net (width ``--width``) by ``lpt.layer_parallel`` on a "layers" mesh
-    of ``--time-chunks`` devices, one per depth."""
+def problem(args: argparse.Namespace, depth: int):
+    """The dense residual net of one depth (width ``--width``), its parameters, inputs and labels (float32)."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
-    import lpt
+    from lpt.model import ResNet
 
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[: args.time_chunks]), ("layers",))
-    step = lpt.residual(lambda theta, y: jnp.tanh(y @ theta["w"] + theta["b"]))
-    lp = lpt.layer_parallel(step, lpt.LayerParallelOptions(T=5.0, forward=fwd, backward=bwd, mesh=mesh,
-                                                          one_shot_cycles=(args.iters, args.bwd_iters)))
-    grad = jax.jit(jax.grad(lambda p, y0: jnp.sum(lp.one_shot(p, y0, None) ** 2)))
+    model = ResNet(input_shape=(2,), num_outputs=5, depth=depth, width=args.width, T=5.0)
+    key_p, key_x = jax.random.split(jax.random.PRNGKey(0))
+    x = jax.random.normal(key_x, (args.batch, 2), jnp.float32)
+    return model, (model.init(key_p, jnp.float32), x, jnp.arange(args.batch) % model.num_outputs)
+
+
+def chunk_steps(args: argparse.Namespace, solver) -> list:
+    """One-shot gradients of the training solver on a "layers" mesh of ``--time-chunks`` devices, one per depth."""
+    import dataclasses
+
+    import jax
+
+    from lpt.parallel import ProcessorGrid
+    from lpt.parallel.sharded import REPLICATED, on_mesh
+
+    grid = ProcessorGrid("mesh", layers=args.time_chunks)
+    solver = dataclasses.replace(solver, comm=grid.comm())
     out = []
     for depth in args.depths:
-        key_w, key_y = jax.random.split(jax.random.PRNGKey(depth))
-        params = {"w": jax.random.normal(key_w, (depth, args.width, args.width)) / np.sqrt(args.width),
-                  "b": jnp.zeros((depth, args.width))}
-        y0 = jax.random.normal(key_y, (args.batch, args.width))
-        out.append(compiled(grad, (params, y0), f"N = {depth:>6} on {args.time_chunks} chunks"))
+        model, inputs = problem(args, depth)
+        local = lambda p, x, y, model=model: solver.value_and_grad(model, p, x, y, ())[:3:2]  # noqa: E731
+        step = jax.jit(on_mesh(local, grid, (REPLICATED,) * 3, (REPLICATED, REPLICATED)))
+        out.append(compiled(step, inputs, f"N = {depth:>6} on {args.time_chunks} chunks"))
     return out
 
 
@@ -104,11 +115,9 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} "
                                    f"--xla_force_host_platform_device_count={args.time_chunks}")
     import jax
-    import jax.numpy as jnp
 
     from lpt.mgrit import MGRITOptions, MGRITSolver
     from lpt.mgrit.layout import paired_layouts
-    from lpt.model import ResNet
     from lpt.perfmodel.work import cycle_ops, gradient_ops
 
     fwd = MGRITOptions(cfactor=args.cfactor, max_levels=args.levels, min_coarse=args.min_coarse,
@@ -117,34 +126,31 @@ def main(argv: list[str] | None = None) -> None:
     solver = MGRITSolver(fwd=fwd, bwd=bwd, warm_start=False)
     print(f"device: {jax.devices()[0].device_kind} | dense width {args.width}, batch {args.batch}, float32, "
           f"m={args.cfactor} levels={args.levels} nrelax={args.nrelax}, {args.iters} fwd / {args.bwd_iters} bwd cycles")
-    header = (f"{'N':>6} {'chunks':>6} {'padded':>7} {'chunked':>7} {'extra':>7} {'cycle work':>14} "
-              f"{'gradient work':>15} {'stride':>6} {'local':>6} {'chunk extra':>11}")
+    header = (f"{'N':>6} {'chunks':>6} {'mgrit':>6} {'tail':>4} {'padded':>7} {'chunked':>7} {'extra':>7} "
+              f"{'cycle work':>14} {'gradient work':>15} {'stride':>6} {'local':>6} {'chunk extra':>11}")
     rows, first = [], {}
     for chunks in [1, *args.layers]:
         for depth in args.depths:
-            layout = paired_layouts(depth, fwd, bwd, chunks)[0]
+            layout = paired_layouts(depth, fwd, bwd, chunks, tail=True)[0]
             work = (cycle_ops(layout, fwd).work, gradient_ops(depth, fwd, bwd, chunks).work)
             base = first.setdefault(chunks, work)
-            rows.append(f"{depth:>6} {chunks:>6} {layout.n_pad:>7} {layout.dist:>7} {100 * layout.extra_work:>6.1f}% "
+            rows.append(f"{depth:>6} {chunks:>6} {layout.n:>6} {layout.tail:>4} {layout.n_pad:>7} {layout.dist:>7} "
+                        f"{100 * layout.extra_work:>6.1f}% "
                         f"{work[0]:>7.0f} ({work[0] / base[0]:.3f}) {work[1]:>8.0f} ({work[1] / base[1]:.3f}) "
                         f"{layout.stride:>6} {layout.n_local:>6} {100 * layout.extra_work_per_chunk:>10.1f}%")
     print(header, *rows, sep="\n")
 
     steps = []
     for depth in args.depths:
-        model = ResNet(input_shape=(2,), num_outputs=5, depth=depth, width=args.width, T=5.0)
-        key_p, key_x = jax.random.split(jax.random.PRNGKey(0))
-        params = model.init(key_p, jnp.float32)
-        x = jax.random.normal(key_x, (args.batch, 2), jnp.float32)
-        labels = jnp.arange(args.batch) % model.num_outputs
+        model, inputs = problem(args, depth)
         step = jax.jit(lambda p, x, y, model=model: solver.value_and_grad(model, p, x, y, ())[:3])
-        steps.append(compiled(step, (params, x, labels), f"N = {depth:>6}"))
+        steps.append(compiled(step, inputs, f"N = {depth:>6}"))
     best = timed(steps, args.repeats)
     for depth, t in zip(args.depths, best):
         print(f"N = {depth:>6}: one-shot gradient {1e3 * t:.2f} ms (measured / N = {args.depths[0]}: "
               f"{t / best[0]:.3f})")
     if args.time_chunks:
-        best = timed(chunk_steps(args, fwd, bwd), args.repeats)
+        best = timed(chunk_steps(args, solver), args.repeats)
         for depth, t in zip(args.depths, best):
             print(f"N = {depth:>6}: one-shot gradient on {args.time_chunks} chunks {1e3 * t:.2f} ms "
                   f"(measured / N = {args.depths[0]}: {t / best[0]:.3f})")

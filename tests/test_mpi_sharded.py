@@ -79,10 +79,11 @@ def test_sharded_mpi_training_equals_one_process(tmp_path):
 
 @pytest.mark.slow(seconds=120)
 def test_lbfgs_on_sharded_mpi_layers_equals_one_process_and_resumes(tmp_path):
-    """L-BFGS on 2 ranks, depth 13 (chunks of 8 and 5 real layers): each rank holds its chunk of the layers and of
-    the L-BFGS histories; 4 steps, then a resume to 6, give the one-process run's history (float64, 1e-10), and the
-    checkpoint after 4 steps holds the whole histories (layer axis 1 joined), equal to one process's."""
-    args = ["solver=mgrit", "dtype=float64", "model.depth=13", "model.gamma_ddt=1e-2", "optimizer=lbfgs",
+    """L-BFGS on 2 ranks, depth 33 (32 by MGRIT and a serial tail of 1: chunks of 16 and 16 + 1 real layers, the
+    tail's on the last rank): each rank holds its chunk of the layers and of the L-BFGS histories; 4 steps, then a
+    resume to 6, give the one-process run's history (float64, 1e-10), and the checkpoint after 4 steps holds the
+    whole histories (layer axis 1 joined), equal to one process's."""
+    args = ["solver=mgrit", "dtype=float64", "model.depth=33", "model.gamma_ddt=1e-2", "optimizer=lbfgs",
             "optimizer.memory_size=3", "train.eval_every=2", "dataset.n_train=200", "dataset.n_val=50",
             "logging.progress=false"]
     exe = Path(sys.executable).with_name("lpt-train")
@@ -91,7 +92,7 @@ def test_lbfgs_on_sharded_mpi_layers_equals_one_process_and_resumes(tmp_path):
         proc = mpirun(2, exe, *args, f"train.steps={steps}", "parallel=mpi", "parallel.layers=2",
                       f"hydra.run.dir={out}", *resume, timeout=400)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-        assert "split over the 2 layer ranks (8 + 5 layers" in proc.stdout + proc.stderr
+        assert "split over the 2 layer ranks (16 + 17 layers" in proc.stdout + proc.stderr
         mine = mine or _checkpoint(out)
     run(compose_config([*args, "train.steps=4"]), tmp_path / "single4")
     run(compose_config([*args, "train.steps=6"]), tmp_path / "single")
@@ -101,7 +102,7 @@ def test_lbfgs_on_sharded_mpi_layers_equals_one_process_and_resumes(tmp_path):
         np.testing.assert_allclose(rec.history[key], ref.history[key], rtol=1e-10, atol=1e-14, err_msg=key)
     theirs = _checkpoint(tmp_path / "single4")
     history = "opt_state.0.diff_params_memory.layers.K"
-    assert mine[history].shape == theirs[history].shape == (3, 13, 8, 8)
+    assert mine[history].shape == theirs[history].shape == (3, 33, 8, 8)
     assert np.abs(theirs[history]).max() > 1e-6, "the histories are filled"
     for name, value in theirs.items():
         if name.startswith(("params", "opt_state")):

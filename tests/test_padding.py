@@ -127,9 +127,10 @@ def test_bench_padding_prints_layouts_counts_and_times():
     table = {(int(r[0]), int(r[1])): r for r in rows}
     opts = MGRITOptions(cfactor=4, max_levels=6, min_coarse=2, nrelax=1)
     for (depth, chunks), row in table.items():
-        layout = make_layout(depth, opts, chunks)
-        assert (int(row[2]), int(row[3])) == (layout.n_pad, layout.dist), row
-        assert float(row[5]) == cycle_ops(layout, opts).work
+        layout = paired_layouts(depth, opts, opts, chunks, tail=True)[0]
+        assert (int(row[2]), int(row[3])) == ((64, 0) if depth == 64 else (64, 1)), row  # 65: a tail of 1 layer
+        assert (int(row[4]), int(row[5])) == (layout.n_pad, layout.dist), row
+        assert float(row[7]) == cycle_ops(layout, opts).work
         assert row[-1] == f"{100 * layout.extra_work_per_chunk:.1f}%", row
     assert set(table) == {(64, 1), (65, 1), (64, 2), (65, 2)}
     assert len(re.findall(r"N = +6[45]: one-shot gradient [\d.]+ ms \(measured / N = 64: [\d.]+\)", proc.stdout)) == 2

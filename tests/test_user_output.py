@@ -198,12 +198,12 @@ class _Attrs:
         self.attrs[key] = value
 
 
-@pytest.mark.parametrize("depth, padded, level", [(1024, 1024, logging.INFO), (1025, 1028, logging.INFO),
-                                                  (1100, 1100, logging.INFO), (65, 68, logging.WARNING)])
+@pytest.mark.parametrize("depth, padded, level", [(1024, 1024, logging.INFO), (1100, 1100, logging.INFO),
+                                                  (13, 16, logging.WARNING), (70, 72, logging.WARNING)])
 def test_the_header_states_the_real_and_the_padded_depth(depth, padded, level, caplog):
-    """MGRIT pads the fine level to whole intervals and each coarse level to its own (1025 → 1028, not 2048); the
-    run says by how much (a warning with the nearest depths that need no padding when the levels' padding costs
-    more than 5 %) and the log keeps both depths."""
+    """MGRIT pads the fine level to whole intervals and each coarse level to its own where a serial tail would cost
+    more (70 → 72; 1100 with cfactor 4 is already whole); the run says by how much (a warning with the nearest
+    depths that need no padding when the levels' padding costs more than 5 %) and the log keeps both depths."""
     from lpt.train.checks import report_padding
     from lpt.train.solver import make_solver
 
@@ -212,7 +212,7 @@ def test_the_header_states_the_real_and_the_padded_depth(depth, padded, level, c
     log = _Attrs()
     with caplog.at_level(logging.INFO, logger="lpt"):
         report_padding(solver, depth, log)
-    assert log.attrs == {"depth": depth, "padded_depth": padded}
+    assert log.attrs == {"depth": depth, "padded_depth": padded, "serial_tail": 0}
     (record,) = [r for r in caplog.records if "pads depth" in r.getMessage()]
     assert record.levelno == level
     layout = solver.layouts(depth)[0]
@@ -229,14 +229,37 @@ def test_the_header_states_the_real_and_the_padded_depth(depth, padded, level, c
         assert record.getMessage().endswith(f"depth {below} or {above} needs none")
 
 
-@pytest.mark.parametrize("depth, layers, level, near", [(1025, 4, logging.WARNING, (1024, 2048)),
+@pytest.mark.parametrize("depth, tail", [(1025, 1), (65, 1), (1027, 3), (37, 5), (130, 2)])
+def test_the_header_states_the_serial_tail(depth, tail, caplog):
+    """Where the last r layers are cheaper serially than the padding (1025 = 1024 + 1 with cfactor 4), the run
+    says that MGRIT solves the first N − r layers (no identity steps) and the last r serially; the log keeps
+    ``serial_tail`` = r and ``padded_depth`` = N (the steps done)."""
+    from lpt.train.checks import report_padding
+    from lpt.train.solver import make_solver
+
+    solver = make_solver(compose_config(["solver=mgrit"])["solver"], full_batch=True)
+    log = _Attrs()
+    with caplog.at_level(logging.INFO, logger="lpt"):
+        report_padding(solver, depth, log)
+    assert log.attrs == {"depth": depth, "padded_depth": depth, "serial_tail": tail}
+    (record,) = [r for r in caplog.records if "serially" in r.getMessage()]
+    assert record.levelno == logging.INFO
+    assert record.getMessage() == (
+        f"MGRIT solves the first {depth - tail} of {depth} layers and the last {tail} serially after them (about "
+        f"{3 * tail} layer steps per gradient, not per cycle), so that every level of the hierarchy holds whole "
+        f"intervals without identity steps")
+    assert solver.layouts(depth)[0].n_pad == depth - tail
+
+
+@pytest.mark.parametrize("depth, layers, level, near", [(1025, 4, logging.INFO, None),
                                                         (1024, 4, logging.INFO, None),
-                                                        (1025, 2, logging.INFO, None),
+                                                        (1025, 8, logging.INFO, None),
                                                         (70, 4, logging.WARNING, (64, 128))])
 def test_the_header_states_what_the_uneven_chunks_cost(depth, layers, level, near, caplog):
     """On layer chunks the header also says how many steps the largest chunk relaxes per sweep and how much more
-    that is than the real steps split evenly (N = 1025 on 4 chunks: 366 steps, 5.2 % more; on one chunk the
-    padding alone is 1.1 %): a warning above 5 %, with the nearest depths that split evenly on this grid."""
+    that is than the real steps split evenly (N = 70 on 4 chunks: 45 % more): a warning above 5 %, with the
+    nearest depths that split evenly on this grid. N = 1025 splits as 1024 with its serial tail of 1: 0 % more
+    (it was 5.2 % on 4 chunks and 9.2 % on 8 with the padding)."""
     import dataclasses
 
     from lpt.parallel.comm import SingleComm
@@ -247,13 +270,16 @@ def test_the_header_states_what_the_uneven_chunks_cost(depth, layers, level, nea
     solver = dataclasses.replace(solver, comm=SingleComm(layers=layers))
     with caplog.at_level(logging.INFO, logger="lpt"):
         report_padding(solver, depth, _Attrs())
-    (record,) = [r for r in caplog.records if "pads depth" in r.getMessage()]
+    (record,) = [r for r in caplog.records if "MGRIT" in r.getMessage()]
     layout = solver.layouts(depth)[0]
     assert record.levelno == level and (layout.extra_work_per_chunk > 0.05) == (level == logging.WARNING)
-    assert (f"{layers} layer chunks of {layout.stride} layers (the last {layout.last_real}), {layout.n_local} steps "
+    assert (layout.tail, layout.extra_work_per_chunk == 0) == ((1, True) if depth == 1025 else (0, near is None))
+    assert (f"{layers} layer chunks of {layout.stride} layers (the last {layout.last_rows}), {layout.n_local} steps "
             f"each with identity steps: the largest chunk relaxes {layout.work} steps per sweep of all levels, "
             f"{100 * layout.extra_work_per_chunk:.2g} % more than the real steps split evenly") in record.getMessage()
     if near:
         assert record.getMessage().endswith(f"depth {near[0]} or {near[1]} needs none on {layers} layer chunks")
         assert all(solver.layouts(d)[0].extra_work_per_chunk == 0 for d in near)
-        assert not any(solver.layouts(d)[0].extra_work_per_chunk == 0 for d in range(near[0] + 1, near[1]))
+        # (depths with a serial tail, 65 = 64 + 1 among them, split evenly too, but are not named: they need one)
+        assert not any(solver.layouts(d)[0].extra_work_per_chunk == 0 and solver.layouts(d)[0].tail == 0
+                       for d in range(near[0] + 1, near[1]))

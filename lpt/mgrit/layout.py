@@ -18,6 +18,14 @@ sees: a chunk sends its last real C-point as the halo, and the gather to the fir
 real points of each chunk. That level and the coarser ones are solved redundantly on every chunk. Since every
 MGRIT update at a point depends only on earlier points, all processor grids produce the same iterates at the
 real points. s and d are chosen to minimise the largest chunk's steps per cycle.
+
+Serial tail. Where the depth N is not a multiple of ∏ m_ℓ, the training solver (:func:`paired_layouts` with
+``tail``) may solve only the first N − r layers by MGRIT and propagate the last r layers serially as part of the
+head (y_N = Φ_{N−1}∘…∘Φ_{N−r}(y_{N−r}), once per solve, not per cycle), r the fewest layers that leave a depth
+without padding (:func:`serial_tail`): N − r splits into whole intervals on every level and evenly over the
+chunks that divide it, so N = 1025 does one cycle's work of N = 1024 plus 3 layer steps per gradient. r depends
+on N and the options only, so every processor grid solves the same problem and produces the same iterates. The
+tail's layers are stored on the last chunk, after its MGRIT layers (:attr:`Layout.rows`).
 """
 
 from __future__ import annotations
@@ -43,7 +51,8 @@ class ChunkCounts(NamedTuple):
 class Layout(NamedTuple):
     """Static chunking of one solve: real depth ``n``, padded fine depth ``n_pad`` (of the whole solve), ``chunks``
     (layer ranks), global level ``shapes`` of the padded problem, the number ``dist`` of chunked levels, the fine
-    steps ``stride`` of every chunk but the last, and the static fine steps ``n_local`` of a chunk's arrays."""
+    steps ``stride`` of every chunk but the last, and the static fine steps ``n_local`` of a chunk's arrays; the
+    ``tail`` layers after the ``n`` solved by MGRIT are propagated serially (see the module's "Serial tail")."""
 
     n: int
     n_pad: int
@@ -52,6 +61,22 @@ class Layout(NamedTuple):
     dist: int
     stride: int
     n_local: int
+    tail: int = 0
+
+    @property
+    def depth(self) -> int:
+        """The network's layers: the ``n`` of the MGRIT solve and the serial ``tail``."""
+        return self.n + self.tail
+
+    @property
+    def last_rows(self) -> int:
+        """Layers the last chunk holds: its real MGRIT steps and the tail."""
+        return self.last_real + self.tail
+
+    @property
+    def rows(self) -> int:
+        """Rows of every chunk's stored layer stack: its ``n_local`` steps, and room for the last chunk's tail."""
+        return max(self.n_local, self.last_rows)
 
     @property
     def counts(self) -> tuple[ChunkCounts, ...]:
@@ -161,15 +186,36 @@ def make_layout(n: int, options: MGRITOptions, chunks: int = 1, multiple: int = 
     return min(layouts, key=lambda layout: (layout.work, -layout.dist))
 
 
-def paired_layouts(n: int, fwd: MGRITOptions, bwd: MGRITOptions, chunks: int = 1) -> tuple[Layout, Layout]:
+def serial_tail(n: int, options: MGRITOptions) -> int:
+    """The fewest layers r that the training solver propagates serially after an MGRIT solve of n − r layers such
+    that n − r needs no padding (every coarsened level a whole number of intervals: n − r = 1024 for n = 1025
+    with cfactor 4), or 0 where n needs none or that costs more than the padding: r layers cost about 3r layer
+    steps per gradient (forward, adjoint, weight gradient), the padding Σ_ℓ p_ℓ(n) − Σ_ℓ p_ℓ(n − r) steps per
+    sweep of all levels (several sweeps per cycle, several cycles per solve)."""
+    padded = lambda depth: sum(s.padded for s in level_shapes(depth, options))  # noqa: E731
+    whole = lambda depth: all(s.n % s.m == 0 for s in level_shapes(depth, options)[:-1])  # noqa: E731
+    if whole(n):
+        return 0
+    full, r = padded(n), 1
+    while r < n - 1 and 3 * r <= full - (n - r):  # padded(n − r) ≥ n − r: no larger r can pay
+        if whole(n - r) and 3 * r <= full - padded(n - r):
+            return r
+        r += 1
+    return 0
+
+
+def paired_layouts(n: int, fwd: MGRITOptions, bwd: MGRITOptions, chunks: int = 1,
+                   tail: bool = False) -> tuple[Layout, Layout]:
     """The layouts of the forward and the adjoint solve of one depth-``n`` network: the same chunks (stride and
     static fine size: the adjoint runs on the forward states), each solve its own levels, padding and chunked
-    levels."""
+    levels; with ``tail`` both of the first n − r layers and a serial tail of r = :func:`serial_tail` layers."""
+    r = serial_tail(n, fwd) if tail else 0
+    n -= r
     ms = _cfactors(n, bwd)
     f_layout = make_layout(n, fwd, chunks, multiple=ms[0] if ms else 1)
     b_layout = make_layout(n, bwd, chunks, stride=f_layout.stride if chunks > 1 else None)
     n_local = max(f_layout.n_local, b_layout.n_local)
-    return f_layout._replace(n_local=n_local), b_layout._replace(n_local=n_local)
+    return f_layout._replace(n_local=n_local, tail=r), b_layout._replace(n_local=n_local, tail=r)
 
 
 def chunk(tree: Any, rank: Any, layout: Layout) -> Any:
@@ -201,22 +247,37 @@ def own_steps(rank: Any, layout: Layout) -> jnp.ndarray:
     return jnp.arange(layout.n_local) < real
 
 
+def stored_chunk(tree: Any, rank: Any, layout: Layout) -> Any:
+    """Chunk ``rank``'s :attr:`Layout.rows` rows of every leaf of a whole layer stack (``layout.depth``, …: a
+    gradient): its real layers (the last chunk's tail included) and zero rows after them."""
+    length = (layout.chunks - 1) * layout.stride + layout.rows
+    real = jnp.where(jnp.asarray(rank) == layout.chunks - 1, layout.last_rows, layout.stride)
+    own = jnp.arange(layout.rows) < real
+
+    def one(a: jnp.ndarray) -> jnp.ndarray:
+        local = jax.lax.dynamic_slice_in_dim(pad_zeros(a, max(length, a.shape[0])), rank * layout.stride, layout.rows)
+        return jnp.where(own.reshape(-1, *(1,) * (a.ndim - 1)), local, jnp.zeros_like(local))
+
+    return jax.tree_util.tree_map(one, tree)
+
+
 def spread(tree: Any, layout: Layout) -> Any:
-    """A layer stack (n, …) as the chunks' arrays one after the other (chunks·n_local, …): :func:`chunk` of every
-    rank, concatenated."""
-    index = np.minimum(np.arange(layout.n_local)[None] + layout.stride * np.arange(layout.chunks)[:, None],
-                       layout.n - 1).reshape(-1)
+    """A layer stack (depth, …) as the chunks' arrays one after the other (chunks·rows, …): :func:`chunk` of every
+    rank (with the tail's room), concatenated."""
+    index = np.minimum(np.arange(layout.rows)[None] + layout.stride * np.arange(layout.chunks)[:, None],
+                       layout.depth - 1).reshape(-1)
     return jax.tree_util.tree_map(lambda a: jnp.take(a, index, axis=0), tree)
 
 
 def unspread(tree: Any, layout: Layout) -> Any:
-    """The real layers (n, …) of the chunks' arrays one after the other (chunks·n_local, …): the inverse of
+    """The real layers (depth, …) of the chunks' arrays one after the other (chunks·rows, …): the inverse of
     :func:`spread` (a gradient's dead and padding entries left out)."""
     index = real_rows(layout)
     return jax.tree_util.tree_map(lambda a: jnp.take(a, index, axis=0), tree)
 
 
 def real_rows(layout: Layout) -> np.ndarray:
-    """The rows of the chunks' arrays one after the other (chunks·n_local) that hold the real layers, in order."""
-    return np.concatenate([p * layout.n_local + np.arange(r)
-                           for p, r in enumerate((layout.stride,) * (layout.chunks - 1) + (layout.last_real,))])
+    """The rows of the chunks' arrays one after the other (chunks·rows) that hold the real layers (the tail's
+    too), in order."""
+    return np.concatenate([p * layout.rows + np.arange(r)
+                           for p, r in enumerate((layout.stride,) * (layout.chunks - 1) + (layout.last_rows,))])

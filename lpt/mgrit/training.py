@@ -28,13 +28,15 @@ from lpt.config.run import MGRITSolverOptions
 from lpt.mgrit.adjoint import adjoint_gradient_chunk
 from lpt.mgrit.control import Adaptive, Control, cosine
 from lpt.mgrit.divergence import anywhere, solve_diverged
-from lpt.mgrit.layout import Layout, chunk, chunk_real, paired_layouts, unspread
+from lpt.mgrit.hierarchy import pad_zeros
+from lpt.mgrit.layout import Layout, chunk, chunk_real, paired_layouts, stored_chunk, unspread
 from lpt.mgrit.options import MGRITOptions, require
 from lpt.mgrit.solve import MGRITStats, convergence_factor, forward_chunk, forward_restriction, last_factor, padded
 from lpt.mgrit.stability import coarse_step_stability, stability_message
 from lpt.model import Params
+from lpt.model.propagate import propagate
 from lpt.model.serial import SerialSolver, data_objective
-from lpt.parallel.comm import SingleComm
+from lpt.parallel.comm import SingleComm, from_chunk
 
 OnDivergence = Literal["error", "serial"]
 
@@ -52,8 +54,9 @@ class _Forward(NamedTuple):
     theta: Any  # this chunk's weights (n_local, …)
     hs: jnp.ndarray  # this chunk's step sizes (n_local,)
     ys: jnp.ndarray  # this chunk's states with halo (n_local+1, …)
-    y_final: jnp.ndarray  # y_N, on every chunk
+    y_final: jnp.ndarray  # y_{N−r} (y_N without a serial tail), on every chunk
     stats: MGRITStats
+    tail: Any  # (θ, h) of the serial tail's r layers, on every chunk, or None (r = 0)
 
 
 @dataclass(frozen=True)
@@ -142,15 +145,17 @@ class MGRITSolver:
 
     # --- the Solver protocol -----------------------------------------------------------------------
     def layouts(self, depth: int) -> tuple[Layout, Layout]:
-        """Forward and adjoint layouts of a depth-N network on ``comm.layers`` chunks, with one padding."""
-        return paired_layouts(depth, self.fwd, self.bwd, self.comm.layers)
+        """Forward and adjoint layouts of a depth-N network on ``comm.layers`` chunks, with one padding and the
+        serial tail (:func:`lpt.mgrit.layout.serial_tail`)."""
+        return paired_layouts(depth, self.fwd, self.bwd, self.comm.layers, tail=True)
 
     def coarse_stability(self, model, params: Params, x: jnp.ndarray, samples: int = 2) -> tuple[Any, str | None]:
         """H·ρ of every coarse level of the forward solve at ``params`` (:mod:`lpt.mgrit.stability`), linearised
         at the serial states of the first ``samples`` samples of ``x``, and the warning line when one is ≥ 2."""
         layout = self.layouts(model.depth)[0]
         y0 = model.open(params, x[:samples])
-        theta, hs = padded(params["layers"], model.step_sizes(y0.dtype), layout)
+        layers = jax.tree_util.tree_map(lambda a: a[: layout.n], params["layers"])  # the MGRIT part
+        theta, hs = padded(layers, model.step_sizes(y0.dtype)[: layout.n], layout)
         values = jax.device_get(coarse_step_stability(model.step, theta, hs, y0, layout.shapes,
                                                       forward_restriction(self.fwd)))
         return values, stability_message(values, layout.shapes, model.h)
@@ -198,14 +203,12 @@ class MGRITSolver:
         """One layer-parallel step: forward solve, head, adjoint solve, gradient; (obj, aux, grads, warm, stats)."""
         comm = self.comm
         fw = self._forward(model, params, x, state, target)
-        (loss, outputs), head_vjp = self._head_vjp(model, params, y, fw.y_final)
-        g_class, ybar_final = head_vjp(jnp.ones_like(loss))
+        (loss, outputs), head_vjp = self._head_vjp(model, params, y, fw)
+        g_class, g_tail, ybar_final = head_vjp(jnp.ones_like(loss))
         layers, ybar_0, ybars, bstats = adjoint_gradient_chunk(
             model.step, fw.theta, fw.hs, fw.ys, ybar_final, self.bwd, self.layouts(model.depth)[1], comm,
             *self._warm(state, "ybars"), target, self.min_iters[1])
-        if not self.local_layers:
-            # message: θ̄ of every chunk, its real layers taken out
-            layers = unspread(jax.tree_util.tree_map(comm.layer_gather, layers), self.layouts(model.depth)[0])
+        layers = self._layer_gradient(layers, g_tail, self.layouts(model.depth)[0])
         grads = {"opening": fw.open_vjp(ybar_0)[0], "layers": layers, "classifier": g_class}
         obj, grads = self._regularized(model, params, loss, grads)
         result = (obj, {"loss": loss, "outputs": outputs}, grads)
@@ -229,7 +232,7 @@ class MGRITSolver:
 
     def _value(self, model, params: Params, x: jnp.ndarray, y: jnp.ndarray, state, target) -> jnp.ndarray:
         fw = self._forward(model, params, x, state, target)
-        value = self._regularized(model, params, model.data_loss(model.head(params, fw.y_final), y))[0]
+        value = self._regularized(model, params, model.data_loss(model.head(params, _tail(model, fw)), y))[0]
         if self.on_divergence == "serial":
             value = jax.lax.cond(anywhere(self.comm, solve_diverged(fw.ys, fw.stats)),
                                  lambda: self._exact(model, params, x, y, grad=False), lambda: value)
@@ -258,7 +261,7 @@ class MGRITSolver:
         if not grad:
             return data_objective(model, full, x, y)[0]
         (obj, aux), grads = jax.value_and_grad(lambda p: data_objective(model, p, x, y), has_aux=True)(full)
-        return obj, aux, {**grads, "layers": chunk_real(grads["layers"], comm.layer_rank(), layout)}
+        return obj, aux, {**grads, "layers": stored_chunk(grads["layers"], comm.layer_rank(), layout)}
 
     def _warm(self, state, name: str) -> tuple[jnp.ndarray | None, jnp.ndarray | None]:
         """The warm start of one solve: the previous step's states ``name`` and whether they are valid, or Nones."""
@@ -268,23 +271,65 @@ class MGRITSolver:
         comm = self.comm
         y0, open_vjp = jax.vjp(lambda p_open: model.open({**params, "opening": p_open}, x), params["opening"])
         layout = self.layouts(model.depth)[0]
-        if self.local_layers:  # this chunk's weights already; its step sizes from the whole padded list
-            theta = params["layers"]
+        layers, all_hs = params["layers"], model.step_sizes(y0.dtype)
+        if self.local_layers:  # this chunk's weights already (rows: n_local and the tail's room); step sizes all
+            theta = jax.tree_util.tree_map(lambda a: a[: layout.n_local], layers)
         else:
-            theta = chunk(params["layers"], comm.layer_rank(), layout)
-        hs = chunk_real(model.step_sizes(y0.dtype), comm.layer_rank(), layout)
+            theta = chunk(layers, comm.layer_rank(), layout)
+        hs = chunk_real(all_hs, comm.layer_rank(), layout)
         ys, y_final, stats = forward_chunk(model.step, theta, hs, y0, self.fwd, layout, comm, *self._warm(state, "ys"),
                                            target, self.min_iters[0])
-        return _Forward(open_vjp, theta, hs, ys, y_final, stats)
+        return _Forward(open_vjp, theta, hs, ys, y_final, stats, self._tail_layers(layers, all_hs, layout))
+
+    def _tail_layers(self, layers: Any, hs: jnp.ndarray, layout: Layout) -> Any:
+        """(θ, h) of the serial tail's layers on every chunk, or None: the whole stack's last r layers, or with
+        ``local_layers`` the last chunk's rows after its MGRIT steps (message: r layers' weights, from it)."""
+        if not layout.tail:
+            return None
+        if self.local_layers:
+            theta = jax.tree_util.tree_map(
+                lambda a: from_chunk(self.comm, layout.chunks - 1, a[layout.last_real: layout.last_rows]), layers)
+        else:
+            theta = jax.tree_util.tree_map(lambda a: a[layout.n: layout.depth], layers)
+        return theta, hs[layout.n: layout.depth]
+
+    def _layer_gradient(self, layers: Any, g_tail: Any, layout: Layout) -> Any:
+        """The layer gradient from this chunk's MGRIT part (n_local rows) and the tail's (r rows, on every chunk):
+        the whole stack's, or with ``local_layers`` this chunk's rows (the tail's in the last chunk's)."""
+        comm = self.comm
+        if not self.local_layers:
+            # message: θ̄ of every chunk, its real layers taken out
+            layers = unspread(jax.tree_util.tree_map(comm.layer_gather, layers), layout._replace(tail=0))
+            return layers if g_tail is None else jax.tree_util.tree_map(
+                lambda g, t: jnp.concatenate([g, t.astype(g.dtype)]), layers, g_tail)
+        if g_tail is None:
+            return layers
+        last = comm.layer_rank() == layout.chunks - 1
+
+        def place(g, t):
+            g = pad_zeros(g, layout.rows)
+            return jnp.where(last, g.at[layout.last_real: layout.last_rows].set(t.astype(g.dtype)), g)
+
+        return jax.tree_util.tree_map(place, layers, g_tail)
 
     @staticmethod
-    def _head_vjp(model, params: Params, y: jnp.ndarray, y_final: jnp.ndarray):
-        def head_loss(p_class, y_final):
-            outputs = model.head({**params, "classifier": p_class}, y_final)
+    def _head_vjp(model, params: Params, y: jnp.ndarray, fw: _Forward):
+        """(loss, outputs) and the vjp to (classifier, tail layers, y_{N−r}) of the head after the serial tail."""
+        def head_loss(p_class, theta_tail, y_final):
+            outputs = model.head({**params, "classifier": p_class}, _tail(model, fw._replace(y_final=y_final),
+                                                                          theta_tail))
             return model.data_loss(outputs, y), outputs
 
-        loss, vjp, outputs = jax.vjp(head_loss, params["classifier"], y_final, has_aux=True)
+        theta_tail = None if fw.tail is None else fw.tail[0]
+        loss, vjp, outputs = jax.vjp(head_loss, params["classifier"], theta_tail, fw.y_final, has_aux=True)
         return (loss, outputs), vjp
+
+
+def _tail(model, fw: _Forward, theta: Any = None) -> jnp.ndarray:
+    """y_N: the serial tail's layers (weights ``theta``, by default the forward's) after y_{N−r}."""
+    if fw.tail is None:
+        return fw.y_final
+    return propagate(model.step, fw.tail[0] if theta is None else theta, fw.tail[1], fw.y_final)
 
 
 def solve_stats(prefix: str, stats: MGRITStats) -> dict[str, jnp.ndarray]:

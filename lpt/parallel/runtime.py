@@ -150,10 +150,10 @@ class Runtime:
         if self.grid.backend != "mpi" or self.grid.layers == 1 or not hasattr(solver, "local_layers"):
             return self, solver
         layout = solver.layouts(depth)[0]
-        counts = [layout.stride] * (self.grid.layers - 1) + [layout.last_real]
+        counts = [layout.stride] * (self.grid.layers - 1) + [layout.last_rows]
         each = (f"{layout.stride} layers each" if len(set(counts)) == 1 else f"{' + '.join(map(str, counts))} layers")
-        if layout.n_local > min(counts):
-            each += f"; identity steps up to {layout.n_local} per rank are added inside the solve only"
+        if layout.rows > min(counts):
+            each += f"; identity steps up to {layout.rows} per rank are added inside the solve only"
         line = f"layer parameters and optimiser state split over the {self.grid.layers} layer ranks ({each})"
         sharded = ChunkLocal(dataclasses.replace(solver, local_layers=True))
         return dataclasses.replace(self, layer_shards=True, layout=line, chunk_rows=layout.stride,
@@ -162,13 +162,13 @@ class Runtime:
     def _mesh_layers(self, layout: Any) -> "Runtime":
         """The runtime of a layer-sharded mesh: each device keeps its chunk's ``n_local`` rows of the layer stacks
         (the chunk's layers as the solver's ``layout`` cuts them, zero rows after them)."""
-        counts = [layout.stride] * (layout.chunks - 1) + [layout.last_real]
+        counts = [layout.stride] * (layout.chunks - 1) + [layout.last_rows]
         line = (f"layer parameters, gradient and optimiser state split over the {layout.chunks} layer chunks "
                 f"({' + '.join(map(str, counts))} layers")
-        if stored_rows(layout) > layout.n:
-            line += (f"; {stored_rows(layout) - layout.n} zero rows fill each chunk to the {layout.n_local} rows "
+        if stored_rows(layout) > layout.depth:
+            line += (f"; {stored_rows(layout) - layout.depth} zero rows fill each chunk to the {layout.rows} rows "
                      "its solve uses")
-        return dataclasses.replace(self, chunking=layout, layout=line + ")", depth=layout.n)
+        return dataclasses.replace(self, chunking=layout, layout=line + ")", depth=layout.depth)
 
     @property
     def tree_norm(self) -> Callable[[Any], jnp.ndarray]:

@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from lpt.mgrit.hierarchy import pad_states, pad_zeros
-from lpt.mgrit.layout import Layout, own_steps, real_rows
+from lpt.mgrit.layout import Layout, real_rows
 from lpt.model.serial import SerialSolver
 from lpt.parallel.comm import data_mean
 from lpt.parallel.grid import ProcessorGrid
@@ -51,8 +51,9 @@ def under_layers(path: tuple) -> bool:
 
 def stored_rows(layout: Layout) -> int:
     """Rows of a layer stack as the layer-sharded mesh stores it (:func:`stored_layers`): the solver's chunks one
-    after the other, ``n_local`` rows each."""
-    return layout.chunks * layout.n_local
+    after the other, :attr:`~lpt.mgrit.layout.Layout.rows` rows each (``n_local``, or the last chunk's MGRIT
+    steps and serial tail)."""
+    return layout.chunks * layout.rows
 
 
 def history_axis(path: tuple) -> int:
@@ -101,13 +102,14 @@ def stored_layers(tree: Any, layout: Layout) -> Any:
     zero: their steps are identity steps (step size 0: zero gradient), and every optimiser's update of a zero
     row with a zero gradient is zero. Numpy arrays stay on the host; where every chunk's rows are real layers
     (no zero rows) the tree is returned as it is."""
-    index = np.full((layout.chunks, layout.n_local), layout.n)  # n: the zero row appended below
-    index.reshape(-1)[real_rows(layout)] = np.arange(layout.n)
+    depth = layout.depth
+    index = np.full((layout.chunks, layout.rows), depth)  # depth: the zero row appended below
+    index.reshape(-1)[real_rows(layout)] = np.arange(depth)
     index = index.reshape(-1)
 
     def lay_out(path, a):
-        axis = layer_axis(path, np.shape(a), layout.n, 1)
-        if axis is None or stored_rows(layout) == layout.n:
+        axis = layer_axis(path, np.shape(a), depth, 1)
+        if axis is None or stored_rows(layout) == depth:
             return a
         xp = np if isinstance(a, np.ndarray) else jnp
         zero = xp.zeros_like(xp.take(a, np.arange(1), axis=axis))
@@ -117,13 +119,13 @@ def stored_layers(tree: Any, layout: Layout) -> Any:
 
 
 def canonical_layers(tree: Any, layout: Layout) -> Any:
-    """The inverse of :func:`stored_layers`: every layer stack's ``layout.n`` real layers in order (what
+    """The inverse of :func:`stored_layers`: every layer stack's ``layout.depth`` real layers in order (what
     checkpoints, logs and evaluations see)."""
     rows, index = stored_rows(layout), real_rows(layout)
 
     def cut(path, a):
         axis = layer_axis(path, np.shape(a), rows, 1)
-        if axis is None or rows == layout.n:
+        if axis is None or rows == layout.depth:
             return a
         return (np if isinstance(a, np.ndarray) else jnp).take(a, index, axis=axis)
 
@@ -260,11 +262,11 @@ class RealLayers:
 
 
 def own_rows(layers: Any, comm: Any, layout: Layout) -> Any:
-    """A chunk's ``n_local`` rows of a per-layer stack (a gradient) with the rows past its real layers zero (as
-    they are when every chunk's rows are real)."""
-    if stored_rows(layout) == layout.n:
+    """A chunk's stored rows of a per-layer stack (a gradient) with the rows past its real layers (the last chunk's
+    tail included) zero (as they are when every chunk's rows are real)."""
+    if stored_rows(layout) == layout.depth:
         return layers
-    own = own_steps(comm.layer_rank(), layout)
+    own = jnp.arange(layout.rows) < jnp.where(comm.layer_rank() == layout.chunks - 1, layout.last_rows, layout.stride)
     return jax.tree_util.tree_map(lambda g: jnp.where(own.reshape(-1, *(1,) * (g.ndim - 1)), g, 0), layers)
 
 
@@ -301,9 +303,10 @@ class ChunkLocal:
             model, params, self.solver.comm)[0]
 
     def _padded(self, model, params):
-        """``params`` with this chunk's layers extended to the solve's n_local by identity steps' weights."""
-        n_local = self.solver.layouts(model.depth)[0].n_local
-        return {**params, "layers": jax.tree_util.tree_map(lambda a: pad_states(a, n_local), params["layers"])}
+        """``params`` with this chunk's layers extended to the solve's rows (n_local, or the last chunk's MGRIT
+        steps and serial tail) by identity steps' weights."""
+        rows = self.solver.layouts(model.depth)[0].rows
+        return {**params, "layers": jax.tree_util.tree_map(lambda a: pad_states(a, rows), params["layers"])}
 
     def exact(self) -> "ChunkLocal":
         """The serial (exact) strategy on the same chunks (``train.on_nonfinite=serial``): the layers are
@@ -338,12 +341,12 @@ def chunk_regularization(model, params: Any, comm: Any, layout: Layout | None = 
     gradient belongs to the previous chunk's last layer: it is sent back (a reverse shift).
 
     Without ``layout`` every row of ``params["layers"]`` is a real layer (MPI ranks: :class:`ChunkLocal`); with it
-    the chunk has ``layout.n_local`` rows of which the first ``layout.stride`` (the last chunk's
-    ``layout.last_real``) are real (the mesh's stored stack: :func:`stored_layers`); the rest have a zero
-    gradient."""
+    the chunk has ``layout.rows`` rows of which the first ``layout.stride`` (the last chunk's
+    ``layout.last_rows``: its MGRIT steps and the serial tail) are real (the mesh's stored stack:
+    :func:`stored_layers`); the rest have a zero gradient."""
     layers = params["layers"]
     rows = jax.tree_util.tree_leaves(layers)[0].shape[0]
-    stride, last = (layout.stride, layout.last_real) if layout is not None else (rows, rows)
+    stride, last = (layout.stride, layout.last_rows) if layout is not None else (rows, rows)
     zeros = {k: jax.tree_util.tree_map(jnp.zeros_like, v) for k, v in params.items() if k != "layers"}
     # message: one layer's weights from the previous chunk (its last real one: every chunk but the last has stride)
     halo = jax.tree_util.tree_map(lambda a: comm.shift(a[stride - 1:stride], a[:1]), layers)

@@ -225,14 +225,15 @@ def gradient_ops(depth: int, fwd: MGRITOptions, bwd: MGRITOptions, layers: int =
                  warm: bool = False) -> Ops:
     """Operations of one one-shot gradient on one layer rank (:class:`lpt.mgrit.MGRITSolver`): forward solve
     (``fwd.max_iter`` cycles), adjoint hierarchy (restriction and linearisation of every step of every
-    level), adjoint solve (``bwd.max_iter`` cycles), layer gradient, and the messages that move y_N, ȳ_0 and
-    the layer gradients between the ranks.
+    level), adjoint solve (``bwd.max_iter`` cycles), layer gradient, the serial tail's r layers after the MGRIT
+    part (:func:`lpt.mgrit.layout.serial_tail`: r forward steps, r adjoint steps and r layer gradients, on every
+    rank), and the messages that move y_N, ȳ_0 and the layer gradients between the ranks.
 
     Args:
         warm: start both solves from the previous step's states (full-batch training) instead of the cheap
             coarse-level guess.
     """
-    f_layout, b_layout = paired_layouts(depth, fwd, bwd, layers)
+    f_layout, b_layout = paired_layouts(depth, fwd, bwd, layers, tail=True)
     initial = "given" if warm else "guess"
     ops = Ops()
     # forward: gather of the restricted weights of the first gathered level, the solve, y_N to all ranks
@@ -240,6 +241,9 @@ def gradient_ops(depth: int, fwd: MGRITOptions, bwd: MGRITOptions, layers: int =
         ops.param_msgs[("allgather", f_layout.local_shapes[f_layout.dist].n)] += 1
         ops.message("allreduce", 1)
     ops.add(solve_ops(f_layout, fwd, "step", initial=initial))
+    if f_layout.tail:  # the serial tail (one sample batch, r sequential steps each way)
+        for curve in ("step", "adjoint", "theta"):
+            ops.eval(curve, 1, f_layout.tail)
     # adjoint: reversed data, linearisation of every level, the solve, ȳ_0 to all ranks
     b_levels = plan_levels(b_layout)
     ops.copies += 2 * b_layout.n_local

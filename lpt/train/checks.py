@@ -19,20 +19,28 @@ PADDING_WARN = 0.05
 
 def report_padding(solver, depth: int, runlog) -> None:
     """The real and the padded depth of an MGRIT run: logged (a warning above :data:`PADDING_WARN` more work,
-    with the nearest depths that need no padding) and kept as the log's attributes ``depth`` and
-    ``padded_depth``."""
+    with the nearest depths that need no padding) and kept as the log's attributes ``depth``, ``padded_depth``
+    (the steps of the MGRIT part and the serial tail) and ``serial_tail`` (layers after the MGRIT part,
+    :func:`lpt.mgrit.layout.serial_tail`)."""
     if not hasattr(solver, "layouts"):
         runlog.set_attr("depth", depth)
         runlog.set_attr("padded_depth", depth)
+        runlog.set_attr("serial_tail", 0)
         return
     fwd = solver.layouts(depth)[0]
     runlog.set_attr("depth", depth)
-    runlog.set_attr("padded_depth", fwd.n_pad)
-    line = (f"MGRIT pads depth {depth} to {fwd.n_pad} layer steps ({fwd.n_pad - depth} identity steps; "
-            f"{100 * fwd.extra_work:.2g} % more work per cycle with the coarse levels' own padding), so that every "
-            f"level of the hierarchy holds whole intervals")
+    runlog.set_attr("padded_depth", fwd.n_pad + fwd.tail)
+    runlog.set_attr("serial_tail", fwd.tail)
+    if fwd.tail:
+        line = (f"MGRIT solves the first {fwd.n} of {depth} layers and the last {fwd.tail} serially after them "
+                f"(about {3 * fwd.tail} layer steps per gradient, not per cycle), so that every level of the "
+                f"hierarchy holds whole intervals without identity steps")
+    else:
+        line = (f"MGRIT pads depth {depth} to {fwd.n_pad} layer steps ({fwd.n_pad - depth} identity steps; "
+                f"{100 * fwd.extra_work:.2g} % more work per cycle with the coarse levels' own padding), so that "
+                f"every level of the hierarchy holds whole intervals")
     if fwd.chunks > 1:
-        line += (f"; {fwd.chunks} layer chunks of {fwd.stride} layers (the last {fwd.last_real}), "
+        line += (f"; {fwd.chunks} layer chunks of {fwd.stride} layers (the last {fwd.last_rows}), "
                  f"{fwd.n_local} steps each with identity steps: the largest chunk relaxes {fwd.work} steps per "
                  f"sweep of all levels, {100 * fwd.extra_work_per_chunk:.2g} % more than the real steps split "
                  f"evenly")

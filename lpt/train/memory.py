@@ -73,8 +73,8 @@ def estimate_step_memory(model, solver, optimizer, x: jax.ShapeDtypeStruct, *, l
                          data_ranks: int = 1) -> MemoryEstimate:
     """The estimate for a step on a batch shaped like ``x`` (the whole batch; ``data_ranks`` share it). A
     :class:`~lpt.parallel.sharded.LayerSharded` solver keeps the parameters, their gradient and optimiser state
-    split over its layer chunks (:func:`~lpt.parallel.sharded.stored_axis`; layer stacks of the layout's n_local
-    rows each), a
+    split over its layer chunks (:func:`~lpt.parallel.sharded.stored_axis`; layer stacks of the layout's
+    :attr:`~lpt.mgrit.layout.Layout.rows` rows each), a
     :class:`~lpt.parallel.sharded.ChunkLocal` one (MPI) the real layers of the largest chunk of its layer stacks (the
     layout's stride, or the last chunk's rest)."""
     layer_chunks, split_axis, rows, depth = 1, stored_axis, 0, model.depth
@@ -83,7 +83,7 @@ def estimate_step_memory(model, solver, optimizer, x: jax.ShapeDtypeStruct, *, l
         layer_chunks, depth = solver.grid.layers, stored_rows(layout)
     elif isinstance(solver, ChunkLocal):
         layer_chunks, split_axis = solver.comm.layers, _chunk_axis
-        rows = max(layout.stride, layout.last_real)
+        rows = max(layout.stride, layout.last_rows)
     batch = x.shape[0] // data_ranks
     local = jax.ShapeDtypeStruct((batch, *x.shape[1:]), x.dtype)
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x.dtype))
