@@ -21,7 +21,7 @@ from lpt.model import ResNet
 from lpt.model.serial import SerialSolver
 from lpt.parallel import ProcessorGrid
 from lpt.parallel.sharded import REPLICATED, on_mesh
-from lpt.perfmodel.work import cycle_ops, gradient_ops
+from lpt.perfmodel.work import cycle_ops, gradient_ops, layout_for
 
 F64 = jnp.float64
 OPTS = MGRITOptions(cfactor=4, max_levels=6, min_coarse=2, nrelax=1)
@@ -57,6 +57,9 @@ def test_depth_1025_costs_what_1024_costs_on_every_number_of_chunks(chunks):
     grad = [gradient_ops(n, OPTS, OPTS, chunks).work for n in (1024, 1025)]
     assert grad[1] == grad[0] + 2 and grad[1] <= 1.05 * grad[0]
     assert layouts[1].extra_work_per_chunk == 0 and layouts[1].last_rows == layouts[1].last_real + 1
+    # the model's predictions (``lpt-model predict``) take the same layout
+    assert [layout_for(n, OPTS, chunks).tail for n in (1024, 1025)] == [0, 1]
+    assert cycle_ops(layout_for(1025, OPTS, chunks), OPTS).work == cycle_ops(layout_for(1024, OPTS, chunks), OPTS).work
 
 
 def test_the_stored_chunks_hold_the_tail_after_the_last_chunks_layers():

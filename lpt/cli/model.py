@@ -213,8 +213,9 @@ def cmd_predict(args) -> int:
     step = perf.training_step(n, fwd, bwd, grid, warm=setup.warm)
     from lpt.perfmodel.work import layout_for
 
-    shapes = layout_for(n, fwd, grid.layers).shapes
-    print(f"network {perf.profile.key}, N = {n}, batch {setup.batch}; grid {grid.data} x {grid.layers} "
+    layout = layout_for(n, fwd, grid.layers)
+    shapes, tail = layout.shapes, f" ({layout.n} by MGRIT, {layout.tail} serially)" if layout.tail else ""
+    print(f"network {perf.profile.key}, N = {n}{tail}, batch {setup.batch}; grid {grid.data} x {grid.layers} "
           f"({grid.backend}); levels {[s.n for s in shapes]}, cfactor {fwd.cfactor}, nrelax {fwd.nrelax}"
           f"{'' if fwd.nrelax_fine is None else f' (fine {fwd.nrelax_fine})'}, {fwd.max_iter} fwd / "
           f"{bwd.max_iter} bwd cycles, {'warm' if setup.warm else 'cold'} start")

@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lpt.mgrit.layout import Layout, make_layout, paired_layouts
+from lpt.mgrit.layout import Layout, make_layout, paired_layouts, serial_tail
 from lpt.mgrit.options import MGRITOptions
 
 Curve = Literal["step", "adjoint", "linearize", "theta"]
@@ -125,8 +125,10 @@ def plan_levels(layout: Layout) -> tuple[LevelPlan, ...]:
 
 
 def layout_for(depth: int, options: MGRITOptions, layers: int = 1, multiple: int = 1) -> Layout:
-    """The solver's layout (padded level sizes and chunking) of a depth-N network on ``layers`` ranks."""
-    return make_layout(depth, options, layers, multiple)
+    """The training solver's layout (padded level sizes and chunking) of a depth-N network on ``layers`` ranks:
+    of its MGRIT part, N less the serial tail (:func:`lpt.mgrit.layout.serial_tail`), which it records."""
+    tail = serial_tail(depth, options)
+    return make_layout(depth - tail, options, layers, multiple)._replace(tail=tail)
 
 
 # --- one solve ---------------------------------------------------------------------------------------
