@@ -77,7 +77,7 @@ class MGRITSolver:
             counts become minima and ``max_iter`` of the solves is ``control.max_iters``.
         local_layers: layer-sharded parameters (:mod:`lpt.parallel.sharded`: ``LayerSharded`` on a device mesh,
             ``ChunkLocal`` on MPI ranks): ``params["layers"]`` given to
-            :meth:`value_and_grad` and :meth:`value` is this chunk's ``n_local`` layers of the padded stack, the
+            :meth:`value_and_grad` and :meth:`value` is this chunk's ``Layout.rows`` rows of the padded stack, the
             layer gradient returned is this chunk's (nothing gathered), and objective and gradient leave out the
             regularisation, which the caller adds on the whole stack.
     """

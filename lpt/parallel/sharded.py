@@ -95,10 +95,11 @@ def stored_specs(tree: Any, rows: int, layers: int) -> Any:
 
 
 def stored_layers(tree: Any, layout: Layout) -> Any:
-    """A parameter-shaped pytree (parameters, optimiser state) of a depth-``layout.n`` network as the layer-sharded
-    mesh stores it: every layer stack's layer axis laid out as the solver's chunks (:func:`stored_rows` rows,
-    chunk p's ``n_local`` rows on layer device p: its real layers p·stride …, then zero rows), so that each
-    device holds the rows its chunk solves with and the step moves no layer between devices. Zero rows stay
+    """A parameter-shaped pytree (parameters, optimiser state) of a depth-``layout.depth`` network as the
+    layer-sharded mesh stores it: every layer stack's layer axis laid out as the solver's chunks (:func:`stored_rows`
+    rows, chunk p's ``rows`` rows on layer device p: its real layers p·stride … (the last chunk's serial tail too),
+    then zero rows), so that each device holds the rows its chunk solves with and the step moves no layer between
+    devices. Zero rows stay
     zero: their steps are identity steps (step size 0: zero gradient), and every optimiser's update of a zero
     row with a zero gradient is zero. Numpy arrays stay on the host; where every chunk's rows are real layers
     (no zero rows) the tree is returned as it is."""
@@ -179,7 +180,7 @@ class LayerSharded:
     The training step is compiled over global arrays (XLA partitions the optimiser update along the layer axis:
     elementwise updates stay on each chunk, norms become reductions); the solver's gradient and the
     regularisation run per chunk, under ``shard_map``. The layer stacks come as the mesh stores them
-    (:func:`stored_layers`: each device holds its chunk's ``n_local`` rows, zero rows past its real layers), so
+    (:func:`stored_layers`: each device holds its chunk's ``rows`` rows, zero rows past its real layers), so
     a chunk's rows are where its solve needs them and no layer stack is gathered; the gradient comes in the same
     layout (averaged over the data ranks, zero on the zero rows). A stack given as it is (the real layers in order)
     is laid out so first and its gradient returned as it is. Every other attribute is the wrapped solver's.
@@ -274,7 +275,7 @@ class ChunkLocal:
     """A layer-parallel solver whose layer parameters, their gradient and optimiser state live only on the MPI rank
     of their chunk (``parallel=mpi``, ``parallel.layers`` = P > 1): chunk p holds layers p·s … (p+1)·s − 1 (s the
     layout's stride), the last chunk the rest, and each rank's ``params["layers"]`` are those real layers. Only for
-    the solve are they extended to the static n_local by identity steps' weights (the last layer repeated, as
+    the solve are they extended to the static ``Layout.rows`` by identity steps' weights (the last layer repeated, as
     :func:`~lpt.mgrit.hierarchy.pad_states` pads a stack; their step sizes are 0), and the solver's
     (``local_layers``) gradient is cut back to the real layers: the pad layers never reach the optimiser, the
     regularisation, the norm or a checkpoint. Opening and classifier are replicated. The regularisation of the whole
