@@ -73,12 +73,14 @@ def check_parity(lp, step, params, y0, tol: float) -> None:
 
 # --- converged parity ---------------------------------------------------------------------------------------------
 @pytest.mark.slow(seconds=45)
-@pytest.mark.parametrize("depth", [13, 16])
+@pytest.mark.parametrize("depth", [13, 16, 17])
 def test_converged_gradient_equals_grad_of_scan(depth):
-    """Pytree params and state; N = 13 (no multiple of the coarsening) and 16: y_N, loss and the gradient with
-    respect to the parameters and the initial state equal the scan's to 1e-10 (float64)."""
+    """Pytree params and state; N = 13 (no multiple of the coarsening: padded), 16 and 17 (16 by MGRIT and a serial
+    tail of 1, :func:`lpt.mgrit.layout.serial_tail`): y_N, loss, the gradient with respect to the parameters and
+    the initial state, and all states equal the scan's to 1e-10 (float64)."""
     step, params, y0, opts = problem(depth)
     lp = lpt.layer_parallel(step, opts)
+    assert lp._solver(params, y0)[1].layouts[0].tail == (1 if depth == 17 else 0)
     lp.check_identity(params, y0)
     check_parity(lp, step, params, y0, 1e-10)
     states, stats = lp.states(params, y0)
@@ -171,11 +173,12 @@ def test_float32_stays_float32():
 
 # --- back-ends ----------------------------------------------------------------------------------------------------
 @pytest.mark.slow(seconds=27)
-@pytest.mark.parametrize("batch_axis", [0, None])
-def test_mesh_2x2_equals_grad_of_scan(batch_axis):
+@pytest.mark.parametrize("batch_axis, depth", [(0, 13), (None, 17)])
+def test_mesh_2x2_equals_grad_of_scan(batch_axis, depth):
     """A ("data", "layers") = 2×2 mesh of emulated devices (tests/conftest.py: 8): layers in 2 chunks under
-    shard_map, samples split over "data" (batch_axis 0) or the state replicated (None); 1e-10 (float64)."""
-    step, params, y0, opts = problem(13)
+    shard_map, samples split over "data" (batch_axis 0) or the state replicated (None); N = 13 (padded) and 17 (a
+    serial tail of 1 after 16); 1e-10 (float64)."""
+    step, params, y0, opts = problem(depth)
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:4]).reshape(2, 2), ("data", "layers"))
     lp = lpt.layer_parallel(step, lpt.LayerParallelOptions(T=T, forward=opts.forward, backward=opts.backward,
                                                            mesh=mesh, batch_axis=batch_axis))

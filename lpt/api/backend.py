@@ -7,7 +7,9 @@ and on an MPI rank (``MPIComm``: every rank passes the whole parameter stack and
 under ``jax.shard_map`` over the "layers" (and "data") axes of a mesh (``MeshComm``). The parameters come in
 whole and replicated; each chunk slices its layers (``lpt.mgrit.layout.chunk``), and the layer gradient is
 gathered over the chunks (and summed over data ranks), so y_N, ȳ_0 and the gradient are the same everywhere.
-States (the warm start) stay per chunk: (n_local+1, …) per chunk, chunk after chunk on a mesh.
+States (the warm start) stay per chunk: (n_local+1, …) per chunk, chunk after chunk on a mesh. As in training, a
+depth whose last r layers cost less serially than the padding (:func:`lpt.mgrit.layout.serial_tail`: N = 1025 with
+cfactor 4) is solved as N − r layers by MGRIT and r serially after them, on every process.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from lpt.mgrit.adjoint import adjoint_gradient_chunk
 from lpt.mgrit.layout import Layout, chunk, chunk_real, paired_layouts, unspread
 from lpt.mgrit.options import MGRITOptions
 from lpt.mgrit.solve import forward_chunk, padded
+from lpt.model.propagate import propagate, propagate_states
 
 
 class Warm(NamedTuple):
@@ -65,7 +68,17 @@ class ChunkedSolver:
 
     @property
     def layouts(self) -> tuple[Layout, Layout]:
-        return paired_layouts(self.n, self.fwd, self.bwd, self.comm.layers)
+        return paired_layouts(self.n, self.fwd, self.bwd, self.comm.layers, tail=True)
+
+    def _parts(self, theta: Any, hs: jnp.ndarray) -> tuple[tuple[Any, jnp.ndarray], tuple[Any, jnp.ndarray]]:
+        """((θ, h) of the MGRIT part, (θ, h) of the serial tail) of the whole stack."""
+        m = self.layouts[0].n
+        cut = lambda part: (jax.tree_util.tree_map(lambda a: a[part], theta), hs[part])  # noqa: E731
+        return cut(slice(0, m)), cut(slice(m, None))
+
+    def _tail(self, theta: Any, hs: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+        """y_N from y_{N−r}: the serial tail's steps (none: y itself)."""
+        return propagate(self.step, *self._parts(theta, hs)[1], y) if self.layouts[0].tail else y
 
     @property
     def local_chunks(self) -> int:
@@ -97,8 +110,9 @@ class ChunkedSolver:
 
     @partial(jax.jit, static_argnums=0)
     def solve(self, theta: Any, hs: jnp.ndarray, y0: jnp.ndarray, warm: Warm | None):
-        """This process's chunk states (local_chunks·(n_local+1), …), y_N and the forward :class:`MGRITStats`."""
-        theta, hs = padded(theta, hs, self.layouts[0])
+        """This process's chunk states (local_chunks·(n_local+1), …), y_{N−r} (y_N without a serial tail) and the
+        forward :class:`MGRITStats`."""
+        theta, hs = padded(*self._parts(theta, hs)[0], self.layouts[0])
         states, state = self._specs()
         warm_spec = None if warm is None else Warm(states, states, P())
         return self._run(self._forward_chunk, (theta, hs, y0, warm), (P(), P(), state, warm_spec),
@@ -116,27 +130,42 @@ class ChunkedSolver:
 
     @partial(jax.jit, static_argnums=0)
     def adjoint(self, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, ybar_final: jnp.ndarray, warm: Warm | None):
-        """(θ̄ (N, …), ȳ_0, this process's chunk adjoint states, the adjoint :class:`MGRITStats`)."""
-        theta, hs = padded(theta, hs, self.layouts[0])
+        """(θ̄ (N − r, …: the MGRIT part), ȳ_0, this process's chunk adjoint states, the adjoint
+        :class:`MGRITStats`) from ȳ_{N−r}."""
+        theta, hs = padded(*self._parts(theta, hs)[0], self.layouts[0])
         states, state = self._specs()
         warm_spec = None if warm is None else Warm(states, states, P())
         grads, ybar_0, ybars, stats = self._run(self._backward_chunk, (theta, hs, ys, ybar_final, warm),
                                                 (P(), P(), states, state, warm_spec), (P(), state, states, P()))
-        return unspread(grads, self.layouts[0]), ybar_0, ybars, stats
+        return unspread(grads, self.layouts[0]._replace(tail=0)), ybar_0, ybars, stats
 
     # --- the solver protocol of differentiable_solve ----------------------------------------------------
     def forward(self, theta, hs, y0, warm):
-        ys, y_final, _ = self.solve(theta, hs, y0, warm)
-        return y_final, ys, ys
+        ys, y_mid, _ = self.solve(theta, hs, y0, warm)
+        return self._tail(theta, hs, y_mid), ys, (ys, y_mid)
 
-    def backward(self, theta, hs, ys, ybar_final, warm):
+    def backward(self, theta, hs, saved, ybar_final, warm):
+        ys, y_mid = saved
+        tail, g_tail = self.layouts[0].tail, None
+        if tail:  # the serial tail's adjoint: ȳ_{N−r} and its layers' gradient
+            _, vjp = jax.vjp(lambda th, y: propagate(self.step, th, self._parts(theta, hs)[1][1], y),
+                             self._parts(theta, hs)[1][0], y_mid)
+            g_tail, ybar_final = vjp(ybar_final)
         grads, ybar_0, ybars, _ = self.adjoint(theta, hs, ys, ybar_final, warm)
+        if tail:
+            grads = jax.tree_util.tree_map(lambda g, t: jnp.concatenate([g, t.astype(g.dtype)]), grads, g_tail)
         new_warm = None if warm is None else Warm(ys, ybars, jnp.ones_like(warm.valid))
         return grads, ybar_0, new_warm
 
-    def all_states(self, ys: jnp.ndarray) -> jnp.ndarray:
-        """y_0..y_N (N+1, …) from the chunk states (gathered from the ranks on MPI)."""
+    def all_states(self, ys: jnp.ndarray, theta: Any, hs: jnp.ndarray) -> jnp.ndarray:
+        """y_0..y_N (N+1, …) from the chunk states (gathered from the ranks on MPI) and, after y_{N−r}, the serial
+        tail's states."""
         if self.local_chunks != self.comm.layers:
             ys = self.comm.layer_gather(ys)  # message: all states (only where the caller asks for them)
-        blocks, stride = ys.reshape(self.comm.layers, -1, *ys.shape[1:]), self.layouts[0].stride
-        return jnp.concatenate([*(blocks[p, :stride] for p in range(self.comm.layers - 1)), blocks[-1]])[: self.n + 1]
+        layout = self.layouts[0]
+        blocks, stride = ys.reshape(self.comm.layers, -1, *ys.shape[1:]), layout.stride
+        states = jnp.concatenate([*(blocks[p, :stride] for p in range(self.comm.layers - 1)), blocks[-1]])
+        states = states[: layout.n + 1]
+        if not layout.tail:
+            return states
+        return jnp.concatenate([states, propagate_states(self.step, *self._parts(theta, hs)[1], states[-1])[1:]])

@@ -78,7 +78,7 @@ class LayerParallel:
         codec, solver, hs = self._solver(params, y0)
         params, y0 = jax.lax.stop_gradient((params, y0))
         ys, _, stats = solver.solve(params, hs, codec.flatten(y0), None)
-        return codec.unflatten_states(solver.all_states(ys)), stats
+        return codec.unflatten_states(solver.all_states(ys, params, hs)), stats
 
     def init_warm(self, params: Any, y0: Any) -> Warm:
         """A cold warm start for ``one_shot`` (``valid`` 0: the first step starts from the coarse-level guess)."""
