@@ -128,3 +128,11 @@ def test_every_grid_gives_the_iterates_of_one_chunk_with_a_tail():
         for got, want in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(one)):
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * float(jnp.max(jnp.abs(want))) + 1e-15)
     assert make_layout(65, fwd).n_pad == 68  # without the tail: 3 identity steps
+
+
+def test_too_many_chunks_for_the_mgrit_part_names_the_depth():
+    """N = 9 on 4 chunks (cfactor 4: 8 by MGRIT and 1 serially, 2 coarse intervals): one line naming both."""
+    with pytest.raises(ValueError, match=r"^parallel.layers=4 is more than the finest MGRIT level allows: depth 9 "
+                                         r"\(8 by MGRIT, 1 serially\) with solver.cfactor=4 gives 2 coarse "
+                                         r"intervals \(max_levels=6\); use at most 2 layer ranks, or a greater depth$"):
+        paired_layouts(9, OPTS, OPTS, 4, tail=True)

@@ -212,8 +212,13 @@ def paired_layouts(n: int, fwd: MGRITOptions, bwd: MGRITOptions, chunks: int = 1
     r = serial_tail(n, fwd) if tail else 0
     n -= r
     ms = _cfactors(n, bwd)
-    f_layout = make_layout(n, fwd, chunks, multiple=ms[0] if ms else 1)
-    b_layout = make_layout(n, bwd, chunks, stride=f_layout.stride if chunks > 1 else None)
+    try:
+        f_layout = make_layout(n, fwd, chunks, multiple=ms[0] if ms else 1)
+        b_layout = make_layout(n, bwd, chunks, stride=f_layout.stride if chunks > 1 else None)
+    except ValueError as error:  # name the network's depth, not only its MGRIT part
+        if not r:
+            raise
+        raise ValueError(str(error).replace(f"depth {n} ", f"depth {n + r} ({n} by MGRIT, {r} serially) ", 1)) from None
     n_local = max(f_layout.n_local, b_layout.n_local)
     return f_layout._replace(n_local=n_local, tail=r), b_layout._replace(n_local=n_local, tail=r)
 
