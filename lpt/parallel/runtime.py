@@ -167,7 +167,7 @@ class Runtime:
                 f"({' + '.join(map(str, counts))} layers")
         if stored_rows(layout) > layout.depth:
             line += (f"; {stored_rows(layout) - layout.depth} zero rows fill each chunk to the {layout.rows} rows "
-                     "its solve uses")
+                     + ("its solve uses" if not layout.tail else "of the largest (its solve's and the serial tail's)"))
         return dataclasses.replace(self, chunking=layout, layout=line + ")", depth=layout.depth)
 
     @property
