@@ -42,11 +42,12 @@ def checkpoint(path) -> dict[str, np.ndarray]:
 
 
 def layout_of(depth: int, layers: int):
-    """The forward layout of the default MGRIT solver of a depth-``depth`` net on ``layers`` chunks."""
+    """The forward layout of the default MGRIT solver of a depth-``depth`` net on ``layers`` chunks (with the serial
+    tail: 37 = 32 + 5)."""
     from lpt.mgrit.layout import paired_layouts
     from lpt.mgrit.options import MGRITOptions
 
-    return paired_layouts(depth, MGRITOptions(), MGRITOptions(), layers)[0]
+    return paired_layouts(depth, MGRITOptions(), MGRITOptions(), layers, tail=True)[0]
 
 
 class LBFGSHistory(NamedTuple):
@@ -82,25 +83,26 @@ def test_stored_layers_lay_out_the_solvers_chunks_and_canonical_layers_take_the_
 
 
 @pytest.mark.slow(seconds=20)
-@pytest.mark.parametrize("optimizer,depth,layers", [("lbfgs", 70, 4)])
+@pytest.mark.parametrize("optimizer,depth,layers", [("lbfgs", 70, 4), ("lbfgs", 37, 2)])
 def test_each_device_holds_its_rows_of_the_layer_state_at_an_uneven_depth(tmp_path, optimizer, depth, layers):
     """Parameters and optimiser state (L-BFGS's parameters, gradients and histories, which hold the layers on
-    axis 1) of the layers: the chunk's n_local rows on each device, before and after steps; the zero rows stay
-    zero; the start
+    axis 1) of the layers: the chunk's rows on each device (N = 37: 16 and 16 + a serial tail of 5, 21 rows each),
+    before and after steps; the zero rows stay zero; the start
     line says how the state is split. (Adam's moments take the same path, stored_layers, as every layer leaf; at
     an even depth tests/test_layer_sharded.py checks them.)"""
     cfg = compose_config([*SHORT, f"model.depth={depth}", f"optimizer={optimizer}", "parallel=mesh",
                           f"parallel.layers={layers}"])
     r = _Run(cfg, tmp_path, _setup(cfg))
     layout = layout_of(depth, layers)
-    rows, zero = layout.n_local, np.setdiff1d(np.arange(stored_rows(layout)), real_rows(layout))
+    rows, zero = layout.rows, np.setdiff1d(np.arange(stored_rows(layout)), real_rows(layout))
     try:
         assert isinstance(r.s.solver, LayerSharded)
         assert r.s.solver.layouts(depth)[0] == layout
         counts = {37: "16 + 21", 70: "16 + 16 + 16 + 22"}[depth]
         assert r.s.runtime.layout.endswith(
             f"split over the {layers} layer chunks ({counts} layers; {len(zero)} zero rows fill each chunk to the "
-            f"{rows} rows its solve uses)")
+            f"{rows} rows " + ("of the largest (its solve's and the serial tail's))" if layout.tail
+                               else "its solve uses)"))
 
         def check(state):
             leaves = [(path, leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(
