@@ -23,7 +23,8 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from lpt.mgrit.adjoint import adjoint_gradient_chunk
-from lpt.mgrit.layout import Layout, chunk, chunk_real, paired_layouts, unspread
+from lpt.mgrit.layout import (Layout, chunk, chunk_real, join_tail, mgrit_part, paired_layouts, tail_part,
+                              through_tail, unspread)
 from lpt.mgrit.options import MGRITOptions
 from lpt.mgrit.solve import forward_chunk, padded
 from lpt.model.propagate import propagate, propagate_states
@@ -70,15 +71,6 @@ class ChunkedSolver:
     def layouts(self) -> tuple[Layout, Layout]:
         return paired_layouts(self.n, self.fwd, self.bwd, self.comm.layers, tail=True)
 
-    def _parts(self, theta: Any, hs: jnp.ndarray) -> tuple[tuple[Any, jnp.ndarray], tuple[Any, jnp.ndarray]]:
-        """((θ, h) of the MGRIT part, (θ, h) of the serial tail) of the whole stack."""
-        m = self.layouts[0].n
-        cut = lambda part: (jax.tree_util.tree_map(lambda a: a[part], theta), hs[part])  # noqa: E731
-        return cut(slice(0, m)), cut(slice(m, None))
-
-    def _tail(self, theta: Any, hs: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
-        """y_N from y_{N−r}: the serial tail's steps (none: y itself)."""
-        return propagate(self.step, *self._parts(theta, hs)[1], y) if self.layouts[0].tail else y
 
     @property
     def local_chunks(self) -> int:
@@ -112,7 +104,7 @@ class ChunkedSolver:
     def solve(self, theta: Any, hs: jnp.ndarray, y0: jnp.ndarray, warm: Warm | None):
         """This process's chunk states (local_chunks·(n_local+1), …), y_{N−r} (y_N without a serial tail) and the
         forward :class:`MGRITStats`."""
-        theta, hs = padded(*self._parts(theta, hs)[0], self.layouts[0])
+        theta, hs = padded(*mgrit_part(theta, hs, self.layouts[0]), self.layouts[0])
         states, state = self._specs()
         warm_spec = None if warm is None else Warm(states, states, P())
         return self._run(self._forward_chunk, (theta, hs, y0, warm), (P(), P(), state, warm_spec),
@@ -132,7 +124,7 @@ class ChunkedSolver:
     def adjoint(self, theta: Any, hs: jnp.ndarray, ys: jnp.ndarray, ybar_final: jnp.ndarray, warm: Warm | None):
         """(θ̄ (N − r, …: the MGRIT part), ȳ_0, this process's chunk adjoint states, the adjoint
         :class:`MGRITStats`) from ȳ_{N−r}."""
-        theta, hs = padded(*self._parts(theta, hs)[0], self.layouts[0])
+        theta, hs = padded(*mgrit_part(theta, hs, self.layouts[0]), self.layouts[0])
         states, state = self._specs()
         warm_spec = None if warm is None else Warm(states, states, P())
         grads, ybar_0, ybars, stats = self._run(self._backward_chunk, (theta, hs, ys, ybar_final, warm),
@@ -142,18 +134,16 @@ class ChunkedSolver:
     # --- the solver protocol of differentiable_solve ----------------------------------------------------
     def forward(self, theta, hs, y0, warm):
         ys, y_mid, _ = self.solve(theta, hs, y0, warm)
-        return self._tail(theta, hs, y_mid), ys, (ys, y_mid)
+        return through_tail(self.step, tail_part(theta, hs, self.layouts[0]), y_mid), ys, (ys, y_mid)
 
     def backward(self, theta, hs, saved, ybar_final, warm):
         ys, y_mid = saved
-        tail, g_tail = self.layouts[0].tail, None
-        if tail:  # the serial tail's adjoint: ȳ_{N−r} and its layers' gradient
-            _, vjp = jax.vjp(lambda th, y: propagate(self.step, th, self._parts(theta, hs)[1][1], y),
-                             self._parts(theta, hs)[1][0], y_mid)
+        tail, g_tail = tail_part(theta, hs, self.layouts[0]), None
+        if tail is not None:  # the serial tail's adjoint: ȳ_{N−r} and its layers' gradient
+            _, vjp = jax.vjp(lambda th, y: propagate(self.step, th, tail[1], y), tail[0], y_mid)
             g_tail, ybar_final = vjp(ybar_final)
         grads, ybar_0, ybars, _ = self.adjoint(theta, hs, ys, ybar_final, warm)
-        if tail:
-            grads = jax.tree_util.tree_map(lambda g, t: jnp.concatenate([g, t.astype(g.dtype)]), grads, g_tail)
+        grads = join_tail(grads, g_tail)
         new_warm = None if warm is None else Warm(ys, ybars, jnp.ones_like(warm.valid))
         return grads, ybar_0, new_warm
 
@@ -165,7 +155,7 @@ class ChunkedSolver:
         layout = self.layouts[0]
         blocks, stride = ys.reshape(self.comm.layers, -1, *ys.shape[1:]), layout.stride
         states = jnp.concatenate([*(blocks[p, :stride] for p in range(self.comm.layers - 1)), blocks[-1]])
-        states = states[: layout.n + 1]
-        if not layout.tail:
+        states, tail = states[: layout.n + 1], tail_part(theta, hs, layout)
+        if tail is None:
             return states
-        return jnp.concatenate([states, propagate_states(self.step, *self._parts(theta, hs)[1], states[-1])[1:]])
+        return jnp.concatenate([states, propagate_states(self.step, *tail, states[-1])[1:]])

@@ -39,6 +39,7 @@ import numpy as np
 
 from lpt.mgrit.hierarchy import LevelShape, level_shapes, pad_states, pad_zeros
 from lpt.mgrit.options import MGRITOptions
+from lpt.model.propagate import Step, propagate
 
 
 class ChunkCounts(NamedTuple):
@@ -252,18 +253,48 @@ def own_steps(rank: Any, layout: Layout) -> jnp.ndarray:
     return jnp.arange(layout.n_local) < real
 
 
+def own_rows_mask(rank: Any, layout: Layout) -> jnp.ndarray:
+    """Whether each of chunk ``rank``'s :attr:`Layout.rows` stored rows holds one of its real layers (the last
+    chunk's serial tail included)."""
+    real = jnp.where(jnp.asarray(rank) == layout.chunks - 1, layout.last_rows, layout.stride)
+    return jnp.arange(layout.rows) < real
+
+
 def stored_chunk(tree: Any, rank: Any, layout: Layout) -> Any:
     """Chunk ``rank``'s :attr:`Layout.rows` rows of every leaf of a whole layer stack (``layout.depth``, …: a
     gradient): its real layers (the last chunk's tail included) and zero rows after them."""
     length = (layout.chunks - 1) * layout.stride + layout.rows
-    real = jnp.where(jnp.asarray(rank) == layout.chunks - 1, layout.last_rows, layout.stride)
-    own = jnp.arange(layout.rows) < real
+    own = own_rows_mask(rank, layout)
 
     def one(a: jnp.ndarray) -> jnp.ndarray:
         local = jax.lax.dynamic_slice_in_dim(pad_zeros(a, max(length, a.shape[0])), rank * layout.stride, layout.rows)
         return jnp.where(own.reshape(-1, *(1,) * (a.ndim - 1)), local, jnp.zeros_like(local))
 
     return jax.tree_util.tree_map(one, tree)
+
+
+def mgrit_part(theta: Any, hs: jnp.ndarray, layout: Layout) -> tuple[Any, jnp.ndarray]:
+    """Weights and step sizes of the first ``layout.n`` layers of a whole stack: those MGRIT solves."""
+    return jax.tree_util.tree_map(lambda a: a[: layout.n], theta), hs[: layout.n]
+
+
+def tail_part(theta: Any, hs: jnp.ndarray, layout: Layout) -> tuple[Any, jnp.ndarray] | None:
+    """Weights and step sizes (θ, h) of the serial tail's layers of a whole stack, or None without a tail."""
+    if not layout.tail:
+        return None
+    return jax.tree_util.tree_map(lambda a: a[layout.n: layout.depth], theta), hs[layout.n: layout.depth]
+
+
+def through_tail(step: Step, tail: tuple[Any, jnp.ndarray] | None, y: jnp.ndarray) -> jnp.ndarray:
+    """y_N from y_{N−r}: the serial tail's steps ``tail`` = (θ, h) after ``y``, or ``y`` itself (None)."""
+    return y if tail is None else propagate(step, *tail, y)
+
+
+def join_tail(grads: Any, g_tail: Any) -> Any:
+    """The layer gradient of the whole stack: the MGRIT part's followed by the serial tail's (None: no tail)."""
+    if g_tail is None:
+        return grads
+    return jax.tree_util.tree_map(lambda g, t: jnp.concatenate([g, t.astype(g.dtype)]), grads, g_tail)
 
 
 def spread(tree: Any, layout: Layout) -> Any:

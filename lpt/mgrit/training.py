@@ -29,12 +29,12 @@ from lpt.mgrit.adjoint import adjoint_gradient_chunk
 from lpt.mgrit.control import Adaptive, Control, cosine
 from lpt.mgrit.divergence import anywhere, solve_diverged
 from lpt.mgrit.hierarchy import pad_zeros
-from lpt.mgrit.layout import Layout, chunk, chunk_real, paired_layouts, stored_chunk, unspread
+from lpt.mgrit.layout import (Layout, chunk, chunk_real, join_tail, mgrit_part, paired_layouts, stored_chunk,
+                              tail_part, through_tail, unspread)
 from lpt.mgrit.options import MGRITOptions, require
 from lpt.mgrit.solve import MGRITStats, convergence_factor, forward_chunk, forward_restriction, last_factor, padded
 from lpt.mgrit.stability import coarse_step_stability, stability_message
 from lpt.model import Params
-from lpt.model.propagate import propagate
 from lpt.model.serial import SerialSolver, data_objective
 from lpt.parallel.comm import SingleComm, from_chunk
 
@@ -154,8 +154,7 @@ class MGRITSolver:
         at the serial states of the first ``samples`` samples of ``x``, and the warning line when one is ≥ 2."""
         layout = self.layouts(model.depth)[0]
         y0 = model.open(params, x[:samples])
-        layers = jax.tree_util.tree_map(lambda a: a[: layout.n], params["layers"])  # the MGRIT part
-        theta, hs = padded(layers, model.step_sizes(y0.dtype)[: layout.n], layout)
+        theta, hs = padded(*mgrit_part(params["layers"], model.step_sizes(y0.dtype), layout), layout)
         values = jax.device_get(coarse_step_stability(model.step, theta, hs, y0, layout.shapes,
                                                       forward_restriction(self.fwd)))
         return values, stability_message(values, layout.shapes, model.h)
@@ -232,7 +231,8 @@ class MGRITSolver:
 
     def _value(self, model, params: Params, x: jnp.ndarray, y: jnp.ndarray, state, target) -> jnp.ndarray:
         fw = self._forward(model, params, x, state, target)
-        value = self._regularized(model, params, model.data_loss(model.head(params, _tail(model, fw)), y))[0]
+        y_final = through_tail(model.step, fw.tail, fw.y_final)
+        value = self._regularized(model, params, model.data_loss(model.head(params, y_final), y))[0]
         if self.on_divergence == "serial":
             value = jax.lax.cond(anywhere(self.comm, solve_diverged(fw.ys, fw.stats)),
                                  lambda: self._exact(model, params, x, y, grad=False), lambda: value)
@@ -284,13 +284,10 @@ class MGRITSolver:
     def _tail_layers(self, layers: Any, hs: jnp.ndarray, layout: Layout) -> Any:
         """(θ, h) of the serial tail's layers on every chunk, or None: the whole stack's last r layers, or with
         ``local_layers`` the last chunk's rows after its MGRIT steps (message: r layers' weights, from it)."""
-        if not layout.tail:
-            return None
-        if self.local_layers:
-            theta = jax.tree_util.tree_map(
-                lambda a: from_chunk(self.comm, layout.chunks - 1, a[layout.last_real: layout.last_rows]), layers)
-        else:
-            theta = jax.tree_util.tree_map(lambda a: a[layout.n: layout.depth], layers)
+        if not (self.local_layers and layout.tail):
+            return tail_part(layers, hs, layout)
+        theta = jax.tree_util.tree_map(
+            lambda a: from_chunk(self.comm, layout.chunks - 1, a[layout.last_real: layout.last_rows]), layers)
         return theta, hs[layout.n: layout.depth]
 
     def _layer_gradient(self, layers: Any, g_tail: Any, layout: Layout) -> Any:
@@ -299,9 +296,8 @@ class MGRITSolver:
         comm = self.comm
         if not self.local_layers:
             # message: θ̄ of every chunk, its real layers taken out
-            layers = unspread(jax.tree_util.tree_map(comm.layer_gather, layers), layout._replace(tail=0))
-            return layers if g_tail is None else jax.tree_util.tree_map(
-                lambda g, t: jnp.concatenate([g, t.astype(g.dtype)]), layers, g_tail)
+            return join_tail(unspread(jax.tree_util.tree_map(comm.layer_gather, layers), layout._replace(tail=0)),
+                             g_tail)
         if g_tail is None:
             return layers
         last = comm.layer_rank() == layout.chunks - 1
@@ -316,20 +312,13 @@ class MGRITSolver:
     def _head_vjp(model, params: Params, y: jnp.ndarray, fw: _Forward):
         """(loss, outputs) and the vjp to (classifier, tail layers, y_{N−r}) of the head after the serial tail."""
         def head_loss(p_class, theta_tail, y_final):
-            outputs = model.head({**params, "classifier": p_class}, _tail(model, fw._replace(y_final=y_final),
-                                                                          theta_tail))
+            tail = None if fw.tail is None else (theta_tail, fw.tail[1])
+            outputs = model.head({**params, "classifier": p_class}, through_tail(model.step, tail, y_final))
             return model.data_loss(outputs, y), outputs
 
         theta_tail = None if fw.tail is None else fw.tail[0]
         loss, vjp, outputs = jax.vjp(head_loss, params["classifier"], theta_tail, fw.y_final, has_aux=True)
         return (loss, outputs), vjp
-
-
-def _tail(model, fw: _Forward, theta: Any = None) -> jnp.ndarray:
-    """y_N: the serial tail's layers (weights ``theta``, by default the forward's) after y_{N−r}."""
-    if fw.tail is None:
-        return fw.y_final
-    return propagate(model.step, fw.tail[0] if theta is None else theta, fw.tail[1], fw.y_final)
 
 
 def solve_stats(prefix: str, stats: MGRITStats) -> dict[str, jnp.ndarray]:

@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from lpt.mgrit.hierarchy import pad_states, pad_zeros
-from lpt.mgrit.layout import Layout, real_rows
+from lpt.mgrit.layout import Layout, own_rows_mask, real_rows
 from lpt.model.serial import SerialSolver
 from lpt.parallel.comm import data_mean
 from lpt.parallel.grid import ProcessorGrid
@@ -267,7 +267,7 @@ def own_rows(layers: Any, comm: Any, layout: Layout) -> Any:
     tail included) zero (as they are when every chunk's rows are real)."""
     if stored_rows(layout) == layout.depth:
         return layers
-    own = jnp.arange(layout.rows) < jnp.where(comm.layer_rank() == layout.chunks - 1, layout.last_rows, layout.stride)
+    own = own_rows_mask(comm.layer_rank(), layout)
     return jax.tree_util.tree_map(lambda g: jnp.where(own.reshape(-1, *(1,) * (g.ndim - 1)), g, 0), layers)
 
 
