@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 
 from lpt.logging import read_run
 from test_configs import lpt_train
 
 
+@pytest.mark.optimized
 def test_default_main_job_reaches_97_percent(tmp_path):
     t0 = time.perf_counter()
     proc = lpt_train([], tmp_path)

@@ -216,6 +216,7 @@ MNIST_BUDGET = ["dataset.n_train=2000", "dataset.n_val=2000", "train.steps=200",
                 "train.eval_every=200", "logging.progress=false"]
 
 
+@pytest.mark.optimized
 @pytest.mark.slow(seconds=31)
 def test_parareal_mnist_matches_the_plain_resnet(shared_data, tmp_path):
     """+experiment=parareal_mnist on a short budget vs the same ResNet (model=conv) with the same budget."""

@@ -72,6 +72,7 @@ def lpt_train(args, cwd, timeout=1200):
     return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+@pytest.mark.optimized
 @pytest.mark.slow(seconds=65)
 @pytest.mark.parametrize("solver", ["serial", "mgrit"])
 def test_peaks_lpl_reaches_95_percent(solver, tmp_path):

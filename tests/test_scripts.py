@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import child_xla_flags
 from lpt.logging import read_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +22,7 @@ SCRIPTS = ROOT / "scripts"
 
 def script(name: str, *args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """``python scripts/NAME ARGS`` in a fresh process (float32, one device, as a user runs it)."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = {**os.environ, "XLA_FLAGS": child_xla_flags()}
     env["PYTHONUNBUFFERED"] = "1"
     proc = subprocess.run([sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd or ROOT, env=env)

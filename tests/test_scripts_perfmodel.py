@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import child_xla_flags
 from lpt.logging import read_run
 from test_parallel_comm import mpirun
 from test_scripts import SCRIPTS, script
@@ -91,7 +92,7 @@ def test_lpt_model_calibrate_then_predict(tmp_path):
     """The README's lpt-model commands: calibrate on this machine (tiny profile), then predict from the file."""
     exe = Path(sys.executable).with_name("lpt-model")
     overrides = ["+experiment=peaks_1024", "dataset.n_train=30", "model.depth=32"]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = {**os.environ, "XLA_FLAGS": child_xla_flags()}
     cal = subprocess.run([str(exe), "calibrate", *overrides, "--file", "cal.json", "--comm", "single", "--repeats",
                           "1"], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert cal.returncode == 0, cal.stdout[-2000:] + cal.stderr[-2000:]

@@ -11,10 +11,12 @@ import time
 from pathlib import Path
 
 import h5py
+import pytest
 
 EXE = str(Path(sys.executable).with_name("lpt-train"))
 
 
+@pytest.mark.optimized  # XLA's defaults: the compilation must take long enough to be interrupted
 def test_sigterm_while_compiling_ends_the_run_before_the_first_step(tmp_path):
     # a layer-parallel step of 2048 layers: its compilation takes tens of seconds here
     proc = subprocess.Popen([EXE, "solver=mgrit", "model.depth=2048", "train.steps=3", "logging.progress=false",

@@ -43,6 +43,7 @@ def test_run_writes_the_documented_hdf5_layout(tmp_path):
     assert (tmp_path / "checkpoint.npz").is_file()
 
 
+@pytest.mark.optimized
 def test_loss_decreases_and_accuracy_is_reached(tmp_path):
     """The main job's model on a reduced budget: peaks, width 8, N = 32, T = 5, Adam, full batch."""
     result = run(compose_config(["train.steps=300", "train.eval_every=300"]), tmp_path)
@@ -124,6 +125,7 @@ def test_train_step_compiles_once(optimizer, tmp_path):
 STEPS = 600  # of the main job's 1000: both trainings are on their plateau (≥ 98 %) from about step 400
 
 
+@pytest.mark.optimized
 @pytest.mark.slow(seconds=160)
 def test_mgrit_training_matches_serial_accuracy(tmp_path):
     """`+experiment=peaks solver=mgrit` with the default one-shot settings (3 forward / 3 adjoint cycles, F-relaxation
