@@ -26,7 +26,7 @@ from lpt.parallel.grid import ProcessorGrid
 from lpt.parallel.runtime import Runtime
 from lpt.parallel.products import chunk_norm, chunk_products
 from lpt.parallel.sharded import ChunkLocal, chunk_regularization, layer_specs, on_mesh
-from lpt.train import run
+from lpt.train import linesearch, run
 from test_parallel_comm import mpirun
 
 HERE = Path(__file__).resolve().parent
@@ -126,7 +126,7 @@ def _quartic(sum_layers):
 
 
 def _lbfgs_steps(params, products, sum_layers, steps=3):
-    opt, f = optax.lbfgs(memory_size=2), _quartic(sum_layers)
+    opt, f = linesearch.lbfgs(1.0, 2), _quartic(sum_layers)
     state = opt.init(params)
     for _ in range(steps):
         value, grad = jax.value_and_grad(f)(params)
@@ -137,7 +137,8 @@ def _lbfgs_steps(params, products, sum_layers, steps=3):
 
 
 def test_chunk_products_make_lbfgs_on_four_chunks_equal_the_whole_stack():
-    """optax's L-BFGS with its zoom line search, 3 steps of a quartic objective, per chunk under ``shard_map`` (4
+    """lpt's L-BFGS (optax's, with the line search of :mod:`lpt.train.linesearch`), 3 steps of a quartic
+    objective, per chunk under ``shard_map`` (4
     chunks of a 16-layer stack) inside :func:`chunk_products`: the whole stack's iterates (float64, 1e-12). The same
     per-chunk steps without it (each chunk's own inner products) go elsewhere, and a block in which optax computes
     no inner product is refused."""

@@ -136,3 +136,19 @@ def test_profile_gradient_sums_operations_by_kind(layout):
     assert rows and sum(float(share) for _, _, share in rows) <= 100.5, proc.stdout
     kinds = {name for name, _, _ in rows}
     assert any("concatenate" in k for k in kinds) and any("dot" in k or "ynn" in k for k in kinds), kinds
+
+
+@pytest.mark.slow(seconds=20)
+def test_bench_linesearch_prints_both_line_searches_and_their_ratios():
+    """scripts/bench_linesearch.py on a tiny peaks_lpl: a row each for lpt's and optax's line search, and ratios
+    that are the quotients of the printed figures (to their rounding; whatever the times are). The program with
+    lpt's line search is the smaller (it holds one evaluation of the objective per trial, not two)."""
+    proc = script("bench_linesearch.py", "peaks_lpl", "model.depth=8", "dataset.n_train=40", "dataset.n_val=10",
+                  "--repeats", "1", "--rounds", "1")
+    number = r"\s+([\d.]+)"
+    rows = {name: [float(v) for v in re.search(rf"^{name}{number * 4}$", proc.stdout, re.M).groups()]
+            for name in ("lpt", "optax")}
+    ratios = [float(v) for v in re.search(rf"^lpt / optax{number * 4}$", proc.stdout, re.M).groups()]
+    for (ours, theirs, ratio), digits in zip(zip(rows["lpt"], rows["optax"], ratios), (2, 2, 0, 1)):
+        assert within_rounding(ratio, ours, theirs, digits=digits), (ours, theirs, ratio)
+    assert rows["lpt"][2] < rows["optax"][2], proc.stdout  # HLO lines
