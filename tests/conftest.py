@@ -11,7 +11,8 @@ Together they compile the train step of the default MGRIT run 3.3 × faster (2.6
 2.1 × (5.53 → 2.65 s) and an L-BFGS MGRIT step 2.4 × (8.26 → 3.47 s), but run it about 3 × slower. A test whose
 time goes into running its steps (hundreds of training steps) is marked ``@pytest.mark.optimized``: it compiles at
 XLA's LLVM level 1 (``--xla_backend_optimization_level=1``, unless ``XLA_FLAGS`` sets a level), in this process
-and in the processes it starts. Processes that a test starts (MPI ranks, ``lpt-train``, examples, scripts) inherit
+(still without the fusion emitters: XLA reads ``XLA_FLAGS`` once per process) and, with them, in the processes it
+starts. Processes that a test starts (MPI ranks, ``lpt-train``, examples, scripts) inherit
 the test's setting (environment, :func:`child_xla_flags`), so that what they compute is what the session compares
 it with. Only the stop-while-compiling test compiles at XLA's defaults.
 
@@ -61,6 +62,7 @@ import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+jax.devices()  # XLA reads XLA_FLAGS now, before a test marked optimized changes them for its processes
 
 # Property tests draw the same examples on every machine (CI equals a local run); LPT_HYPOTHESIS_PROFILE=explore
 # draws new ones each run (with ``--hypothesis-seed=N`` to repeat one), for looking for failures by hand.
@@ -75,7 +77,10 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 def child_xla_flags(*flags: str) -> str:
     """``XLA_FLAGS`` of a process that a test starts: ``flags`` (e.g. one device) and the session's compilation
     settings (the level and the fusion emitters; ``JAX_DISABLE_MOST_OPTIMIZATIONS`` comes with the environment)."""
-    return " ".join([*flags, _LEVEL, _FAST])
+    return " ".join([*flags, _LEVEL, *([] if _OPTIMIZED else [_FAST])])
+
+
+_OPTIMIZED = False  # True while a test marked ``optimized`` runs
 
 
 @pytest.fixture(autouse=True)
@@ -85,11 +90,15 @@ def _xla_optimisation(request, monkeypatch):
     if request.node.get_closest_marker("optimized") is None:
         yield
         return
+    global _OPTIMIZED
     monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "0")
+    monkeypatch.setenv("XLA_FLAGS", os.environ["XLA_FLAGS"].replace(_FAST, "").strip())  # for the processes it starts
     jax.config.update("jax_disable_most_optimizations", False)
+    _OPTIMIZED = True
     try:
         yield
     finally:
+        _OPTIMIZED = False
         jax.config.update("jax_disable_most_optimizations", _FAST_ON)
 
 

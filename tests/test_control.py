@@ -139,6 +139,7 @@ def test_run_logs_cycles_mode_and_bias_checks(tmp_path):
     np.testing.assert_array_equal(m["mode"], mode)
 
 
+@pytest.mark.optimized
 @pytest.mark.slow(seconds=27)
 def test_diagnostic_shows_where_the_one_shot_error_comes_from(tmp_path):
     """`scripts/diagnose_one_shot.py` on a short peaks run (1000 points, 200 steps; 2 forward cycles with FCF, the
