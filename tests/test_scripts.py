@@ -62,3 +62,31 @@ def test_reproduce_papers_rejects_unknown_presets():
     proc = subprocess.run([sys.executable, str(SCRIPTS / "reproduce_papers.py"), "peaks_9"], capture_output=True,
                           text=True, cwd=ROOT)
     assert proc.returncode == 2 and "unknown preset(s) ['peaks_9']" in proc.stderr
+
+
+def test_pytest_cpu_profile_records_each_test_and_sums_them(tmp_path):
+    """scripts/pytest_cpu_profile.py as the README runs it: pytest with the plugin on two tests (one compiles a
+    jax program, one starts a process), then the summary: a record per test with the compilation jax reported and
+    the CPU time of the process started, and totals that are the records' sums."""
+    (tmp_path / "test_two.py").write_text(
+        "import subprocess, sys\nimport jax, jax.numpy as jnp\n\n"
+        "def test_compiles():\n    assert float(jax.jit(lambda x: jnp.sin(x).sum())(jnp.ones(3))) > 0\n\n"
+        "def test_starts_a_process():\n"
+        "    subprocess.run([sys.executable, '-c', 'sum(i * i for i in range(3_000_000))'], check=True)\n")
+    prefix = tmp_path / "prof"
+    env = {**os.environ, "PYTHONPATH": str(SCRIPTS), "CPU_PROFILE": str(prefix)}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "pytest_cpu_profile",
+                           "test_two.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    import json
+
+    records = {r["test"].split("::")[1]: r for r in map(json.loads, open(f"{prefix}.main.jsonl"))}
+    assert set(records) == {"test_compiles", "test_starts_a_process"}
+    # the session's compilation cache (tests/conftest.py) is inherited: the program is looked up there
+    assert records["test_compiles"]["compile"] > 0 and records["test_compiles"]["misses"] + records[
+        "test_compiles"]["hits"] >= 1
+    assert records["test_starts_a_process"]["children_cpu"] > 0 and records["test_starts_a_process"]["compile"] == 0
+    out = script("pytest_cpu_profile.py", str(prefix)).stdout
+    own = sum(r["cpu"] for r in records.values())
+    assert out.startswith(f"2 tests: pytest processes {own:.0f} CPU-s"), out
+    assert "test_two.py::test_starts_a_process" in out and "test_two.py" in out
