@@ -27,14 +27,14 @@ import optax
 @contextlib.contextmanager
 def optax_linesearch():
     """Within the block the runs' L-BFGS is ``optax.lbfgs`` with its own line search."""
-    import lpt.train.linesearch as ours
+    import lpt.train.optim as optim
 
-    saved = ours.lbfgs
-    ours.lbfgs = lambda learning_rate, memory_size: optax.lbfgs(learning_rate=learning_rate, memory_size=memory_size)
+    saved = optim.lbfgs
+    optim.lbfgs = lambda learning_rate, memory_size: optax.lbfgs(learning_rate=learning_rate, memory_size=memory_size)
     try:
         yield
     finally:
-        ours.lbfgs = saved
+        optim.lbfgs = saved
 
 
 def measure(preset: str, overrides: list[str], repeats: int) -> dict[str, float]:

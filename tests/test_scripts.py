@@ -74,7 +74,8 @@ def test_pytest_cpu_profile_records_each_test_and_sums_them(tmp_path):
         "def test_starts_a_process():\n"
         "    subprocess.run([sys.executable, '-c', 'sum(i * i for i in range(3_000_000))'], check=True)\n")
     prefix = tmp_path / "prof"
-    env = {**os.environ, "PYTHONPATH": str(SCRIPTS), "CPU_PROFILE": str(prefix)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}  # one process: "main"
+    env.update(PYTHONPATH=str(SCRIPTS), CPU_PROFILE=str(prefix))
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "pytest_cpu_profile",
                            "test_two.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -10,7 +10,7 @@ import jax
 import optax
 
 from lpt.config import check_group
-from lpt.train import linesearch
+from lpt.train.linesearch import lbfgs
 
 def clip_by_global_norm(max_norm: float, norm: Callable[[Any], Any] = optax.tree.norm) -> optax.GradientTransformation:
     """``optax.clip_by_global_norm`` with the norm as a function: u ← u if ‖u‖ < max_norm, else u·max_norm/‖u‖.
@@ -60,7 +60,7 @@ def make_optimizer(cfg: Mapping[str, Any],
         core = optax.chain(optax.scale_by_adam(b1=opt["b1"], b2=opt["b2"], eps=opt["eps"]), *decayed,
                            optax.scale_by_learning_rate(lr))
     else:
-        core = linesearch.lbfgs(learning_rate=lr, memory_size=opt["memory_size"])
+        core = lbfgs(learning_rate=lr, memory_size=opt["memory_size"])
     return optax.chain(clip_by_global_norm(clip, norm), core) if clip > 0 else core
 
 
