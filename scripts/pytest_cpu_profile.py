@@ -21,6 +21,8 @@ import os
 import resource
 import time
 
+import pytest
+
 EVENTS = {"trace": "/jax/core/compile/jaxpr_trace_duration",
           "lower": "/jax/core/compile/jaxpr_to_mlir_module_duration",
           "compile": "/jax/core/compile/backend_compile_duration",
@@ -38,7 +40,8 @@ def _cpu(who: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def pytest_runtest_protocol(item, nextitem):  # a hook wrapper: the test runs at the yield
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):  # the test runs at the yield
     import jax.monitoring
 
     if not _listening:
@@ -55,8 +58,6 @@ def pytest_runtest_protocol(item, nextitem):  # a hook wrapper: the test runs at
     with open(f"{os.environ.get('CPU_PROFILE', 'cpu_profile')}.{worker}.jsonl", "a") as out:
         out.write(json.dumps(record) + "\n")
 
-
-pytest_runtest_protocol.hookwrapper = True
 
 
 def main(argv=None) -> None:
