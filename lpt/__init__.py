@@ -2,7 +2,8 @@
 
 The package is organised by concern: :mod:`lpt.data` (data sets), :mod:`lpt.model` (the ResNet as a
 time-stepping problem), :mod:`lpt.mgrit` (FAS-MGRIT solvers), :mod:`lpt.parallel` (communication back-ends),
-:mod:`lpt.train` (optimisation), :mod:`lpt.logging` (HDF5 run logs and checkpoints), :mod:`lpt.cli` (commands).
+:mod:`lpt.train` (optimisation), :mod:`lpt.logging` (HDF5 run logs and checkpoints), :mod:`lpt.cli` (commands),
+:mod:`lpt.host` (settings of the host process).
 The public API for any network, :func:`lpt.layer_parallel` (:mod:`lpt.api`), is imported on first use.
 """
 

@@ -62,7 +62,50 @@ import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
-jax.devices()  # XLA reads XLA_FLAGS now, before a test marked optimized changes them for its processes
+from lpt.host import reuse_freed_memory  # noqa: E402
+
+
+def _worker_core() -> int | None:
+    """The core of this pytest-xdist worker (worker k: core k of those it may run on); None outside xdist."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw") or not hasattr(os, "sched_setaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    return cores[int(worker[2:]) % len(cores)]
+
+
+WORKER_CORE = _worker_core()
+
+
+def on_worker_core(cmd: list[str]) -> list[str]:
+    """``cmd`` restricted to this worker's core (``taskset``), for a process of one rank that the test waits for
+    (the worker's own threads run there and are idle meanwhile): XLA sizes its thread pool for one core, as in
+    the worker (:func:`_init_backend`). Unchanged outside xdist or without ``taskset``."""
+    taskset = shutil.which("taskset")
+    return cmd if WORKER_CORE is None or taskset is None else [taskset, "-c", str(WORKER_CORE), *cmd]
+
+
+def _init_backend() -> None:
+    """Initialise XLA's CPU back-end now (XLA reads ``XLA_FLAGS`` once, before a test marked optimized changes
+    them for its processes). In a pytest-xdist worker (``-n 2``: the workers keep the cores busy already) XLA's
+    threads run on one core, worker k's on core k: they are created while the process may run only there, and
+    the main thread (and so every process a test starts) may run on all cores again after. CPU time is what two
+    busy workers share: the one-shot accuracy test (tests/test_train.py) took 89.4 CPU-s with XLA's threads on
+    two cores and glibc's malloc thresholds, 69.5 on one core with :func:`~lpt.host.reuse_freed_memory`
+    (``/usr/bin/time``, user + system, one test run alone)."""
+    if WORKER_CORE is None:
+        jax.devices()
+        return
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {WORKER_CORE})
+    try:
+        jax.devices()
+    finally:
+        os.sched_setaffinity(0, cores)
+
+
+reuse_freed_memory()  # as lpt-train does: XLA's buffers stay in the process from one step to the next
+_init_backend()
 
 # Property tests draw the same examples on every machine (CI equals a local run); LPT_HYPOTHESIS_PROFILE=explore
 # draws new ones each run (with ``--hypothesis-seed=N`` to repeat one), for looking for failures by hand.

@@ -15,6 +15,7 @@ import pytest
 from lpt.cli.compose import compose_config
 from lpt.logging import read_run
 from lpt.train import ConfigError, run
+from conftest import on_worker_core
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = ["dataset", "model", "solver", "optimizer", "parallel", "logging"]
@@ -87,7 +88,8 @@ def lpt_train(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Co
     """Run the installed console script from an arbitrary working directory."""
     exe = Path(sys.executable).with_name("lpt-train")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(on_worker_core([str(exe), *args]), cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
 
 
 @pytest.mark.parametrize(

@@ -149,15 +149,16 @@ def test_diagnostic_shows_where_the_one_shot_error_comes_from(tmp_path):
     import subprocess
     import sys
 
+    from conftest import on_worker_core
     from test_scripts import SCRIPTS
 
     out = {}
     for bwd in (1, 2):
         path = tmp_path / f"bwd{bwd}.npz"
-        proc = subprocess.run([sys.executable, str(SCRIPTS / "diagnose_one_shot.py"), "peaks", "--steps", "200",
-                               "dataset.n_train=1000", "solver.fwd_iters=2", "solver.nrelax_fine=1",
-                               "solver.growth_cycles=0",
-                               f"solver.bwd_iters={bwd}", "--out", str(path)],
+        proc = subprocess.run(on_worker_core([sys.executable, str(SCRIPTS / "diagnose_one_shot.py"), "peaks", "--steps",
+                                              "200", "dataset.n_train=1000", "solver.fwd_iters=2",
+                                              "solver.nrelax_fine=1", "solver.growth_cycles=0",
+                                              f"solver.bwd_iters={bwd}", "--out", str(path)]),
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "forward error grew: 0.0%" in proc.stdout, proc.stdout

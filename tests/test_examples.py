@@ -10,15 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import child_xla_flags
+from conftest import child_xla_flags, on_worker_core
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_example(name: str) -> str:
     env = {**os.environ, "XLA_FLAGS": child_xla_flags(), "JAX_ENABLE_X64": "0"}
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / name)], capture_output=True, text=True,
-                          timeout=600, env=env, cwd=ROOT)
+    proc = subprocess.run(on_worker_core([sys.executable, str(ROOT / "examples" / name)]), capture_output=True,
+                          text=True, timeout=600, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 

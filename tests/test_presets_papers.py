@@ -14,7 +14,7 @@ import pytest
 
 from lpt.cli.compose import compose_config
 from lpt.logging import read_run
-from conftest import child_xla_flags
+from conftest import child_xla_flags, on_worker_core
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ["peaks_lpl", "peaks_1024", "indian_pines_512", "mnist_4096", "mnist_torchbraid", "regression_2048"]
@@ -69,7 +69,8 @@ def lpt_train(args, cwd, timeout=1200):
     exe = Path(sys.executable).with_name("lpt-train")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env["XLA_FLAGS"] = child_xla_flags()
-    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(on_worker_core([str(exe), *args]), cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
 
 
 @pytest.mark.optimized

@@ -310,6 +310,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lpt.train import ConfigError
 
     args = build_parser().parse_args(argv)
+    from lpt.host import reuse_freed_memory
+
+    reuse_freed_memory()  # calibrate runs training steps (lpt.host)
     try:
         return COMMANDS[args.command](args)
     except (CalibrationError, ConfigError, DataError, ModelError, ValueError) as exc:

@@ -21,6 +21,7 @@ from lpt.config import register_schemas
 from lpt.data import DataError
 from lpt.model import ModelError
 from lpt.train import ConfigError, run
+from lpt.host import reuse_freed_memory
 from lpt.train.signals import Interrupted
 
 log = logging.getLogger("lpt")
@@ -55,6 +56,7 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     logging.getLogger("jax").setLevel(logging.WARNING)  # no backend-probing chatter in run logs
+    reuse_freed_memory()  # XLA's buffers stay in the process from one step to the next (lpt.host)
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if (resolved.get("parallel") or {}).get("name") == "mpi":

@@ -11,7 +11,6 @@ import os
 from typing import Literal, NamedTuple
 
 import numpy as np
-import scipy.io
 
 from lpt.data.common import (
     DataError,
@@ -57,6 +56,8 @@ def _load_mat_array(path: os.PathLike[str], variable: str, shape: tuple[int, ...
     Raises:
         DataError: If the file cannot be read, lacks the variable, or the shape differs.
     """
+    import scipy.io  # here, not at the top: 0.1 s that every lpt process would pay at start
+
     try:
         contents = scipy.io.loadmat(path)
     except Exception as err:  # scipy raises several types for corrupt files

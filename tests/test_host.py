@@ -1,0 +1,61 @@
+"""lpt.host: glibc keeps freed memory in the process, so buffers freed and allocated again every step are not
+faulted in and zeroed again by the kernel; one's own malloc settings are left alone."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt thresholds are glibc's")
+
+# malloc, touch and free 64 MiB ten times, as XLA's runtime does with a step's buffers: the minor page faults of the
+# loop (resource.getrusage) after `reuse_freed_memory()` (TUNE=1) or without it. 64 MiB is above the largest mmap
+# threshold that glibc sets by itself (32 MiB), so untuned every block is mapped afresh: 16 384 pages of 4 KiB.
+LOOP = """
+import ctypes, os, resource
+from lpt.host import reuse_freed_memory
+tuned = reuse_freed_memory() if os.environ.get("TUNE") == "1" else None
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, (ctypes.c_size_t,), (ctypes.c_void_p,)
+def step(size=64 << 20):
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)
+    libc.free(block)
+step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    step()
+print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+def _faults(**env) -> tuple[str, int]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES",
+                                                                                              "LPT_MALLOC")}
+    proc = subprocess.run([sys.executable, "-c", LOOP], capture_output=True, text=True, timeout=120,
+                          env={**clean, **env})
+    assert proc.returncode == 0, proc.stderr
+    tuned, faults = proc.stdout.split()
+    return tuned, int(faults)
+
+
+def test_freed_buffers_are_reused_without_page_faults():
+    """Untuned, each 64 MiB block is mapped afresh (16 384 page faults each time); tuned, the later ones reuse the
+    first one's pages (measured: 163 850 faults against 0)."""
+    untuned = _faults(TUNE="0")
+    tuned = _faults(TUNE="1")
+    assert untuned[0] == "None" and tuned[0] == "True"
+    assert untuned[1] >= 10 * 16384 * 0.9, untuned
+    assert tuned[1] < untuned[1] / 10, (tuned, untuned)
+
+
+@pytest.mark.parametrize("env", [{"LPT_MALLOC": "system"}, {"MALLOC_ARENA_MAX_": "2"},
+                                 {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1048576"}])
+def test_own_malloc_settings_are_left_alone(env):
+    """LPT_MALLOC=system, a MALLOC_*_ variable or glibc.malloc tunables: no thresholds set, the faults stay."""
+    tuned, faults = _faults(TUNE="1", **env)
+    assert tuned == "False"
+    assert faults >= 10 * 16384 * 0.9
