@@ -8,7 +8,7 @@ processes went to tracing, lowering and XLA compilation), so XLA compiles them f
   through its MLIR fusion pipeline, which builds an MLIR context per kernel).
 
 Together they compile the train step of the default MGRIT run 3.3 × faster (2.67 → 0.80 s), a conv MGRIT step
-2.1 × (5.53 → 2.65 s) and an L-BFGS MGRIT step 2.4 × (8.26 → 3.47 s), but run it about 3 × slower. A test whose
+2.1 × (5.53 → 2.65 s) and an L-BFGS MGRIT step 2.4 × (8.26 → 3.47 s), but run it about 4 × slower (README). A test whose
 time goes into running its steps (hundreds of training steps) is marked ``@pytest.mark.optimized``: it compiles at
 XLA's LLVM level 1 (``--xla_backend_optimization_level=1``, unless ``XLA_FLAGS`` sets a level), in this process
 (still without the fusion emitters: XLA reads ``XLA_FLAGS`` once per process) and, with them, in the processes it
