@@ -80,6 +80,31 @@ def test_runlog_truncate_drops_rows_after_the_checkpoint(tmp_path):
     assert rec.mgrit["fwd_residual"].shape == (4, 2)
 
 
+def test_runlog_rows_continue_across_chunks_truncation_and_resume(tmp_path):
+    """Rows written by the row writer (low-level h5py calls, columns kept open) are those appended: over a chunk
+    boundary (256 rows), after a truncation, and in a log reopened to resume; step stays int64, a row of another
+    shape is refused."""
+    path = tmp_path / "run.h5"
+    with RunLog(path, config_yaml="{}") as log:
+        for s in range(1, 301):
+            log.append({"step": s, "loss": 1.0 / s}, {"fwd_residual": np.array([s, 2.0 * s, np.nan])})
+        log.truncate(270)
+        log.append({"step": 271, "loss": -1.0}, {"fwd_residual": np.array([0.5, 0.25, 0.125])})
+        with pytest.raises(ValueError, match="fwd_residual: row shape"):
+            log.append({"step": 272, "loss": 0.0}, {"fwd_residual": np.array([1.0, 2.0])})
+    with RunLog(path, config_yaml="{}", resume=True) as log:
+        log.truncate(271)  # the refused row's history columns were written before its mgrit row was refused
+        log.append({"step": 272, "loss": -2.0}, {"fwd_residual": np.array([1.0, 2.0, 3.0])})
+    rec = read_run(path)
+    steps = np.arange(1, 273)
+    assert rec.history["step"].dtype == np.int64
+    np.testing.assert_array_equal(rec.history["step"], steps)
+    np.testing.assert_array_equal(rec.history["loss"], [*(1.0 / steps[:270]), -1.0, -2.0])
+    expected = np.stack([steps, 2.0 * steps, np.full(272, np.nan)], axis=1)
+    expected[270], expected[271] = [0.5, 0.25, 0.125], [1.0, 2.0, 3.0]
+    np.testing.assert_array_equal(rec.mgrit["fwd_residual"], expected)
+
+
 def test_log_is_readable_while_the_run_is_open(tmp_path):
     """A run's log is held open for writing; another process (a user watching the run) reads its rows."""
     log = RunLog(tmp_path / "run.h5", config_yaml="{}")

@@ -102,6 +102,7 @@ class RunLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.file = None
+        self._columns: dict[tuple[str, str], list] = {}
         if resume and self.path.exists():
             try:
                 self.file = h5py.File(self.path, "a")
@@ -137,20 +138,35 @@ class RunLog:
                 tmp.unlink()
 
     # --- rows ---------------------------------------------------------------------------------------
+    def _column(self, group: str, name: str, shape: tuple[int, ...]) -> list:
+        """[dataset, rows, row shape, dtype] of column ``group/name``, created with row ``shape`` if new; kept,
+        so that a row costs no lookups by name (h5py's are ~0.1 ms each, and a row has some 30 columns)."""
+        column = self._columns.get((group, name))
+        if column is None:
+            g = self.file[group]
+            if name not in g:
+                dtype = np.int64 if (group, name) in INTEGER_COLUMNS else np.float64
+                g.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
+                                 chunks=(CHUNK_ROWS, *shape), fillvalue=0 if dtype == np.int64 else np.nan)
+                g[name].attrs["description"] = describe(group, name)
+            ds = g[name]
+            column = self._columns[(group, name)] = [ds, ds.shape[0], ds.shape[1:], ds.dtype]
+        return column
+
     def _append_row(self, group: str, name: str, value: np.ndarray) -> None:
-        g = self.file[group]
-        dtype = np.int64 if (group, name) in INTEGER_COLUMNS else np.float64
+        """Row ``rows`` of column ``group/name``: the dataset grown by one row and the row written through
+        h5py's low-level calls (the same file contents as ``ds.resize(n + 1, axis=0); ds[n] = value``, in a
+        tenth of the time)."""
+        column = self._column(group, name, np.shape(value))
+        ds, n, shape, dtype = column
         value = np.asarray(value, dtype=dtype)
-        if name not in g:
-            g.create_dataset(name, shape=(0, *value.shape), maxshape=(None, *value.shape), dtype=dtype,
-                             chunks=(CHUNK_ROWS, *value.shape), fillvalue=0 if dtype == np.int64 else np.nan)
-            g[name].attrs["description"] = describe(group, name)
-        ds = g[name]
-        if ds.shape[1:] != value.shape:
-            raise ValueError(f"{group}/{name}: row shape {value.shape} differs from the logged {ds.shape[1:]}")
-        n = ds.shape[0]
-        ds.resize(n + 1, axis=0)
-        ds[n] = value
+        if value.shape != shape:
+            raise ValueError(f"{group}/{name}: row shape {value.shape} differs from the logged {shape}")
+        ds.id.set_extent((n + 1, *shape))
+        space = ds.id.get_space()
+        space.select_hyperslab((n, *(0 for _ in shape)), (1, *shape))
+        ds.id.write(h5py.h5s.create_simple((1, *shape)), space, np.ascontiguousarray(value.reshape(1, *shape)))
+        column[1] = n + 1
 
     def append(self, history: Mapping[str, float], mgrit: Mapping[str, Any] | None = None) -> None:
         """Append one logged step (``history`` scalars, optional ``mgrit`` rows) and flush to disk."""
@@ -170,6 +186,7 @@ class RunLog:
             for ds in self.file[group].values():
                 if ds.shape[0] > keep:
                     ds.resize(keep, axis=0)
+        self._columns.clear()  # row counts read from the file again
         self.file.flush()
 
     # --- checkpoint mirror --------------------------------------------------------------------------
