@@ -79,8 +79,8 @@ WORKER_CORE = _worker_core()
 
 def on_worker_core(cmd: list[str]) -> list[str]:
     """``cmd`` restricted to this worker's core (``taskset``), for a process of one rank that the test waits for
-    (the worker's own threads run there and are idle meanwhile): XLA sizes its thread pool for one core, as in
-    the worker (:func:`_init_backend`). Unchanged outside xdist or without ``taskset``."""
+    (the worker's own XLA threads run there, :func:`_init_backend`, and are idle meanwhile); XLA in that process
+    sizes its thread pool for the one core. Unchanged outside xdist or without ``taskset``."""
     taskset = shutil.which("taskset")
     return cmd if WORKER_CORE is None or taskset is None else [taskset, "-c", str(WORKER_CORE), *cmd]
 
@@ -91,7 +91,7 @@ def _init_backend() -> None:
     threads run on one core, worker k's on core k: they are created while the process may run only there, and
     the main thread (and so every process a test starts) may run on all cores again after. CPU time is what two
     busy workers share: the one-shot accuracy test (tests/test_train.py) took 89.4 CPU-s with XLA's threads on
-    two cores and glibc's malloc thresholds, 69.5 on one core with :func:`~lpt.host.reuse_freed_memory`
+    two cores and glibc's default malloc thresholds, 69.5 on one core with :func:`~lpt.host.reuse_freed_memory`
     (``/usr/bin/time``, user + system, one test run alone)."""
     if WORKER_CORE is None:
         jax.devices()

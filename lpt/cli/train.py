@@ -19,9 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from lpt.config import register_schemas
 from lpt.data import DataError
+from lpt.host import reuse_freed_memory
 from lpt.model import ModelError
 from lpt.train import ConfigError, run
-from lpt.host import reuse_freed_memory
 from lpt.train.signals import Interrupted
 
 log = logging.getLogger("lpt")

@@ -155,8 +155,8 @@ class RunLog:
 
     def _append_row(self, group: str, name: str, value: np.ndarray) -> None:
         """Row ``rows`` of column ``group/name``: the dataset grown by one row and the row written through
-        h5py's low-level calls (the same file contents as ``ds.resize(n + 1, axis=0); ds[n] = value``, in a
-        tenth of the time)."""
+        h5py's low-level calls (the same file contents as ``ds.resize(n + 1, axis=0); ds[n] = value``; a row
+        of the main job's 31 columns 1.6 ms instead of 11 ms, README "Run log")."""
         column = self._column(group, name, np.shape(value))
         ds, n, shape, dtype = column
         value = np.asarray(value, dtype=dtype)
