@@ -186,6 +186,28 @@ def test_growth_cycles_run_while_the_residual_is_above_its_start():
     assert res.shape == (1,) and k == 1
 
 
+
+def test_growth_cycles_add_no_second_copy_of_the_cycle_to_the_program():
+    """The cycles and the growth cycles are one loop: a solve with growth cycles traces the cycle once, so its
+    program (equations of the jaxpr, loop bodies included) is about the size of the plain one. With a second
+    loop for the growth cycles it held the cycle twice, which every training step with the default one-shot
+    settings compiled."""
+    model, params, x, _ = make_problem(32)
+    theta, hs, y0 = fine_problem(model, params, x)
+    warm = propagate_states(model.step, theta, hs, y0)
+    plain = MGRITOptions(cfactor=4, max_levels=3, max_iter=3, nrelax_fine=0)
+
+    def size(opts) -> int:
+        def count(jaxpr) -> int:
+            subs = [p for e in jaxpr.eqns for v in e.params.values() for p in (v if isinstance(v, tuple) else (v,))]
+            return len(jaxpr.eqns) + sum(count(p.jaxpr if hasattr(p, "consts") else p) for p in subs
+                                         if hasattr(p, "eqns") or hasattr(p, "consts"))
+        return count(jax.make_jaxpr(lambda t, w: mgrit_solve(model.step, t, hs, y0, opts, w))(theta, warm).jaxpr)
+
+    plain_size, growth_size = size(plain), size(dataclasses.replace(plain, growth_iter=2))
+    assert growth_size < plain_size + 20, (plain_size, growth_size)  # 349 / 345 here; 588 with two loops
+
+
 # --- cycle types ----------------------------------------------------------------------------------------
 @pytest.mark.slow(seconds=17)
 def test_f_cycle_and_fmg_at_least_as_fast_as_v_and_same_answer():

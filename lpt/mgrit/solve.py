@@ -190,11 +190,15 @@ def _cycles(body: Callable[[_Loop], _Loop], state: _Loop, opts: MGRITOptions, ta
             return (s.k < opts.max_iter) & ((s.residual > bound) | (s.k < min_iter))
 
         return jax.lax.while_loop(more, body, state)
-    state = jax.lax.fori_loop(0, opts.max_iter - int(skipped), lambda _, s: body(s), state)
-    if opts.growth_iter:  # the residual ended above its start: more cycles, at most growth_iter
-        # (r0 is NaN after a skipped down-cycle: then no more cycles)
-        state = jax.lax.while_loop(lambda s: (s.k < opts.most_iter) & (s.residual > r0), body, state)
-    return state
+    if not opts.growth_iter:
+        return jax.lax.fori_loop(0, opts.max_iter - int(skipped), lambda _, s: body(s), state)
+
+    # growth cycles: the residual ended above its start, more cycles, at most growth_iter (r0 is NaN after a
+    # skipped down-cycle: then no more). One loop for both kinds of cycle, so the cycle is compiled once.
+    def more(s: _Loop) -> jnp.ndarray:
+        return (s.k < opts.max_iter) | ((s.k < opts.most_iter) & (s.residual > r0))
+
+    return jax.lax.while_loop(more, body, state)
 
 
 def forward_hierarchy(step: Step, theta: Any, hs: jnp.ndarray, options: MGRITOptions, layout: Layout,
