@@ -26,10 +26,10 @@ NEEDS_FILES = {"indian_pines", "mnist"}
 TINY = {
     "peaks": ["dataset.n_train=100", "dataset.n_val=50"],
     "indian_pines": ["dataset.n_train=200", "dataset.n_val=100"],
-    "mnist": ["dataset.n_train=200", "dataset.n_val=100"],
+    "mnist": ["dataset.n_train=64", "dataset.n_val=16"],
     "regression_peaks": ["dataset.n_train=100", "dataset.n_val=50"],
     "regression_pendulum": ["dataset.n_train=100", "dataset.n_val=50"],
-    # per preset, replacing the data set's budget and the batch of 32. The deep presets run every option of theirs
+    # per preset, replacing the data set's budget and the batch of 8. The deep presets run every option of theirs
     # but at depth 32 (still 3 MGRIT levels: 32 → 8 → 2 with cfactor 4, 32 → 16 → 8 with cfactor 2 and
     # min_coarse 10): compiling 4096 conv layers, or full-batch L-BFGS through 512 layers of width 200, took
     # 60-100 s here and tests nothing the shallower run does not (padding and many levels have their own tests;
@@ -37,7 +37,9 @@ TINY = {
     # README gives). Compilation time grows with the number of levels and the depth: regression_2048 at its full
     # depth (6 levels) compiled 60 % longer than at depth 64.
     "mnist_4096": ["dataset.n_train=8", "dataset.n_val=8", "train.batch_size=2", "model.depth=32"],
-    "indian_pines_512": ["dataset.n_train=32", "dataset.n_val=16", "model.depth=32"],
+    # indian_pines_512 keeps 4 of its 20 L-BFGS pairs: 20 pairs of 32 layers of width 200 are a 200 MB state that
+    # took 2 of this test's 9 s to write at the end of the run (the line search is the same)
+    "indian_pines_512": ["dataset.n_train=32", "dataset.n_val=16", "model.depth=32", "optimizer.memory_size=4"],
     "regression_2048": ["dataset.n_train=100", "dataset.n_val=50", "model.depth=32"],
     # peaks_1024 is peaks_lpl but for its depth (tests/test_presets_papers.py), so at peaks_lpl's depth (32: still
     # 3 levels) and budget it is the same program, loaded from the session's compilation cache, not compiled again
@@ -74,7 +76,7 @@ def test_every_experiment_preset_runs(name, tmp_path, shared_data):
     dataset = cfg["dataset"]["name"]
     if dataset not in TINY:
         pytest.skip(f"preset {name} uses data set {dataset}, tested in its own module")
-    batch = [] if cfg["train"]["batch_size"] is None or name in TINY else ["train.batch_size=32"]
+    batch = [] if cfg["train"]["batch_size"] is None or name in TINY else ["train.batch_size=8"]
     cfg = compose_config([f"+experiment={name}", *TINY.get(name, TINY[dataset]), *batch, "train.steps=3",
                           "train.eval_every=2",
                           f"data_dir={shared_data}"])
@@ -124,7 +126,7 @@ def test_corrupt_idx_header_is_a_clear_error(tmp_path, shared_data):
         shutil.copy(f, folder / f.name)
     raw = bytearray(gzip.decompress((folder / "t10k-images-idx3-ubyte.gz").read_bytes()))
     raw[2:4] = b"\x09\x09"  # break the magic number
-    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(bytes(raw)))
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(bytes(raw), compresslevel=1))
     with pytest.raises(Exception, match="t10k-images-idx3-ubyte") as info:
         run(compose_config(["dataset=mnist", "model=conv", f"data_dir={tmp_path}", "train.steps=1"]), tmp_path)
     assert "magic" in str(info.value).lower()
