@@ -11,10 +11,12 @@ Together they compile the train step of the default MGRIT run 3.3 × faster (2.6
 2.1 × (5.53 → 2.65 s) and an L-BFGS MGRIT step 2.4 × (8.26 → 3.47 s), but run it about 4 × slower (README). A test whose
 time goes into running its steps (hundreds of training steps) is marked ``@pytest.mark.optimized``: it compiles at
 XLA's LLVM level 1 (``--xla_backend_optimization_level=1``, unless ``XLA_FLAGS`` sets a level), in this process
-(still without the fusion emitters: XLA reads ``XLA_FLAGS`` once per process) and, with them, in the processes it
-starts. Processes that a test starts (MPI ranks, ``lpt-train``, examples, scripts) inherit
-the test's setting (environment, :func:`child_xla_flags`), so that what they compute is what the session compares
-it with. Only the stop-while-compiling test compiles at XLA's defaults.
+(without the fusion emitters unless the test asks for them, ``@pytest.mark.optimized(fusion_emitters=True)``:
+XLA reads ``XLA_FLAGS`` once per process, so here they come as an option of each compilation,
+:func:`_fusion_emitters_while_optimized`) and, with them, in the processes it starts. Processes that a test
+starts (MPI ranks, ``lpt-train``, examples, scripts) inherit the test's setting (environment,
+:func:`child_xla_flags`), so that what they compute is what the session compares it with. Only the
+stop-while-compiling test compiles at XLA's defaults.
 
 Library code always passes explicit dtypes, so float32 paths stay float32 under x64 (``tests/test_float32.py``
 checks that no float64 value appears in a float32 one-shot gradient, and runs MGRIT in float32 with x64 off).
@@ -35,7 +37,9 @@ the ranks load from the cache).
 
 from __future__ import annotations
 
+import functools
 import gc
+import inspect
 import os
 import shutil
 import tempfile
@@ -133,24 +137,53 @@ def child_xla_flags(*flags: str) -> str:
 
 
 _OPTIMIZED = False  # True while a test marked ``optimized`` runs
+_EMITTERS = False  # True while a test marked ``optimized(fusion_emitters=True)`` runs
+
+
+def _fusion_emitters_while_optimized() -> None:
+    """While a test marked ``optimized(fusion_emitters=True)`` runs, XLA compiles this process's programs with its
+    fusion emitters (an option of each compilation: jax's ``compiler_options``, which XLA applies over
+    ``XLA_FLAGS``). The main job's MGRIT step at LLVM level 1 runs in 0.067 s with them, 0.100 s without (compiled
+    in 4.1 s against 2.4 s; one core, ``lower().compile(compiler_options=...)`` of the same step, minimum of 10
+    steps): the one-shot accuracy test (tests/test_train.py, 1200 such steps) took 37.7 s with them, 58.0 s
+    without. Conv programs compile much longer with them: the parareal MNIST test (tests/test_parareal.py) took
+    25.0 s with them, 17.7 s without; so it is the test's choice. jax's function that builds the options is
+    wrapped; a jax whose function takes no such overrides compiles without the emitters."""
+    from jax._src import compiler
+
+    original = compiler.get_compile_options
+    if "env_options_overrides" not in inspect.signature(original).parameters:
+        return
+
+    @functools.wraps(original)
+    def get_compile_options(*args, env_options_overrides=None, **kwargs):
+        if _EMITTERS:
+            env_options_overrides = {**(env_options_overrides or {}), "xla_cpu_use_fusion_emitters": True}
+        return original(*args, env_options_overrides=env_options_overrides, **kwargs)
+
+    compiler.get_compile_options = get_compile_options
+
+
+_fusion_emitters_while_optimized()
 
 
 @pytest.fixture(autouse=True)
 def _xla_optimisation(request, monkeypatch):
     """A test marked ``optimized`` (its time goes into running its steps) compiles with XLA's optimisations, in
     this process and in those it starts; every other test compiles for compile time (module docstring)."""
-    if request.node.get_closest_marker("optimized") is None:
+    marker = request.node.get_closest_marker("optimized")
+    if marker is None:
         yield
         return
-    global _OPTIMIZED
+    global _OPTIMIZED, _EMITTERS
     monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "0")
     monkeypatch.setenv("XLA_FLAGS", os.environ["XLA_FLAGS"].replace(_FAST, "").strip())  # for the processes it starts
     jax.config.update("jax_disable_most_optimizations", False)
-    _OPTIMIZED = True
+    _OPTIMIZED, _EMITTERS = True, bool(marker.kwargs.get("fusion_emitters", False))
     try:
         yield
     finally:
-        _OPTIMIZED = False
+        _OPTIMIZED, _EMITTERS = False, False
         jax.config.update("jax_disable_most_optimizations", _FAST_ON)
 
 

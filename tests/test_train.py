@@ -150,8 +150,8 @@ def test_train_step_compiles_once(optimizer, tmp_path):
 STEPS = 600  # of the main job's 1000: both trainings are on their plateau (≥ 98 %) from about step 400
 
 
-@pytest.mark.optimized
-@pytest.mark.slow(seconds=160)
+@pytest.mark.optimized(fusion_emitters=True)
+@pytest.mark.slow(seconds=60)
 def test_mgrit_training_matches_serial_accuracy(tmp_path):
     """`+experiment=peaks solver=mgrit` with the default one-shot settings (3 forward / 3 adjoint cycles, F-relaxation
     on the finest level, warm start, up to 2 forward growth cycles) vs `solver=serial`, same seed, 600 steps: the
