@@ -74,7 +74,8 @@ def main(argv=None) -> int:
         say(f"calibrating {key} at batch {batch} ({procs} process(es) measuring at once) ...")
         if world is not None:
             world.Barrier()
-        profile = calibrate_profile(model, batch // 1, max(args.depths), dtype=dtype, log=say, procs=procs)
+        profile = calibrate_profile(model, batch // 1, max(args.depths), dtype=dtype, repeats=args.repeats, log=say,
+                                    procs=procs)
         if rank == 0:
             cal.profiles[profile.key] = profile
             cal.save(args.file)
