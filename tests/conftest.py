@@ -145,10 +145,10 @@ def _fusion_emitters_while_optimized() -> None:
     fusion emitters (an option of each compilation: jax's ``compiler_options``, which XLA applies over
     ``XLA_FLAGS``). The main job's MGRIT step at LLVM level 1 runs in 0.067 s with them, 0.100 s without (compiled
     in 4.1 s against 2.4 s; one core, ``lower().compile(compiler_options=...)`` of the same step, minimum of 10
-    steps): the one-shot accuracy test (tests/test_train.py, 1200 such steps) took 37.7 s with them, 58.0 s
-    without. Conv programs compile much longer with them: the parareal MNIST test (tests/test_parareal.py) took
-    25.0 s with them, 17.7 s without; so it is the test's choice. jax's function that builds the options is
-    wrapped; a jax whose function takes no such overrides compiles without the emitters."""
+    steps): the one-shot accuracy test (tests/test_train.py, 1200 such steps) took 37.7 and 38.0 s with them
+    (two runs), 58.0 s without. Conv programs compile much longer with them: the parareal MNIST test
+    (tests/test_parareal.py) took 25.0 s with them, 17.7 s without; so it is the test's choice. jax's function that
+    builds the options is wrapped; a jax whose function takes no such overrides compiles without the emitters."""
     from jax._src import compiler
 
     original = compiler.get_compile_options
