@@ -116,7 +116,7 @@ _init_backend()
 # test_parallel_mgrit.py, test_transformer.py; gc.callbacks), 3.1 s with collections less often (the thresholds
 # below); the modules loaded so far are also frozen out of them. tests/test_mesh_uneven.py with
 # test_parallel_mgrit.py, one core, two runs each, alternating: 115.3 / 115.6 CPU-s against 119.0 / 116.0 without
-# either (/usr/bin/time, user + system)
+# either (/usr/bin/time, user + system; 0.98 ×; load 1.0 before and 1.3 after)
 gc.freeze()
 gc.set_threshold(50_000, 50, 50)
 
@@ -143,12 +143,14 @@ _EMITTERS = False  # True while a test marked ``optimized(fusion_emitters=True)`
 def _fusion_emitters_while_optimized() -> None:
     """While a test marked ``optimized(fusion_emitters=True)`` runs, XLA compiles this process's programs with its
     fusion emitters (an option of each compilation: jax's ``compiler_options``, which XLA applies over
-    ``XLA_FLAGS``). The main job's MGRIT step at LLVM level 1 runs in 0.067 s with them, 0.100 s without (compiled
-    in 4.1 s against 2.4 s; one core, ``lower().compile(compiler_options=...)`` of the same step, minimum of 10
-    steps): the one-shot accuracy test (tests/test_train.py, 1200 such steps) took 37.7 and 38.0 s with them
-    (two runs), 58.0 s without. Conv programs compile much longer with them: the parareal MNIST test
-    (tests/test_parareal.py) took 25.0 s with them, 17.7 s without; so it is the test's choice. jax's function that
-    builds the options is wrapped; a jax whose function takes no such overrides compiles without the emitters."""
+    ``XLA_FLAGS``). The main job's MGRIT step at LLVM level 1 runs in 0.058 s with them, 0.090 s without (0.64 ×;
+    its first step with compilation 4.5 s against 3.0 s; ``XLA_FLAGS="--xla_backend_optimization_level=1
+    [--xla_cpu_use_fusion_emitters=false]" taskset -c 0 python scripts/time_preset_step.py peaks solver=mgrit
+    --repeats 30``, one run each in one command, load 1.1): the one-shot accuracy test (tests/test_train.py, 1200
+    such steps) took 37.7 and 38.0 s with them (two runs), 58.0 s without (README). Conv programs compile much
+    longer with them: the parareal MNIST test (tests/test_parareal.py) took 25.0 s with them, 17.7 s without; so it
+    is the test's choice. jax's function that builds the options is wrapped; a jax whose function takes no such
+    overrides compiles without the emitters."""
     from jax._src import compiler
 
     original = compiler.get_compile_options

@@ -33,6 +33,6 @@ def test_an_optimized_test_compiles_with_optimisations_but_without_the_emitters_
 def test_an_optimized_test_may_ask_for_the_fusion_emitters_here():
     assert not jax.config.read("jax_disable_most_optimizations")
     assert _overrides()["xla_cpu_use_fusion_emitters"] is True
-    # a program compiled now gets the option (it runs and computes as without it)
+    # and a program compiles and runs with it
     x = jax.numpy.arange(4.0)
     assert float(jax.jit(lambda v: (v * v).sum())(x)) == 14.0
