@@ -23,7 +23,8 @@ def build_step(preset: str | None, overrides: list[str], donate: bool = True):
     builds it (state donated unless ``donate`` is False): (step, state, x, y) for the first batch."""
     from lpt.cli.compose import compose_config
     from lpt.train import build_dataset, build_model, make_optimizer, make_solver, make_train_step
-    from lpt.train.state import init_state
+    from lpt.train.optim import carries_evaluations
+    from lpt.train.state import init_state, initial_carry
 
     cfg = compose_config([*([f"+experiment={preset}"] if preset else []), *overrides])
     if cfg.get("dtype") == "float64":
@@ -33,14 +34,17 @@ def build_step(preset: str | None, overrides: list[str], donate: bool = True):
     batch = cfg["train"]["batch_size"] or data.x_train.shape[0]
     solver = make_solver(cfg["solver"], full_batch=batch == data.x_train.shape[0])
     opt = make_optimizer(cfg["optimizer"])
+    carry = carries_evaluations(cfg["optimizer"])  # L-BFGS: a step takes the last line search's evaluation
     step = make_train_step(model, solver, opt, lr=cfg["optimizer"]["lr"], donate=donate,
-                           line_search=cfg["optimizer"]["name"] == "lbfgs")
+                           line_search=cfg["optimizer"]["name"] == "lbfgs", carry=carry)
     dtype = jnp.dtype(cfg.get("dtype", "float32"))
     params = model.init(jax.random.PRNGKey(cfg["seed"]), dtype)
     x = jnp.asarray(data.x_train[:batch], dtype)
     y = jnp.asarray(data.y_train[:batch], dtype if data.task == "regression" else jnp.int32)
     state = init_state(params, opt, solver.init_state(model, params, x), jnp.asarray(1.0, jnp.float32),
                        count_rejections=True)
+    if carry:
+        state = state._replace(carried=initial_carry(model, solver, state, x, y))
     return step, state, x, y
 
 

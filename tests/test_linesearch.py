@@ -76,3 +76,34 @@ def test_a_step_other_than_the_one_evaluated_gets_nan():
     value_and_grad = linesearch._evaluated_at(point, jnp.asarray(5.0), point)
     assert float(value_and_grad(jax.tree_util.tree_map(lambda a: a * (1 + 1e-12), point))[0]) == 5.0
     assert np.isnan(float(value_and_grad({"a": jnp.array([1.0, 2.5]), "b": jnp.array(3.0)})[0]))
+
+
+def test_an_objective_with_by_products_gives_those_of_the_point_the_line_search_accepts():
+    """float64, 12 steps from START at lr 1 and 30 (zooms): with an :class:`Objective` the line search takes the
+    steps it takes with ``value_fn``, and where it reports ``found`` its by-products (here the value and 2·x at the
+    trial point) are those of the new parameters; ``found`` holds at most steps (the step it takes is the last
+    point it evaluated)."""
+    for lr in (1.0, 30.0):
+        opt = linesearch.lbfgs(lr, 5)
+
+        def extras(p):
+            return rosenbrock(p), 2.0 * p["x"]
+
+        @jax.jit
+        def step(p, s):
+            v, g = jax.value_and_grad(rosenbrock)(p)
+            objective = linesearch.Objective(lambda q: (*jax.value_and_grad(rosenbrock)(q), extras(q)), extras(p))
+            u, s = opt.update(g, s, p, value=v, grad=g, objective=objective)
+            return optax.apply_updates(p, u), s, v, objective.accepted
+
+        p = jax.tree_util.tree_map(jnp.asarray, START)
+        s, values, found = opt.init(p), [], []
+        for _ in range(12):
+            p, s, v, (ok, (value, twice)) = step(p, s)
+            values.append(float(v))
+            found.append(bool(ok))
+            if ok:
+                assert float(value) == pytest.approx(float(rosenbrock(p)), rel=1e-12)
+                np.testing.assert_allclose(twice, 2.0 * p["x"], rtol=1e-12)
+        np.testing.assert_allclose(values, trajectory(opt, 12)[0], rtol=1e-10)
+        assert sum(found) >= 9, found

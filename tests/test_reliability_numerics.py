@@ -72,8 +72,8 @@ def test_reduce_lr_rejects_the_step_keeps_the_state_and_halves_the_step_size(red
     assert rec.attrs["status"] == "completed"
     assert "step 4 rejected: non-finite values" in warnings
     # the reduced step size and the count of consecutive rejections (0 again after step 5) are part of the
-    # checkpointed state (its last two leaves)
-    assert TrainState._fields[-2:] == ("lr_scale", "rejections")
+    # checkpointed state (its last two leaves: ``carried`` holds none without L-BFGS)
+    assert TrainState._fields[-3:] == ("lr_scale", "rejections", "carried")
     with np.load(run_dir / "checkpoint.npz") as ckpt:
         leaves = [ckpt[k] for k in sorted(ckpt.files) if k.startswith("leaf_")]
         names = list(ckpt["names"])

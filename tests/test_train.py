@@ -9,6 +9,7 @@ import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import yaml
 
@@ -214,3 +215,65 @@ def test_mgrit_train_step_compiles_once():
         state, _, stats = step(state, x[i * 50:(i + 1) * 50], y[i * 50:(i + 1) * 50])
     assert int(state.step) == 4 and stats["fwd_residual"].shape == (5,)  # 3 cycles and 2 growth cycles at most
     assert step._cache_size() == 1
+
+
+class _CountingSolver:
+    """A solver that counts its solves as they run (a host callback in each: a branch not taken does not count)."""
+
+    def __init__(self, solver):
+        self.solver, self.solves = solver, 0
+
+    def __getattr__(self, name):
+        return getattr(self.solver, name)
+
+    def _count(self):
+        self.solves += 1
+
+    def value_and_grad(self, model, params, x, y, state):
+        out = self.solver.value_and_grad(model, params, x, y, state)
+        jax.debug.callback(self._count)
+        return out
+
+
+@pytest.mark.parametrize("solver_name", ["serial", "mgrit"])
+def test_lbfgs_steps_take_the_line_search_evaluation_at_their_parameters(solver_name):
+    """float64, 8 L-BFGS steps: a step that takes the last line search's evaluation at its parameters
+    (``carry``, :class:`lpt.train.state.Carried`) gives the objective, metrics, statistics and parameters of the
+    step that solves there again (MGRIT: warm-started alike) to 1e-10, and solves once in all (its first step)
+    besides the line searches' evaluations, where the other solves once per step. With a scaled step size
+    (s = 0.5 after a rejected step) the new parameters are not the point the line search evaluated: every step
+    solves."""
+    from lpt.train.state import initial_carry
+
+    cfg = compose_config([*SMALL, "optimizer=lbfgs", f"solver={solver_name}", "dataset.n_train=200"])
+    data = build_dataset(cfg)
+    model = build_model(cfg["model"], data)
+    opt = make_optimizer(cfg["optimizer"])
+    x, y = jnp.asarray(data.x_train, jnp.float64), jnp.asarray(data.y_train)
+    params = model.init(jax.random.PRNGKey(0), jnp.float64)
+
+    def train(carry, scale=1.0, steps=8):
+        solver = _CountingSolver(make_solver(cfg["solver"], full_batch=True))
+        state = init_state(params, opt, solver.init_state(model, params, x), jnp.asarray(scale, jnp.float32))
+        if carry:
+            state = state._replace(carried=initial_carry(model, solver, state, x, y))
+        step = make_train_step(model, solver, opt, lr=1.0, line_search=True, carry=carry)
+        rows, searches = [], 0
+        for _ in range(steps):
+            state, metrics, stats = step(state, x, y)
+            searches += int(optax.tree_utils.tree_get(state.opt_state, "num_linesearch_steps"))
+            rows.append(jax.device_get((metrics, stats)))
+        jax.effects_barrier()  # every callback of the steps has run
+        return rows, state, solver.solves - searches
+
+    again, state_again, solves_again = train(carry=False)
+    carried, state_carried, solves_carried = train(carry=True)
+    assert (solves_again, solves_carried) == (8, 1)
+    for (m1, s1), (m2, s2) in zip(again, carried):
+        for key in ("objective", "loss", "grad_norm", "lr", "train_acc"):
+            np.testing.assert_allclose(m2[key], m1[key], rtol=1e-10, err_msg=key)
+        for key in s1:
+            np.testing.assert_allclose(s2[key], s1[key], rtol=1e-8, atol=1e-12, err_msg=key)
+    for a, b in zip(jax.tree_util.tree_leaves(state_carried.params), jax.tree_util.tree_leaves(state_again.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+    assert train(carry=True, scale=0.5, steps=3)[2] == 3

@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="communication back-end (default parallel.name; single for one rank)")
         p.add_argument("--warm", action="store_true", default=None, help="warm-started solves (full batch)")
         p.add_argument("--value-evals", type=float, default=0.0,
-                       help="line-search evaluations (value and gradient) per step besides the step's gradient "
-                            "(L-BFGS)")
+                       help="line-search evaluations (value and gradient) per step (L-BFGS: the step's gradient "
+                            "is the last search's evaluation at the accepted point; 0: no line search)")
 
     p = sub.add_parser("calibrate", help="measure the costs of the network and the message costs")
     common(p)

@@ -74,9 +74,11 @@ class PerfModel:
         profile: measured costs of the network.
         batch: global batch size B (split over the data ranks).
         comm: α, β of the back-end (zero for one device).
-        value_evals: line-search evaluations per training step besides the step's own gradient (L-BFGS:
-            optax's zoom line search asks for the value and the gradient at every trial point, which
-            lpt.train.state.line_search_value computes like the step's gradient, warm-started alike).
+        value_evals: line-search evaluations per training step (L-BFGS: optax's zoom line search asks for the
+            value and the gradient at every trial point, which lpt's train step computes like the step's
+            gradient, warm-started alike). The evaluation at the point the search accepts is the next step's
+            gradient (lpt.train.state.Carried), so a step with k > 0 evaluations costs k gradients; 0: the
+            step's own gradient (no line search).
         copies: include the state bookkeeping traffic (see the module docstring).
     """
 
@@ -136,8 +138,14 @@ class PerfModel:
         return depth * self.profile.cost("serial", depth * self.batch) + self.profile.fixed
 
     def serial_step(self, depth: int) -> float:
-        """A serial training step: its gradient and one more per line-search evaluation."""
-        return (1 + self.value_evals) * self.serial_gradient(depth)
+        """A serial training step: its gradient, or its line search's evaluations (``value_evals``)."""
+        return self.gradients_per_step * self.serial_gradient(depth)
+
+    @property
+    def gradients_per_step(self) -> float:
+        """Gradients a training step computes: 1, or the line search's ``value_evals`` (its evaluation at the
+        point it accepts is the next step's gradient: a step does not solve at its own parameters again)."""
+        return self.value_evals if self.value_evals > 0 else 1.0
 
     # --- layer-parallel -------------------------------------------------------------------------------
     def cycle(self, depth: int, options: MGRITOptions, grid: Grid = Grid(), curve: str = "step") -> Breakdown:
@@ -165,8 +173,8 @@ class PerfModel:
 
     def training_step(self, depth: int, fwd: MGRITOptions, bwd: MGRITOptions, grid: Grid = Grid(), *,
                       warm: bool = False) -> float:
-        """A layer-parallel training step: its one-shot gradient and one more per line-search evaluation."""
-        return (1 + self.value_evals) * self.gradient(depth, fwd, bwd, grid, warm=warm)
+        """A layer-parallel training step: its one-shot gradient, or its line search's evaluations."""
+        return self.gradients_per_step * self.gradient(depth, fwd, bwd, grid, warm=warm)
 
     def speedup(self, depth: int, fwd: MGRITOptions, bwd: MGRITOptions, grid: Grid, *, warm: bool = False) -> float:
         """Serial training step on one device / layer-parallel training step on the grid."""

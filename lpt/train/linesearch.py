@@ -19,6 +19,11 @@ The second pass is optax's algorithm with the values optax would compute, so the
 (``tests/test_linesearch.py`` compares them). Should an optax release choose the trial point otherwise, the point
 asked for differs from the one evaluated: the objective is then NaN there, which the line search treats as a
 failed trial (it never takes a step it did not evaluate).
+
+Given an :class:`Objective` instead of ``value_fn``, the line search also keeps what the objective computes besides
+value and gradient at its trial points (for lpt's train step: the solver's warm-start state, the metrics and the
+solve statistics there) and reports those of the point it accepts: the L-BFGS step that follows starts from them
+instead of solving again at the same point (:func:`lpt.train.state.make_train_step`).
 """
 
 from __future__ import annotations
@@ -63,6 +68,21 @@ def _evaluated_at(point: Any, value: jnp.ndarray, grad: Any) -> Callable[..., tu
     return value_and_grad
 
 
+class Objective:
+    """The objective of a line search with by-products: ``fn(point) -> (value, grad, extras)``, ``extras`` a pytree
+    of the structure and types of ``start`` (the by-products at the current parameters).
+
+    After the update of :func:`scale_by_zoom_linesearch`, :attr:`accepted` is ``(found, extras)``: ``found`` (a
+    bool scalar) is True iff the step taken is the last point the line search evaluated, and ``extras`` are that
+    point's by-products. Both are values of the update's own computation (outputs of its loop), for the caller
+    to read in the same trace.
+    """
+
+    def __init__(self, fn: Callable[[Any], tuple[jnp.ndarray, Any, Any]], start: Any):
+        self.fn, self.start = fn, start
+        self.accepted: tuple[jnp.ndarray, Any] | None = None
+
+
 def scale_by_zoom_linesearch(max_linesearch_steps: int, **options: Any) -> optax.GradientTransformationExtraArgs:
     """``optax.scale_by_zoom_linesearch(max_linesearch_steps, **options)`` with one evaluation of the objective
     per iteration in the compiled program (module docstring). Same options, state and results."""
@@ -74,18 +94,26 @@ def scale_by_zoom_linesearch(max_linesearch_steps: int, **options: Any) -> optax
         approx_dec_rtol=opts["approx_dec_rtol"], interval_threshold=opts["stepsize_precision"],
         verbose=opts["verbose"])
 
-    def update_fn(updates, state, params, *, value, grad, value_fn, **fn_kwargs):
-        value_and_grad_fn = jax.value_and_grad(value_fn)
+    def update_fn(updates, state, params, *, value, grad, value_fn=None, objective: Objective | None = None,
+                  **fn_kwargs):
+        if objective is None:
+            value_and_grad_fn = jax.value_and_grad(value_fn)
+            objective = Objective(lambda point: (*value_and_grad_fn(point, **fn_kwargs), ()), ())
 
-        def step(ls_state):
+        def step(carry):
+            ls_state, _, _ = carry
             stepsize = step_ls(ls_state, value_and_grad_fn=_probe, fn_kwargs={}).stepsize
             point = optax.tree.add_scale(ls_state.params, stepsize, ls_state.updates)
-            evaluated = _evaluated_at(point, *value_and_grad_fn(point, **fn_kwargs))
-            return step_ls(ls_state, value_and_grad_fn=evaluated, fn_kwargs={})
+            value, grad, extras = objective.fn(point)
+            evaluated = _evaluated_at(point, value, grad)
+            return step_ls(ls_state, value_and_grad_fn=evaluated, fn_kwargs={}), extras, stepsize
 
         init_state = init_ls(updates, params, value=value, grad=grad, prev_stepsize=state.learning_rate,
                              initial_guess_strategy=opts["initial_guess_strategy"])
-        final = jax.lax.while_loop(cond_ls, step, init_state)
+        final, extras, tried = jax.lax.while_loop(lambda carry: cond_ls(carry[0]), step,
+                                                  (init_state, objective.start,
+                                                   jnp.full_like(init_state.stepsize, jnp.nan)))
+        objective.accepted = (final.stepsize == tried, extras)
         info = _optax_linesearch.ZoomLinesearchInfo(num_linesearch_steps=final.count,
                                                     decrease_error=final.decrease_error,
                                                     curvature_error=final.curvature_error)
@@ -94,6 +122,12 @@ def scale_by_zoom_linesearch(max_linesearch_steps: int, **options: Any) -> optax
         return optax.tree.scale(final.stepsize, updates), optax.tree.cast_like(new_state, other_tree=state)
 
     return optax.GradientTransformationExtraArgs(reference.init, update_fn)
+
+
+def carries_evaluations() -> bool:
+    """Whether :func:`lbfgs`'s line search takes an :class:`Objective` (it does where the installed optax has the
+    pieces it reuses; optax's own line search does not)."""
+    return _PIECES
 
 
 def lbfgs(learning_rate: float, memory_size: int) -> optax.GradientTransformationExtraArgs:

@@ -29,11 +29,11 @@ from lpt.train.build import ConfigError, LoopSettings, build_dataset, check_batc
 from lpt.train.checks import StabilityCheck, report_padding
 from lpt.train.memory import device_memory, estimate_step_memory, gib, memory_message
 from lpt.train.nonfinite import NonFiniteGuard, inject_nan
-from lpt.train.optim import make_optimizer, needs_value_fn
+from lpt.train.optim import carries_evaluations, make_optimizer, needs_value_fn
 from lpt.train.progress import RunProgress
 from lpt.train.signals import Interrupted, StopRequest, StopWhileCompiling
 from lpt.train.solver import SerialSolver, for_batch
-from lpt.train.state import TrainState, init_state, make_evaluate, make_train_step
+from lpt.train.state import TrainState, initial_carry, init_state, make_evaluate, make_train_step
 from lpt.train.validate import validate_config
 
 log = logging.getLogger("lpt")
@@ -200,6 +200,12 @@ class _Run:
         solver_state = s.runtime.init_solver_state(s.solver, s.model, self.params, self.x_train[:self.batch])
         self.state = init_state(self.params, s.optimizer, solver_state, jnp.asarray(1.0, jnp.float32),
                                 count_rejections=True)
+        # L-BFGS: the line search's evaluation at the accepted point is the next step's (lpt.train.state.Carried)
+        self.carry = carries_evaluations(self.cfg["optimizer"])
+        if self.carry:
+            self.state = self.state._replace(carried=initial_carry(
+                s.model, s.solver, self.state, *self.batch_at(0), comm=s.runtime.step_comm(s.solver),
+                wrap=s.runtime.wrap_step(s.solver, s.model, self.params, self.x_train[:self.batch])))
         self.elapsed = 0.0
         self.batch_axis = getattr(s.model, "state_batch_axis", 0)  # of the warm-start states, for checkpoints
         if self.resume:
@@ -245,7 +251,7 @@ class _Run:
                                     rejections=int(self.state.rejections))
         # the state is donated: the step replaces it in place instead of holding it twice
         self.train_step = make_train_step(s.model, s.solver, s.optimizer, **options, faults=self.guard.policy(),
-                                          donate=True)
+                                          donate=True, carry=self.carry)
         self.evaluate = make_evaluate(s.model, s.loop.eval_chunk)
         self.metric = "mse" if s.data.task == "regression" else "acc"  # sequence: per-character accuracy
         # every validation column gets a row per logged step (NaN where not evaluated), so columns stay aligned

@@ -10,6 +10,7 @@ import jax
 import optax
 
 from lpt.config import check_group
+from lpt.train import linesearch
 from lpt.train.linesearch import lbfgs
 
 def clip_by_global_norm(max_norm: float, norm: Callable[[Any], Any] = optax.tree.norm) -> optax.GradientTransformation:
@@ -67,3 +68,9 @@ def make_optimizer(cfg: Mapping[str, Any],
 def needs_value_fn(cfg: Mapping[str, Any]) -> bool:
     """True for optimisers whose update runs a line search on the objective (L-BFGS)."""
     return cfg.get("name") == "lbfgs"
+
+
+def carries_evaluations(cfg: Mapping[str, Any]) -> bool:
+    """True where the optimiser's line search hands its evaluation at the point it accepts to the next step
+    (lpt's L-BFGS, :class:`lpt.train.linesearch.Objective`); False for others, and for optax's own L-BFGS."""
+    return needs_value_fn(cfg) and lbfgs is linesearch.lbfgs and linesearch.carries_evaluations()

@@ -11,6 +11,7 @@ import optax
 
 from lpt.model import Params, ResNet
 from lpt.parallel.comm import data_mean as comm_data_mean
+from lpt.train.linesearch import Objective
 from lpt.train.solver import Solver
 
 
@@ -25,6 +26,20 @@ class TrainState(NamedTuple):
     step: jnp.ndarray  # int32 scalar: number of completed (accepted or rejected) optimisation steps
     lr_scale: Any = None  # float32 scalar s, or None
     rejections: Any = None  # int32 scalar: consecutive rejected steps before this state, or None
+    carried: Any = None  # L-BFGS: :class:`Carried`, the line search's evaluation at ``params``; None otherwise
+
+
+class Carried(NamedTuple):
+    """What the last L-BFGS step's line search computed at the parameters it accepted, which are the state's
+    ``params`` (the gradient is the line search's state in ``opt_state``; the warm-start state there is the state's
+    ``solver_state``): the next step takes them instead of solving again at the same point. ``found`` is False
+    where they do not belong to ``params`` (the first step, a rejected step, a scaled step size, a line search
+    that fell back to an earlier point): that step solves."""
+
+    found: jnp.ndarray  # bool scalar
+    objective: jnp.ndarray
+    metrics: dict  # "loss" and the model's train metrics
+    stats: dict  # the solver's statistics of that solve
 
 
 class FaultPolicy(NamedTuple):
@@ -84,7 +99,7 @@ def make_train_step(model: ResNet, solver: Solver, optimizer: optax.GradientTran
                     *, lr: float, line_search: bool, comm: Any = None,
                     wrap: Callable[[Callable], Callable] | None = None, faults: FaultPolicy | None = None,
                     donate: bool = False, norm: Callable[[Any], jnp.ndarray] = optax.tree.norm,
-                    products: Callable[[], Any] = contextlib.nullcontext) -> Callable:
+                    products: Callable[[], Any] = contextlib.nullcontext, carry: bool = False) -> Callable:
     """Build the jitted step ``(state, x, y) -> (state, metrics, stats)``.
 
     The step computes (objective, gradient) with the solver, applies the optimiser update θ ← θ + s·Δθ and
@@ -106,36 +121,102 @@ def make_train_step(model: ResNet, solver: Solver, optimizer: optax.GradientTran
     With ``faults`` (and a state that counts ``rejections``) the step applies the policy itself
     (:class:`FaultPolicy`). With ``donate`` the input state's buffers are given to the output (the caller must
     not use the state it passed in again): the step does not hold the state twice.
+
+    With ``carry`` and a line search (L-BFGS; the state holds a :class:`Carried` from :func:`initial_carry`) a step
+    takes the values at its parameters from the last line search, which computed them from the warm start the
+    step's own solve would use: the same values, one solve fewer (it solves where :class:`Carried` says so).
     """
     data_mean = comm_data_mean(comm)
+    evaluate = _evaluation(model, solver, data_mean)
 
     def train_step(state: TrainState, x: jnp.ndarray, y: jnp.ndarray):
-        obj, aux, grads, solver_state, stats = solver.value_and_grad(model, state.params, x, y, state.solver_state)
-        obj, grads, aux = data_mean(obj), data_mean(grads), {**aux, "loss": data_mean(aux["loss"])}
-        extra = {}
-        if line_search:
-            extra = dict(value=obj, grad=grads,
-                         value_fn=line_search_value(model, solver, x, y, solver_state, data_mean))
+        if carry and line_search and state.carried is None:
+            raise ValueError("make_train_step(carry=True) needs a state that holds a Carried (initial_carry)")
+        evaluated = _at_params(evaluate, state, x, y, carry)
+        obj, grads, solver_state, point, stats = evaluated
+        objective = Objective(lambda p: _split(evaluate(p, x, y, solver_state)),
+                              start=_split(evaluated)[2]) if line_search and carry else None
+        extra = ({} if not line_search else dict(value=obj, grad=grads, objective=objective) if carry else
+                 dict(value=obj, grad=grads, value_fn=line_search_value(model, solver, x, y, solver_state, data_mean)))
         with products() if line_search else contextlib.nullcontext():
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params, **extra)
         scale = jnp.asarray(1.0 if state.lr_scale is None else state.lr_scale, jnp.float32)
         updates = jax.tree_util.tree_map(lambda u: u * scale.astype(u.dtype), updates)
         params = optax.apply_updates(state.params, updates)
         ok = _everywhere(comm, all_finite((obj, grads, params, solver_state)))  # the same decision on all ranks
-        new = TrainState(params, opt_state, solver_state, state.step + 1, state.lr_scale, state.rejections)
-        kept = state._replace(step=state.step + 1)
-        metrics = {
-            "objective": obj,
-            "loss": aux["loss"],
-            "grad_norm": norm(grads),
-            "lr": current_lr(opt_state, lr) * scale,
-            **{f"train_{k}": data_mean(v) for k, v in model.metrics(aux["outputs"], y).items()},
-            "rejected": ~ok,
-        }
+        carried, next_solver_state = _carried(state.carried, objective, scale, solver_state)
+        new = TrainState(params, opt_state, next_solver_state, state.step + 1, state.lr_scale, state.rejections,
+                         carried)
+        kept = state._replace(step=state.step + 1, carried=_lost(state.carried))
+        metrics = {"objective": obj, "loss": point["loss"], "grad_norm": norm(grads),
+                   "lr": current_lr(opt_state, lr) * scale,
+                   **{k: v for k, v in point.items() if k != "loss"}, "rejected": ~ok}
         return _select(ok, new, kept, state, faults), metrics, stats
 
     step = wrap(train_step) if wrap else train_step
     return jax.jit(step, donate_argnums=0) if donate else jax.jit(step)
+
+
+def _evaluation(model: ResNet, solver: Solver, data_mean: Callable) -> Callable:
+    """``evaluate(params, x, y, solver_state) -> (objective, gradient, new solver state, metrics, stats)``: one
+    solve, averaged over data ranks; metrics are the loss and the model's train metrics at ``params``."""
+    def evaluate(params, x, y, solver_state):
+        obj, aux, grads, new_state, stats = solver.value_and_grad(model, params, x, y, solver_state)
+        point = {"loss": data_mean(aux["loss"]),
+                 **{f"train_{k}": data_mean(v) for k, v in model.metrics(aux["outputs"], y).items()}}
+        return data_mean(obj), data_mean(grads), new_state, point, stats
+
+    return evaluate
+
+
+def _split(evaluated: tuple) -> tuple:
+    """An evaluation as :class:`~lpt.train.linesearch.Objective` gives it: (value, gradient, by-products)."""
+    obj, grads, solver_state, point, stats = evaluated
+    return obj, grads, (solver_state, obj, point, stats)
+
+
+def _at_params(evaluate: Callable, state: TrainState, x: jnp.ndarray, y: jnp.ndarray, carry: bool) -> tuple:
+    """The evaluation at ``state.params``: the one the last line search carried over if it belongs there (only
+    the branch taken runs), else a solve warm-started from ``state.solver_state``."""
+    c = state.carried
+    if not carry or c is None:
+        return evaluate(state.params, x, y, state.solver_state)
+    grads = optax.tree.cast_like(optax.tree.get(state.opt_state, "grad"), state.params)
+    return jax.lax.cond(c.found, lambda: (c.objective, grads, state.solver_state, c.metrics, c.stats),
+                        lambda: evaluate(state.params, x, y, state.solver_state))
+
+
+def _carried(carried: Carried | None, objective: Objective | None, scale: jnp.ndarray,
+             solver_state: Any) -> tuple[Carried | None, Any]:
+    """The new state's :class:`Carried` and warm-start state: the line search's at the point it accepted where
+    that point is the new parameters (the step size unscaled), else the old ones marked as not found."""
+    if objective is None:
+        return _lost(carried), solver_state
+    found, (next_state, obj, point, stats) = objective.accepted
+    found = found & (scale == 1.0)
+    next_state = jax.tree_util.tree_map(lambda a, b: jnp.where(found, a, b), next_state, solver_state)
+    return Carried(found, obj, point, stats), next_state
+
+
+def _lost(carried: Carried | None) -> Carried | None:
+    """``carried`` marked as not belonging to the parameters (None stays None)."""
+    return None if carried is None else carried._replace(found=jnp.zeros_like(carried.found))
+
+
+def initial_carry(model: ResNet, solver: Solver, state: TrainState, x: jnp.ndarray, y: jnp.ndarray, *,
+                  comm: Any = None, wrap: Callable[[Callable], Callable] | None = None) -> Carried:
+    """A :class:`Carried` with ``found`` False and zeros of the shapes the step's evaluation gives (traced, not
+    run): the state an L-BFGS run starts from holds one, so the compiled step keeps one structure from step 1."""
+    evaluate = _evaluation(model, solver, comm_data_mean(comm))
+
+    def parts(state, x, y):
+        obj, _, _, point, stats = evaluate(state.params, x, y, state.solver_state)
+        return state, {"objective": obj, **point}, stats
+
+    _, point, stats = jax.eval_shape(wrap(parts) if wrap else parts, state, x, y)
+    zeros = lambda tree: jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), tree)  # noqa: E731
+    obj = point.pop("objective")
+    return Carried(jnp.asarray(False), zeros(obj), zeros(point), zeros(stats))
 
 
 def _where(ok: jnp.ndarray, a: Any, b: Any) -> Any:
