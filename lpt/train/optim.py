@@ -10,8 +10,10 @@ import jax
 import optax
 
 from lpt.config import check_group
-from lpt.train import linesearch
+from lpt.train.linesearch import carries_evaluations as _search_carries
 from lpt.train.linesearch import lbfgs
+
+_LPT_LBFGS = lbfgs  # optim.lbfgs itself may be replaced (scripts/bench_linesearch.py: optax's own)
 
 def clip_by_global_norm(max_norm: float, norm: Callable[[Any], Any] = optax.tree.norm) -> optax.GradientTransformation:
     """``optax.clip_by_global_norm`` with the norm as a function: u ← u if ‖u‖ < max_norm, else u·max_norm/‖u‖.
@@ -73,4 +75,4 @@ def needs_value_fn(cfg: Mapping[str, Any]) -> bool:
 def carries_evaluations(cfg: Mapping[str, Any]) -> bool:
     """True where the optimiser's line search hands its evaluation at the point it accepts to the next step
     (lpt's L-BFGS, :class:`lpt.train.linesearch.Objective`); False for others, and for optax's own L-BFGS."""
-    return needs_value_fn(cfg) and lbfgs is linesearch.lbfgs and linesearch.carries_evaluations()
+    return needs_value_fn(cfg) and lbfgs is _LPT_LBFGS and _search_carries()
