@@ -55,13 +55,25 @@ def global_states(local: jnp.ndarray, layers: int, depth: int, stride: int) -> j
     return jnp.concatenate([blocks[0, :1], *owned])[: depth + 1]
 
 
+def warm_steps(solver, model, params, x, y, steps: int):
+    """``steps`` one-shot gradients, from the second on warm-started from the last one's states, in one loop (the
+    solve compiled once): the last step's (objective, gradient, solver state, stats)."""
+    def step(state):
+        obj, _, grads, state, stats = solver.value_and_grad(model, params, x, y, state)
+        return obj, grads, state, stats
+
+    state = solver.init_state(model, params, x)
+    if steps == 1:
+        return step(state)
+    start = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(step, state))
+    return jax.lax.fori_loop(0, steps, lambda _, out: step(out[2]), (*start[:2], state, start[3]))
+
+
 def run_mesh(grid: ProcessorGrid, model, params, x, y, steps: int):
     solver = solver_for(grid.comm())
 
     def local(params, x, y):
-        state = solver.init_state(model, params, x)
-        for _ in range(steps):  # one-shot steps; from the second on warm-started
-            obj, _, grads, state, stats = solver.value_and_grad(model, params, x, y, state)
+        obj, grads, state, stats = warm_steps(solver, model, params, x, y, steps)
         mean = lambda t: jax.tree_util.tree_map(lambda a: solver.comm.data_sum(a) / grid.data, t)  # noqa: E731
         return mean(obj), mean(grads), state.ys, state.ybars, stats
 
@@ -77,9 +89,7 @@ def run_single(model, params, x, y, steps: int):
     solver = solver_for()
 
     def local(params, x, y):  # one compiled program, as on the mesh (op by op, it compiles hundreds)
-        state = solver.init_state(model, params, x)
-        for _ in range(steps):
-            obj, _, grads, state, stats = solver.value_and_grad(model, params, x, y, state)
+        obj, grads, state, stats = warm_steps(solver, model, params, x, y, steps)
         return obj, grads, state.ys[: model.depth + 1], state.ybars[: model.depth + 1], stats
 
     return jax.jit(local)(params, x, y)
