@@ -27,6 +27,7 @@ from lpt.parallel.runtime import Runtime
 from lpt.parallel.products import chunk_norm, chunk_products
 from lpt.parallel.sharded import ChunkLocal, chunk_regularization, layer_specs, on_mesh
 from lpt.train import linesearch, run
+from lpt.train.state import strong_types
 from test_parallel_comm import mpirun
 
 HERE = Path(__file__).resolve().parent
@@ -126,14 +127,17 @@ def _quartic(sum_layers):
 
 
 def _lbfgs_steps(params, products, sum_layers, steps=3):
+    """``steps`` L-BFGS steps in one loop (the update compiled once): the last parameters."""
     opt, f = linesearch.lbfgs(1.0, 2), _quartic(sum_layers)
-    state = opt.init(params)
-    for _ in range(steps):
+
+    def step(_, carry):
+        params, state = carry
         value, grad = jax.value_and_grad(f)(params)
         with products():
             updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=f)
-        params = optax.apply_updates(params, updates)
-    return params
+        return optax.apply_updates(params, updates), state
+
+    return jax.lax.fori_loop(0, steps, step, (params, strong_types(opt.init(params))))[0]
 
 
 def test_chunk_products_make_lbfgs_on_four_chunks_equal_the_whole_stack():
