@@ -242,7 +242,7 @@ def test_lbfgs_steps_take_the_line_search_evaluation_at_their_parameters(solver_
     step that solves there again (MGRIT: warm-started alike) to 1e-10, and solves once in all (its first step)
     besides the line searches' evaluations, where the other solves once per step. With a scaled step size
     (s = 0.5 after a rejected step) the new parameters are not the point the line search evaluated: every step
-    solves."""
+    solves; a rejected step marks the carried values as not belonging to its state."""
     from lpt.train.state import initial_carry
 
     cfg = compose_config([*SMALL, "optimizer=lbfgs", f"solver={solver_name}", "dataset.n_train=200"])
@@ -281,3 +281,8 @@ def test_lbfgs_steps_take_the_line_search_evaluation_at_their_parameters(solver_
     for a, b in zip(jax.tree_util.tree_leaves(state_carried.params), jax.tree_util.tree_leaves(state_again.params)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
     assert train(carry=True, scale=0.5, steps=3)[2] == 3
+    # a rejected step (here: non-finite parameters) keeps its state, but its carried values no longer count
+    assert bool(state_carried.carried.found)
+    broken = state_carried._replace(params=jax.tree_util.tree_map(lambda a: a * jnp.nan, state_carried.params))
+    kept, metrics, _ = built[True][1](broken, x, y)
+    assert bool(metrics["rejected"]) and not bool(kept.carried.found)

@@ -15,6 +15,7 @@ from lpt.train.linesearch import lbfgs
 
 _LPT_LBFGS = lbfgs  # optim.lbfgs itself may be replaced (scripts/bench_linesearch.py: optax's own)
 
+
 def clip_by_global_norm(max_norm: float, norm: Callable[[Any], Any] = optax.tree.norm) -> optax.GradientTransformation:
     """``optax.clip_by_global_norm`` with the norm as a function: u ← u if ‖u‖ < max_norm, else u·max_norm/‖u‖.
     On layer-sharded parameters ``norm`` sums the squares of the layer leaves over the chunks
