@@ -170,3 +170,17 @@ def test_lpt_train_exits_3_with_one_line_on_a_numerical_stop(tmp_path):
     assert "Traceback" not in proc.stderr
     with np.load(tmp_path / "checkpoint.npz") as ckpt:
         assert int(ckpt["meta_step"]) == 1
+
+
+def test_an_lbfgs_step_with_a_nonfinite_batch_evaluates_it_itself(tmp_path):
+    """L-BFGS steps take the last line search's evaluation at their parameters (lpt.train.state.Carried); the step
+    whose batch the hook makes NaN evaluates that batch itself, so reduce_lr rejects it as with any optimiser, and
+    the step after it starts where it started (its metrics are the fault-free run's step 4's)."""
+    lbfgs = [*BASE, "optimizer=lbfgs", "solver=serial"]
+    run(compose_config(lbfgs), tmp_path / "reference")
+    run(compose_config([*lbfgs, "train.inject_nan_at_step=4"]), tmp_path / "fault")
+    ref, h = read_run(tmp_path / "reference").history, read_run(tmp_path / "fault").history
+    np.testing.assert_array_equal(h["rejected"], np.eye(10)[3])
+    for key in METRICS:
+        np.testing.assert_array_equal(h[key][:3], ref[key][:3], err_msg=key)
+        np.testing.assert_allclose(h[key][4], ref[key][3], rtol=1e-6, err_msg=key)

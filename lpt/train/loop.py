@@ -371,6 +371,8 @@ class _Run:
         loop, done = self.s.loop, step + 1
         xb, yb = self.batch_at(step)
         x_in = inject_nan(xb) if done == loop.inject_nan_at_step else xb  # test hook, normally xb
+        if x_in is not xb and self.carry:  # the step evaluates its (changed) batch itself
+            self.state = self.state._replace(carried=self.state.carried.lost())
         if done == loop.inject_error_at_step and is_last_process(self.s.runtime):  # test hook
             raise RuntimeError(f"injected fault at step {done} (train.inject_error_at_step, for tests)")
         self.state, metrics, stats = self.train_step(self.state, x_in, yb)

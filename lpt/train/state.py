@@ -41,6 +41,10 @@ class Carried(NamedTuple):
     metrics: dict  # "loss" and the model's train metrics
     stats: dict  # the solver's statistics of that solve
 
+    def lost(self) -> "Carried":
+        """These values marked as not belonging to the parameters (the next step solves)."""
+        return self._replace(found=jnp.zeros_like(self.found))
+
 
 class FaultPolicy(NamedTuple):
     """What the compiled step itself does with a rejected step (``train.on_nonfinite``), so that the loop need
@@ -200,7 +204,7 @@ def _carried(carried: Carried | None, objective: Objective | None, scale: jnp.nd
 
 def _lost(carried: Carried | None) -> Carried | None:
     """``carried`` marked as not belonging to the parameters (None stays None)."""
-    return None if carried is None else carried._replace(found=jnp.zeros_like(carried.found))
+    return None if carried is None else carried.lost()
 
 
 def initial_carry(model: ResNet, solver: Solver, state: TrainState, x: jnp.ndarray, y: jnp.ndarray, *,
