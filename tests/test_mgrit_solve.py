@@ -186,7 +186,6 @@ def test_growth_cycles_run_while_the_residual_is_above_its_start():
     assert res.shape == (1,) and k == 1
 
 
-
 def test_growth_cycles_add_no_second_copy_of_the_cycle_to_the_program():
     """The cycles and the growth cycles are one loop: a solve with growth cycles traces the cycle once, so its
     program (equations of the jaxpr, loop bodies included) is about the size of the plain one. With a second

@@ -126,22 +126,22 @@ def make_train_step(model: ResNet, solver: Solver, optimizer: optax.GradientTran
     (:class:`FaultPolicy`). With ``donate`` the input state's buffers are given to the output (the caller must
     not use the state it passed in again): the step does not hold the state twice.
 
-    With ``carry`` and a line search (L-BFGS; the state holds a :class:`Carried` from :func:`initial_carry`) a step
-    takes the values at its parameters from the last line search, which computed them from the warm start the
-    step's own solve would use: the same values, one solve fewer (it solves where :class:`Carried` says so).
+    With ``carry`` and a line search (L-BFGS; a :class:`Carried` in the state, :func:`initial_carry`) a step takes
+    the values at its parameters from the last line search: the same values, one solve fewer (:class:`Carried`).
     """
     data_mean = comm_data_mean(comm)
     evaluate = _evaluation(model, solver, data_mean)
+    carrying = carry and line_search
 
     def train_step(state: TrainState, x: jnp.ndarray, y: jnp.ndarray):
-        if carry and line_search and state.carried is None:
-            raise ValueError("make_train_step(carry=True) needs a state that holds a Carried (initial_carry)")
-        evaluated = _at_params(evaluate, state, x, y, carry)
+        evaluated = _at_params(evaluate, state, x, y, carrying)
         obj, grads, solver_state, point, stats = evaluated
-        objective = Objective(lambda p: _split(evaluate(p, x, y, solver_state)),
-                              start=_split(evaluated)[2]) if line_search and carry else None
-        extra = ({} if not line_search else dict(value=obj, grad=grads, objective=objective) if carry else
-                 dict(value=obj, grad=grads, value_fn=line_search_value(model, solver, x, y, solver_state, data_mean)))
+        extra = dict(value=obj, grad=grads) if line_search else {}  # the line search's arguments
+        objective = _objective(evaluate, evaluated, x, y) if carrying else None
+        if objective is not None:
+            extra["objective"] = objective
+        elif line_search:
+            extra["value_fn"] = line_search_value(model, solver, x, y, solver_state, data_mean)
         with products() if line_search else contextlib.nullcontext():
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params, **extra)
         scale = jnp.asarray(1.0 if state.lr_scale is None else state.lr_scale, jnp.float32)
@@ -173,6 +173,13 @@ def _evaluation(model: ResNet, solver: Solver, data_mean: Callable) -> Callable:
     return evaluate
 
 
+def _objective(evaluate: Callable, evaluated: tuple, x: jnp.ndarray, y: jnp.ndarray) -> Objective:
+    """The line search's objective: evaluations warm-started from the state ``evaluated`` ends with, by-products
+    starting from those of ``evaluated`` (the evaluation at the current parameters)."""
+    solver_state = evaluated[2]
+    return Objective(lambda p: _split(evaluate(p, x, y, solver_state)), start=_split(evaluated)[2])
+
+
 def _split(evaluated: tuple) -> tuple:
     """An evaluation as :class:`~lpt.train.linesearch.Objective` gives it: (value, gradient, by-products)."""
     obj, grads, solver_state, point, stats = evaluated
@@ -180,11 +187,13 @@ def _split(evaluated: tuple) -> tuple:
 
 
 def _at_params(evaluate: Callable, state: TrainState, x: jnp.ndarray, y: jnp.ndarray, carry: bool) -> tuple:
-    """The evaluation at ``state.params``: the one the last line search carried over if it belongs there (only
-    the branch taken runs), else a solve warm-started from ``state.solver_state``."""
+    """The evaluation at ``state.params``: with ``carry`` the one the last line search carried over if it belongs
+    there (only the branch taken runs), else a solve warm-started from ``state.solver_state``."""
     c = state.carried
-    if not carry or c is None:
+    if not carry:
         return evaluate(state.params, x, y, state.solver_state)
+    if c is None:
+        raise ValueError("make_train_step(carry=True) needs a state that holds a Carried (initial_carry)")
     grads = optax.tree.cast_like(optax.tree.get(state.opt_state, "grad"), state.params)
     return jax.lax.cond(c.found, lambda: (c.objective, grads, state.solver_state, c.metrics, c.stats),
                         lambda: evaluate(state.params, x, y, state.solver_state))
