@@ -146,7 +146,8 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 def child_xla_flags(*flags: str) -> str:
     """``XLA_FLAGS`` of a process that a test starts: ``flags`` (e.g. one device) and the session's compilation
-    settings (the level and the fusion emitters; ``JAX_DISABLE_MOST_OPTIMIZATIONS`` comes with the environment)."""
+    settings (the level, the fusion emitters and one LLVM module per program; ``JAX_DISABLE_MOST_OPTIMIZATIONS``
+    comes with the environment)."""
     return " ".join([*flags, _LEVEL, _ONE_PART, *([] if _OPTIMIZED else [_FAST])])
 
 
