@@ -51,7 +51,6 @@ the ranks load from the cache).
 from __future__ import annotations
 
 import functools
-import gc
 import inspect
 import os
 import shutil
@@ -81,7 +80,7 @@ import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
-from lpt.host import reuse_freed_memory  # noqa: E402
+from lpt.host import collect_less, reuse_freed_memory  # noqa: E402
 
 
 def _worker_core() -> int | None:
@@ -127,12 +126,11 @@ reuse_freed_memory()  # as lpt-train does: XLA's buffers stay in the process fro
 _init_backend()
 # Python's cyclic garbage collector: tracing allocates many short-lived objects, and with the session's growing
 # heap (jax's caches) the full collections took 9.9 of 148 CPU-s of three test modules (tests/test_mesh_uneven.py,
-# test_parallel_mgrit.py, test_transformer.py; gc.callbacks), 3.1 s with collections less often (the thresholds
-# below); the modules loaded so far are also frozen out of them. tests/test_mesh_uneven.py with
+# test_parallel_mgrit.py, test_transformer.py; gc.callbacks), 3.1 s with collections less often (the thresholds of
+# lpt.host.collect_less); the modules loaded so far are also frozen out of them. tests/test_mesh_uneven.py with
 # test_parallel_mgrit.py, one core, two runs each, alternating: 115.3 / 115.6 CPU-s against 119.0 / 116.0 without
 # either (/usr/bin/time, user + system; 0.98 ×; load 1.0 before and 1.3 after)
-gc.freeze()
-gc.set_threshold(50_000, 50, 50)
+collect_less()  # as lpt-train does (lpt.host)
 
 # Property tests draw the same examples on every machine (CI equals a local run); LPT_HYPOTHESIS_PROFILE=explore
 # draws new ones each run (with ``--hypothesis-seed=N`` to repeat one), for looking for failures by hand.

@@ -60,3 +60,34 @@ def test_own_malloc_settings_are_left_alone(env):
     tuned, faults = _faults(TUNE="1", **env)
     assert tuned == "False"
     assert faults >= 10 * 16384 * 0.9
+
+
+# 100 000 short-lived cycles (a list holding itself): the first-generation collections they trigger, after
+# `collect_less()` (LESS=1) or without it, and how many objects the collector leaves out (frozen)
+CYCLES = """
+import gc, os
+from lpt.host import GC_THRESHOLDS, collect_less
+alive = [[] for _ in range(10_000)]
+if os.environ.get("LESS") == "1":
+    collect_less()
+    assert gc.get_threshold() == GC_THRESHOLDS
+before = gc.get_stats()[0]["collections"]
+for _ in range(100_000):
+    cycle = []
+    cycle.append(cycle)
+print(gc.get_stats()[0]["collections"] - before, gc.get_freeze_count())
+"""
+
+
+@pytest.mark.parametrize("less", [False, True])
+def test_collect_less_collects_less_often_and_leaves_the_objects_alive_out(less):
+    """Python's thresholds collect the first generation every 2000 allocations (about 50 times here); after
+    collect_less every 50 000 (at most 2 times), and the 10 000 lists alive before are frozen out of collections."""
+    proc = subprocess.run([sys.executable, "-c", CYCLES], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "LESS": "1" if less else "0"})
+    assert proc.returncode == 0, proc.stderr
+    collections, frozen = map(int, proc.stdout.split())
+    if less:
+        assert collections <= 2 and frozen >= 10_000, proc.stdout
+    else:
+        assert collections >= 25 and frozen == 0, proc.stdout

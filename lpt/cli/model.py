@@ -307,11 +307,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lpt.data import DataError
     from lpt.model import ModelError
     from lpt.perfmodel import CalibrationError
-    from lpt.host import reuse_freed_memory
+    from lpt.host import collect_less, reuse_freed_memory
     from lpt.train import ConfigError
 
     args = build_parser().parse_args(argv)
     reuse_freed_memory()  # calibrate runs training steps (lpt.host)
+    collect_less()
     try:
         return COMMANDS[args.command](args)
     except (CalibrationError, ConfigError, DataError, ModelError, ValueError) as exc:
