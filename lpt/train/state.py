@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -130,7 +131,7 @@ def make_train_step(model: ResNet, solver: Solver, optimizer: optax.GradientTran
     the values at its parameters from the last line search: the same values, one solve fewer (:class:`Carried`).
     """
     data_mean = comm_data_mean(comm)
-    evaluate = _evaluation(model, solver, data_mean)
+    evaluate = _evaluation(model, solver, comm)
     carrying = carry and line_search
 
     def train_step(state: TrainState, x: jnp.ndarray, y: jnp.ndarray):
@@ -161,9 +162,17 @@ def make_train_step(model: ResNet, solver: Solver, optimizer: optax.GradientTran
     return jax.jit(step, donate_argnums=0) if donate else jax.jit(step)
 
 
-def _evaluation(model: ResNet, solver: Solver, data_mean: Callable) -> Callable:
+@functools.lru_cache(maxsize=8)
+def _evaluation(model: ResNet, solver: Solver, comm: Any) -> Callable:
     """``evaluate(params, x, y, solver_state) -> (objective, gradient, new solver state, metrics, stats)``: one
-    solve, averaged over data ranks; metrics are the loss and the model's train metrics at ``params``."""
+    solve, averaged over data ranks; metrics are the loss and the model's train metrics at ``params``.
+
+    A jitted function, one per (model, solver, comm) (the last few kept): where a program evaluates twice at the
+    same shapes (the L-BFGS step: at its parameters and in its line search) and :func:`initial_carry` traces it
+    for the shapes of its results, jax traces and lowers the solve once and reuses it."""
+    data_mean = comm_data_mean(comm)
+
+    @jax.jit
     def evaluate(params, x, y, solver_state):
         obj, aux, grads, new_state, stats = solver.value_and_grad(model, params, x, y, solver_state)
         point = {"loss": data_mean(aux["loss"]),
@@ -220,7 +229,7 @@ def initial_carry(model: ResNet, solver: Solver, state: TrainState, x: jnp.ndarr
                   comm: Any = None, wrap: Callable[[Callable], Callable] | None = None) -> Carried:
     """A :class:`Carried` with ``found`` False and zeros of the shapes the step's evaluation gives (traced, not
     run): the state an L-BFGS run starts from holds one, so the compiled step keeps one structure from step 1."""
-    evaluate = _evaluation(model, solver, comm_data_mean(comm))
+    evaluate = _evaluation(model, solver, comm)
 
     def parts(state, x, y):
         obj, _, _, point, stats = evaluate(state.params, x, y, state.solver_state)
