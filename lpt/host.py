@@ -72,8 +72,15 @@ def reuse_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
+_FROZEN: list[bool] = []
+
+
 def collect_less() -> None:
-    """Python's cyclic garbage collector less often, and not over the objects alive now (module docstring).
-    Process-wide: call it once, after the imports, at the start of a program that compiles (``lpt-train`` does)."""
-    gc.freeze()
+    """Python's cyclic garbage collector less often, and not over the objects alive at the first call (module
+    docstring). Process-wide: call it after the imports, at the start of a program that compiles (``lpt-train``
+    does). Only the first call freezes: a later one (the next job of a multirun sweep in the same process) would
+    keep the last job's uncollected garbage for good."""
+    if not _FROZEN:
+        gc.freeze()
+        _FROZEN.append(True)
     gc.set_threshold(*GC_THRESHOLDS)

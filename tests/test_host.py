@@ -71,6 +71,10 @@ alive = [[] for _ in range(10_000)]
 if os.environ.get("LESS") == "1":
     collect_less()
     assert gc.get_threshold() == GC_THRESHOLDS
+    frozen = gc.get_freeze_count()
+    later = [[] for _ in range(1000)]
+    collect_less()  # a second call (the next job of a sweep) freezes nothing more
+    assert gc.get_freeze_count() == frozen
 before = gc.get_stats()[0]["collections"]
 for _ in range(100_000):
     cycle = []

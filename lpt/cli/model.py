@@ -312,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     reuse_freed_memory()  # calibrate runs training steps (lpt.host)
-    collect_less()
+    collect_less()  # fewer garbage collections while programs are traced and lowered (lpt.host)
     try:
         return COMMANDS[args.command](args)
     except (CalibrationError, ConfigError, DataError, ModelError, ValueError) as exc:
