@@ -23,10 +23,10 @@ instead of 2 000: tracing and lowering a train step allocate many short-lived ob
 alive at that point (the modules loaded) out of its collections. ``lpt-train +experiment=peaks_1024
 dataset.n_train=30 dataset.n_val=15 model.depth=32 train.steps=3`` (most of it building, tracing, lowering and
 compiling; ``taskset -c 0``, the tests' compile settings, no compilation cache, ``/usr/bin/time`` user + system,
-three runs each, alternating, load 0.3-1.2) took 5.05 / 5.30 / 5.27 CPU-s with it against 5.51 / 5.47 / 5.59,
-``lpt-train solver=mgrit train.steps=5 dataset.n_train=500`` 3.22 / 3.20 / 3.12 against 3.31 / 3.49 / 3.42; the
-main job's MGRIT run for 200 steps (XLA's defaults) 19.0 against 20.7 CPU-s with the same peak memory (943 and
-944 MB). ``lpt-train`` and ``lpt-model`` call it at start, as the test processes do.
+three runs each, alternating, load 0.3-1.2) took 5.05 / 5.30 / 5.27 CPU-s with it against 5.51 / 5.47 / 5.59 (0.94 ×),
+``lpt-train solver=mgrit train.steps=5 dataset.n_train=500`` 3.22 / 3.20 / 3.12 against 3.31 / 3.49 / 3.42 (0.94 ×); the
+main job's MGRIT run for 200 steps (XLA's defaults, one run each) 19.0 against 20.7 CPU-s with the same peak memory
+(943 and 944 MB). ``lpt-train`` and ``lpt-model`` call it at start, as the test processes do.
 """
 
 from __future__ import annotations
@@ -72,15 +72,11 @@ def reuse_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
-_FROZEN: list[bool] = []
-
-
 def collect_less() -> None:
     """Python's cyclic garbage collector less often, and not over the objects alive at the first call (module
     docstring). Process-wide: call it after the imports, at the start of a program that compiles (``lpt-train``
-    does). Only the first call freezes: a later one (the next job of a multirun sweep in the same process) would
-    keep the last job's uncollected garbage for good."""
-    if not _FROZEN:
+    does). It freezes only in a process where nothing is frozen yet: a later call (the next job of a multirun
+    sweep in the same process) would keep the last job's uncollected garbage for good."""
+    if gc.get_freeze_count() == 0:
         gc.freeze()
-        _FROZEN.append(True)
     gc.set_threshold(*GC_THRESHOLDS)

@@ -12,9 +12,10 @@ processes went to tracing, lowering and XLA compilation), so XLA compiles them f
   1.05 → 0.86 s, a conv MGRIT step 1.07 → 0.84 s; ``JAX_DISABLE_MOST_OPTIMIZATIONS=1
   XLA_FLAGS="--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false [this flag]" taskset -c 0
   python scripts/time_preset_step.py peaks_lpl|peaks solver=mgrit|mnist_4096 dataset.n_train=64 model.depth=16``,
-  XLA's compile time as ``jax.monitoring`` reports it, two runs each), and four compile-heavy test modules took
-  73.9 / 75.8 CPU-s instead of 84.2 / 87.2 (0.88 ×; ``pytest -q tests/test_uneven_chunks.py tests/test_conv_impl.py
-  tests/test_mgrit_solve.py tests/test_mpi_resume.py``, with and without it alternating, ``/usr/bin/time``). The
+  XLA's compile time as ``jax.monitoring`` reports it, two runs each, with and without in one command, load about
+  1: 0.87 ×, 0.82 ×, 0.79 ×), and four compile-heavy test modules took 73.9 / 75.8 CPU-s instead of 84.2 / 87.2
+  (0.88 ×; ``pytest -q tests/test_uneven_chunks.py tests/test_conv_impl.py tests/test_mgrit_solve.py
+  tests/test_mpi_resume.py``, with and without it alternating, ``/usr/bin/time``, load 0.9 before and 1.6 after). The
   conv step above also ran faster (0.258 → 0.180 s), the others as fast. With LLVM's optimisations on (the tests
   marked ``optimized``, same command with ``JAX_DISABLE_MOST_OPTIMIZATIONS=0``) the steps run as fast and compile
   as fast (``peaks solver=mgrit`` and ``peaks_lpl`` with the fusion emitters: 4.7 and 8.8–9.1 s either way) or
