@@ -11,7 +11,8 @@ and free memory is kept up to 2 GiB. The process keeps the memory of its largest
 between steps; its peak (``/usr/bin/time`` maximum resident size) was 767 → 837 MB in the main job's MGRIT run
 (100 steps) and 1098 → 1081 MB in ``+experiment=peaks_lpl train.steps=20``. ``lpt-train`` and ``lpt-model``
 call it at start. Another C library (musl, macOS) or ``LPT_MALLOC=system`` leaves the allocator as it is, and so
-do glibc malloc settings of one's own (``MALLOC_*_`` variables or ``glibc.malloc`` in ``GLIBC_TUNABLES``).
+do glibc malloc settings of one's own (``MALLOC_*_`` variables or ``glibc.malloc`` in ``GLIBC_TUNABLES``) and
+another allocator put in front of glibc's (jemalloc or tcmalloc by ``LD_PRELOAD``, as the test suite does).
 
 Measured on one core, the main job's one-shot MGRIT run for 200 steps (``taskset -c 0 lpt-train +experiment=peaks
 solver=mgrit train.steps=200 train.eval_every=20 dataset.n_val=1000``, ``/usr/bin/time``, 2 runs each): with
@@ -56,13 +57,24 @@ def _own_malloc_settings() -> bool:
     return any(key.startswith("MALLOC_") and key.endswith("_") for key in os.environ)
 
 
+def _malloc_is_glibcs() -> bool:
+    """Whether the process's ``malloc`` is glibc's own, not another allocator's put in front of it (jemalloc or
+    tcmalloc by ``LD_PRELOAD``, as the test suite does): glibc's thresholds would not reach that one."""
+    try:
+        return ctypes.cast(ctypes.CDLL(None).malloc, ctypes.c_void_p).value == \
+            ctypes.cast(ctypes.CDLL("libc.so.6").malloc, ctypes.c_void_p).value
+    except (AttributeError, OSError):
+        return False
+
+
 def reuse_freed_memory() -> bool:
     """Keep freed memory in the process for the next step (module docstring); True if glibc's thresholds are set.
 
-    False without glibc (``mallopt`` absent or refusing) or when the environment has malloc settings of its own.
+    False without glibc (``mallopt`` absent or refusing), under another allocator (``LD_PRELOAD``) or when the
+    environment has malloc settings of its own.
     Process-wide: call it once at the start of a program that trains (``lpt-train`` does).
     """
-    if _own_malloc_settings():
+    if _own_malloc_settings() or not _malloc_is_glibcs():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt

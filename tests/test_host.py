@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from conftest import JEMALLOC
+
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt thresholds are glibc's")
 
 # malloc, touch and free 64 MiB ten times, as XLA's runtime does with a step's buffers: the minor page faults of the
@@ -34,8 +36,10 @@ print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def _faults(**env) -> tuple[str, int]:
+    """The loop above in a process on glibc's malloc (no allocator preloaded, as tests/conftest.py does)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES",
-                                                                                              "LPT_MALLOC")}
+                                                                                              "LPT_MALLOC",
+                                                                                              "LD_PRELOAD")}
     proc = subprocess.run([sys.executable, "-c", LOOP], capture_output=True, text=True, timeout=120,
                           env={**clean, **env})
     assert proc.returncode == 0, proc.stderr
@@ -60,6 +64,19 @@ def test_own_malloc_settings_are_left_alone(env):
     tuned, faults = _faults(TUNE="1", **env)
     assert tuned == "False"
     assert faults >= 10 * 16384 * 0.9
+
+
+@pytest.mark.skipif(JEMALLOC is None, reason="no jemalloc for started processes: not installed (Debian: "
+                    "libjemalloc2) or LPT_MALLOC=system")
+def test_processes_started_by_tests_run_on_jemalloc_and_glibc_thresholds_are_left_out():
+    """tests/conftest.py puts jemalloc in front of glibc's malloc for the processes started after it; there
+    reuse_freed_memory() sets nothing (glibc's thresholds would not reach jemalloc) and says so."""
+    code = "from lpt.host import reuse_freed_memory; print(reuse_freed_memory()); print(open('/proc/self/maps').read())"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    tuned, maps = proc.stdout.split("\n", 1)
+    assert tuned == "False" and "libjemalloc" in maps
+    assert _faults(TUNE="1")[0] == "True"  # the same call on glibc's malloc sets the thresholds
 
 
 # 100 000 short-lived cycles (a list holding itself): the first-generation collections they trigger, after
