@@ -36,7 +36,7 @@ print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def _faults(**env) -> tuple[str, int]:
-    """The loop above in a process on glibc's malloc (no allocator preloaded, as tests/conftest.py does)."""
+    """The loop above in a process on glibc's malloc: ``LD_PRELOAD`` left out (tests/conftest.py preloads jemalloc)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES",
                                                                                               "LPT_MALLOC",
                                                                                               "LD_PRELOAD")}
