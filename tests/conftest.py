@@ -53,9 +53,9 @@ file is first loaded run on it (``LD_PRELOAD``): the pytest-xdist workers and ev
 (:func:`_jemalloc_for_started_processes`; not with ``LPT_MALLOC=system``). XLA's compiler (LLVM) allocates and
 frees many small objects, which jemalloc serves faster than glibc's malloc: ``taskset -c 0 pytest -q
 tests/test_mgrit_solve.py tests/test_layer_sharded.py`` took 44.2 / 43.3 / 43.7 CPU-s with
-``LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2`` against 47.3 / 48.5 / 45.7 without (0.92 ×; three runs
+``LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2`` against 47.3 / 48.5 / 45.7 without (0.93 ×; three runs
 each, alternating, ``/usr/bin/time`` user + system, load 1.2 before and 1.0 after), ``tests/test_uneven_chunks.py
-tests/test_conv_impl.py`` 44.7 / 45.0 against 47.7 / 46.4 (0.96 ×); the L-BFGS MGRIT step of ``peaks_lpl`` compiled
+tests/test_conv_impl.py`` 44.7 / 45.0 against 47.7 / 46.4 (0.95 ×); the L-BFGS MGRIT step of ``peaks_lpl`` compiled
 at the tests' settings in 2.41 / 2.32 s of XLA's time against 2.67 / 2.74 (``scripts/time_preset_step.py peaks_lpl
 --repeats 3``, as above). tcmalloc (``libtcmalloc-minimal4``) gained about as much, less evenly (44.8 / 47.9 CPU-s
 on the second pair). Under jemalloc, :func:`lpt.host.reuse_freed_memory` sets nothing: glibc's thresholds would not
@@ -105,7 +105,7 @@ def _jemalloc_for_started_processes() -> str | None:
     """jemalloc (``LD_PRELOAD``) for every process started from here on: the pytest-xdist workers (the first
     process that loads this file starts them) and every process a test starts. XLA's compiler (LLVM) allocates
     and frees many small objects, and jemalloc serves them faster than glibc's malloc: two compile-heavy modules
-    took 0.92 × the CPU time (module docstring). Nothing where jemalloc is not installed, where ``LD_PRELOAD``
+    took 0.93 × the CPU time (module docstring). Nothing where jemalloc is not installed, where ``LD_PRELOAD``
     names it already, or with ``LPT_MALLOC=system`` (lpt.host). Returns the jemalloc that started processes
     load (None: none)."""
     preload = os.environ.get("LD_PRELOAD", "").split()
