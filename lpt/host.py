@@ -10,9 +10,10 @@ top, so the next step gets fresh pages that the kernel faults in and zeroes agai
 and free memory is kept up to 2 GiB. The process keeps the memory of its largest step instead of returning it
 between steps; its peak (``/usr/bin/time`` maximum resident size) was 767 → 837 MB in the main job's MGRIT run
 (100 steps) and 1098 → 1081 MB in ``+experiment=peaks_lpl train.steps=20``. ``lpt-train`` and ``lpt-model``
-call it at start. Another C library (musl, macOS) or ``LPT_MALLOC=system`` leaves the allocator as it is, and so
-do glibc malloc settings of one's own (``MALLOC_*_`` variables or ``glibc.malloc`` in ``GLIBC_TUNABLES``) and
-another allocator put in front of glibc's (jemalloc or tcmalloc by ``LD_PRELOAD``, as the test suite does).
+call it at start (:func:`set_up_process`). Another C library (musl, macOS) or ``LPT_MALLOC=system`` leaves the
+allocator as it is, and so do glibc malloc settings of one's own (``MALLOC_*_`` variables or ``glibc.malloc`` in
+``GLIBC_TUNABLES``) and another allocator put in front of glibc's (jemalloc or tcmalloc by ``LD_PRELOAD``, as the
+test suite does).
 
 Measured on one core, the main job's one-shot MGRIT run for 200 steps (``taskset -c 0 lpt-train +experiment=peaks
 solver=mgrit train.steps=200 train.eval_every=20 dataset.n_val=1000``, ``/usr/bin/time``, 2 runs each): with
@@ -92,3 +93,12 @@ def collect_less() -> None:
     if gc.get_freeze_count() == 0:
         gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+def set_up_process() -> bool:
+    """The process as ``lpt-train`` sets it up: :func:`reuse_freed_memory`, then :func:`collect_less` (after the
+    imports). For a program that compiles and runs training steps (``lpt-train``, ``lpt-model``, one's own scripts);
+    returns what :func:`reuse_freed_memory` returns."""
+    tuned = reuse_freed_memory()
+    collect_less()
+    return tuned

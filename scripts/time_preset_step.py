@@ -59,10 +59,9 @@ def main(argv=None):
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. solver=serial")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
-    from lpt.host import collect_less, reuse_freed_memory
+    from lpt.host import set_up_process
 
-    reuse_freed_memory()  # the process as lpt-train sets it up: freed step buffers kept (lpt.host)
-    collect_less()
+    set_up_process()  # the process as lpt-train sets it up: freed step buffers kept (lpt.host)
     step, state, x, y = build_step(args.preset, args.overrides)
     batch = x.shape[0]
     start = time.perf_counter()

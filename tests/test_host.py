@@ -35,13 +35,17 @@ print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+def _glibc_env(**env) -> dict[str, str]:
+    """This environment without malloc settings and without ``LD_PRELOAD`` (tests/conftest.py preloads jemalloc),
+    plus ``env``: a process on glibc's malloc as it comes."""
+    drop = ("GLIBC_TUNABLES", "LPT_MALLOC", "LD_PRELOAD")
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in drop}, **env}
+
+
 def _faults(**env) -> tuple[str, int]:
-    """The loop above in a process on glibc's malloc: ``LD_PRELOAD`` left out (tests/conftest.py preloads jemalloc)."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES",
-                                                                                              "LPT_MALLOC",
-                                                                                              "LD_PRELOAD")}
+    """The loop above in a process on glibc's malloc, with ``env`` added."""
     proc = subprocess.run([sys.executable, "-c", LOOP], capture_output=True, text=True, timeout=120,
-                          env={**clean, **env})
+                          env=_glibc_env(**env))
     assert proc.returncode == 0, proc.stderr
     tuned, faults = proc.stdout.split()
     return tuned, int(faults)
@@ -112,3 +116,13 @@ def test_collect_less_collects_less_often_and_leaves_the_objects_alive_out(less)
         assert collections <= 2 and frozen >= 10_000, proc.stdout
     else:
         assert collections >= 25 and frozen == 0, proc.stdout
+
+
+def test_set_up_process_sets_both_as_lpt_train_does():
+    """lpt.host.set_up_process (lpt-train, lpt-model, scripts/time_preset_step.py): glibc's thresholds set (True, on
+    glibc's malloc), then the collector's thresholds and the modules loaded frozen."""
+    code = ("import gc; from lpt.host import GC_THRESHOLDS, set_up_process; tuned = set_up_process(); "
+            "print(tuned, gc.get_threshold() == GC_THRESHOLDS, gc.get_freeze_count() > 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=_glibc_env())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True", "True"]

@@ -307,12 +307,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lpt.data import DataError
     from lpt.model import ModelError
     from lpt.perfmodel import CalibrationError
-    from lpt.host import collect_less, reuse_freed_memory
+    from lpt.host import set_up_process
     from lpt.train import ConfigError
 
     args = build_parser().parse_args(argv)
-    reuse_freed_memory()  # calibrate runs training steps (lpt.host)
-    collect_less()  # fewer garbage collections while programs are traced and lowered (lpt.host)
+    set_up_process()  # calibrate compiles and runs training steps, as lpt-train does (lpt.host)
     try:
         return COMMANDS[args.command](args)
     except (CalibrationError, ConfigError, DataError, ModelError, ValueError) as exc:

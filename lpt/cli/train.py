@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lpt.config import register_schemas
 from lpt.data import DataError
-from lpt.host import collect_less, reuse_freed_memory
+from lpt.host import set_up_process
 from lpt.model import ModelError
 from lpt.train import ConfigError, run
 from lpt.train.signals import Interrupted
@@ -56,8 +56,7 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     logging.getLogger("jax").setLevel(logging.WARNING)  # no backend-probing chatter in run logs
-    reuse_freed_memory()  # XLA's buffers stay in the process from one step to the next (lpt.host)
-    collect_less()  # fewer garbage collections while the steps are traced and lowered (lpt.host)
+    set_up_process()  # XLA's buffers stay in the process, fewer garbage collections while tracing (lpt.host)
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if (resolved.get("parallel") or {}).get("name") == "mpi":
