@@ -1,8 +1,8 @@
-"""Training on the distributed back-ends: MPI iterates, `lpt-train` under mpirun and on a device mesh, grids."""
+"""Training on the distributed back-ends: MPI iterates, training on a device mesh, grids (`lpt-train` under
+mpirun: tests/test_control_mpi.py)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +11,6 @@ import pytest
 from lpt.cli.compose import compose_config
 from lpt.logging import read_run
 from lpt.train import ConfigError, run
-from test_configs import lpt_train
 from test_parallel_comm import mpirun
 
 HERE = Path(__file__).resolve().parent
@@ -37,30 +36,6 @@ def single_run(tmp_path_factory):
     path = tmp_path_factory.mktemp("single")
     run(compose_config(SHORT), path)
     return read_run(path)
-
-
-@pytest.fixture(scope="module")
-def single_cli_run(tmp_path_factory):
-    """The single-device reference as a separate `lpt-train` process (float32 throughout, as the MPI ranks)."""
-    path = tmp_path_factory.mktemp("single_cli")
-    proc = lpt_train([*SHORT, f"hydra.run.dir={path}"], path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return read_run(path)
-
-
-@pytest.mark.slow(seconds=30)
-def test_lpt_train_under_mpi_writes_one_log_equal_to_single(tmp_path, single_cli_run):
-    exe = Path(sys.executable).with_name("lpt-train")
-    proc = mpirun(2, exe, *SHORT, "parallel=mpi", "parallel.layers=2", f"hydra.run.dir={tmp_path}", timeout=400)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    out = proc.stdout + proc.stderr
-    assert out.count("step 12/12") == 1, "only rank 0 prints"
-    logs = list(tmp_path.rglob("*.h5"))
-    assert logs == [tmp_path / "run.h5"], "one rank writes the one log"
-    rec = read_run(tmp_path)
-    assert list(rec.attrs["grid"]) == [1, 2] and rec.attrs["devices"].startswith("mpi")
-    np.testing.assert_allclose(rec.history["loss"], single_cli_run.history["loss"], rtol=1e-6)
-    np.testing.assert_allclose(rec.mgrit["fwd_residual"], single_cli_run.mgrit["fwd_residual"], rtol=1e-4)
 
 
 @pytest.mark.slow(seconds=24)
