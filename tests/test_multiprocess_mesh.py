@@ -1,6 +1,7 @@
 """``parallel=mesh`` across JAX processes (``parallel.processes``; issue 13, item 5): two ``lpt-train`` processes
-on localhost (one CPU device each, collectives over gloo), started with an explicit coordinator or by
-``mpirun`` (detected), give the single-process iterates to 1e-12 (float64) and write one log; a stop signal to
+on localhost (one CPU device each, collectives over gloo) at an uneven depth, started with an explicit coordinator
+or by ``mpirun`` (detected), give the single-process iterates and final state to 1e-12 (float64) and write one
+log and checkpoint; a stop signal to
 one process stops both after the same step, and the run resumed under ``mpirun`` continues bit for bit."""
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ import pytest
 
 from lpt.logging import read_run
 from conftest import child_xla_flags
+from test_mesh_uneven import checkpoint
 
 EXE = str(Path(sys.executable).with_name("lpt-train"))
-RUN = ["solver=mgrit", "model.depth=16", "dtype=float64", "train.steps=6", "train.eval_every=3",
+# N = 17 on 2 layer chunks: the solver's chunks of 16 and 1 layers, 16 rows each on its process's device (an uneven
+# depth runs every code path of an even one, plus the zero rows)
+RUN = ["solver=mgrit", "model.depth=17", "dtype=float64", "train.steps=6", "train.eval_every=3",
        "logging.progress=false"]
 MESH = ["parallel=mesh", "parallel.layers=2", "parallel.processes=2"]
 KEYS = ("loss", "objective", "grad_norm", "train_acc", "val_acc")
@@ -51,12 +55,12 @@ def _finish(procs: list[subprocess.Popen], timeout: float = 400) -> list[tuple[i
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory):
+def single_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("single")
     proc = subprocess.run([EXE, *RUN, f"hydra.run.dir={path}"], env=_env(), capture_output=True, text=True,
                           timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return read_run(path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +72,11 @@ def two(tmp_path_factory):
 
 
 @pytest.mark.slow(seconds=120)
-def test_two_processes_with_a_coordinator_give_the_single_process_iterates(single, two):
+def test_two_processes_with_a_coordinator_give_the_single_process_iterates(single_dir, two):
+    """History and MGRIT residuals to 1e-12 / 1e-8, one log written by process 0, and the final parameters and
+    optimiser state to 1e-12 (float64), at N = 17 on 2 chunks (16 + 1 layers)."""
     path, results = two
-    rec = read_run(path)
+    rec, single = read_run(path), read_run(single_dir)
     assert tuple(rec.attrs["grid"]) == (1, 2)
     np.testing.assert_array_equal(rec.history["step"], single.history["step"])  # one log, one row per step
     for key in KEYS:
@@ -79,6 +85,12 @@ def test_two_processes_with_a_coordinator_give_the_single_process_iterates(singl
         np.testing.assert_allclose(rec.mgrit[key], single.mgrit[key], rtol=1e-8, atol=1e-13, err_msg=key)
     assert "finished steps 1-6" in results[0][1] and "finished steps" not in results[1][1]  # process 0 reports
     assert sorted(p.name for p in path.glob("*.h5")) == ["run.h5"]
+    # the checkpoint, gathered from both processes: the 17 real layers, equal to the single process's
+    ckpt, ref = checkpoint(path), checkpoint(single_dir)
+    assert ckpt["params.layers.K"].shape[0] == 17
+    for name, value in ref.items():
+        if name.startswith(("params", "opt_state")):
+            np.testing.assert_allclose(ckpt[name], value, rtol=1e-12, atol=1e-14, err_msg=name)
 
 
 @pytest.mark.slow(seconds=150)
