@@ -59,22 +59,65 @@ def analyse(preset: str | None, overrides: list[str], layers: int) -> dict[str, 
         r.lock.release()
 
 
-def all_gathers(hlo: str) -> list[tuple[tuple[int, ...], int, str]]:
-    """(result shape, result bytes, op name) of every all-gather in compiled HLO text."""
-    found = []
+_CALLED = re.compile(r"\b(?:calls|to_apply|body|condition|true_computation|false_computation)=(%[\w.\-]+)"
+                     r"|branch_computations=\{([^}]*)\}")
+
+
+def _computations(hlo: str) -> dict[str, list[str]]:
+    """The lines of each computation of compiled HLO text, by name (``%name``)."""
+    found: dict[str, list[str]] = {}
+    lines: list[str] = []
     for line in hlo.splitlines():
-        match = re.search(r"= ([a-z]+)(\d+)\[([\d,]*)\]\S* all-gather(-start)?\(", line)
-        if match:
-            shape = tuple(int(n) for n in match.group(3).split(",") if n)
-            name = re.search(r'op_name="([^"]*)"', line)
-            found.append((shape, math.prod(shape) * max(int(match.group(2)), 8) // 8, name.group(1) if name else ""))
+        header = re.match(r"(?:ENTRY )?(%[\w.\-]+) .*\{$", line)
+        if header:
+            lines = found.setdefault(header.group(1), [])
+        elif line.startswith("  "):
+            lines.append(line)
+    return found
+
+
+def _in_branches(computations: dict[str, list[str]]) -> set[str]:
+    """The computations that run only within a branch of a conditional: its branches and what they call."""
+    def called(name: str, branches_only: bool) -> list[str]:
+        out = []
+        for line in computations.get(name, []):
+            for single, branches in _CALLED.findall(line):
+                if branches:
+                    out += [b.strip() for b in branches.split(",")]
+                elif not branches_only:
+                    out.append(single)
+        return out
+
+    todo = [b for name in computations for b in called(name, branches_only=True)]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += called(name, branches_only=False)
+    return seen
+
+
+def all_gathers(hlo: str) -> list[tuple[tuple[int, ...], int, bool]]:
+    """(result shape, result bytes, within a conditional's branch) of every all-gather in compiled HLO text. The
+    branch is read from the program's structure, not from the op names jax records (which depend on its settings,
+    e.g. ``jax_include_full_tracebacks_in_locations``)."""
+    computations = _computations(hlo)
+    in_branch = _in_branches(computations)
+    found = []
+    for name, lines in computations.items():
+        for line in lines:
+            match = re.search(r"= ([a-z]+)(\d+)\[([\d,]*)\]\S* all-gather(-start)?\(", line)
+            if match:
+                shape = tuple(int(n) for n in match.group(3).split(",") if n)
+                found.append((shape, math.prod(shape) * max(int(match.group(2)), 8) // 8, name in in_branch))
     return found
 
 
 def gathered(hlo: str) -> int:
     """Bytes of the results of the all-gathers in compiled HLO text, but those in a conditional's branch (the
     serial fallback)."""
-    return sum(size for _, size, name in all_gathers(hlo) if "cond/branch" not in name)
+    return sum(size for _, size, branch in all_gathers(hlo) if not branch)
 
 
 def main(argv=None):

@@ -63,14 +63,16 @@ def test_each_device_holds_only_its_chunk_of_the_layer_state(tmp_path):
         # no layer stack moves between the devices, but in the solver's serial fallback after a divergence
         hlo = r.train_step.lower(r.state, *r.batch_at(0)).compile().as_text()
         gathered = gathered_layer_stacks(hlo, (32,))
-        assert gathered and all("cond/branch" in name for name in gathered), gathered
+        assert gathered and all(branch for _, branch in gathered), gathered
+        assert any(not branch for _, _, branch in all_gathers(hlo))  # states move between chunks outside branches
     finally:
         r.lock.release()
 
 
-def gathered_layer_stacks(hlo: str, rows: tuple[int, ...]) -> list[str]:
-    """The op names of the all-gathers in compiled HLO text whose result has ``rows`` entries on its first axis."""
-    return [name for shape, _, name in all_gathers(hlo) if shape[:1] and shape[0] in rows]
+def gathered_layer_stacks(hlo: str, rows: tuple[int, ...]) -> list[tuple[tuple[int, ...], bool]]:
+    """(shape, within a conditional's branch) of the all-gathers in compiled HLO text whose result has ``rows``
+    entries on its first axis."""
+    return [(shape, branch) for shape, _, branch in all_gathers(hlo) if shape[:1] and shape[0] in rows]
 
 
 def before_and_after_steps(r: _Run, check) -> None:
