@@ -48,6 +48,13 @@ carry the process's MPI communicator, datatype and operation handles (addresses)
 cache keys differ from one ``mpirun`` launch to the next and each launch compiles them again (the other programs of
 the ranks load from the cache).
 
+jax writes the location of each operation into the programs it lowers, by default the Python traceback of up to
+ten frames; the tests write only the innermost frame outside jax (``JAX_INCLUDE_FULL_TRACEBACKS_IN_LOCATIONS=0``,
+inherited by the processes they start): locations are stripped from the cache key and XLA's error messages keep the
+frame, but building and stripping them is Python time in each lowering. ``pytest -q tests/test_mgrit_solve.py
+tests/test_uneven_chunks.py`` took 49.9 / 50.1 CPU-s with it against 51.1 / 51.5 without (0.98 ×; alternating,
+``/usr/bin/time`` user + system, load 0.6 before and 1.2 after).
+
 Where jemalloc is installed (Debian's ``libjemalloc2``, which ``.ci/run`` installs), the processes started after this
 file is first loaded run on it (``LD_PRELOAD``): the pytest-xdist workers and every process a test starts
 (:func:`_jemalloc_for_started_processes`; not with ``LPT_MALLOC=system``). XLA's compiler (LLVM) allocates and
@@ -93,6 +100,8 @@ if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
 # cache every program, however quick to compile or small (jax reads these variables as its config defaults)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+# MLIR locations name an operation's innermost frame outside jax, not its whole Python traceback (module docstring)
+os.environ.setdefault("JAX_INCLUDE_FULL_TRACEBACKS_IN_LOCATIONS", "0")
 
 JEMALLOC_PATHS = tuple(f"/usr/lib/{d}/libjemalloc.so.2" for d in ("x86_64-linux-gnu", "aarch64-linux-gnu")) + \
     ("/usr/lib64/libjemalloc.so.2", "/usr/lib/libjemalloc.so.2", "/usr/local/lib/libjemalloc.so.2")
