@@ -120,3 +120,26 @@ def test_bad_model_settings_raise_clear_errors(kwargs, match):
     base = dict(input_shape=(2,), num_outputs=5)
     with pytest.raises(ModelError, match=match):
         ResNet(**{**base, **kwargs})
+
+
+@pytest.mark.parametrize("x64", [True, False])
+def test_weights_drawn_from_shared_programs_are_jaxs_draws_bit_for_bit(x64):
+    """:func:`lpt.model.layers.normal` takes each draw from a draw of the next power of two (one program per power,
+    not per shape): its values, scaled as the initialisers scale them, equal ``jax.random.normal``'s bit for bit,
+    with x64 on (the session) and off (as users run float32), and fewer programs are compiled than shapes drawn."""
+    from lpt.model.layers import _draw, init_weight, normal
+
+    shapes = [(1,), (5,), (8,), (9,), (3, 4), (7, 3, 3, 2), (100, 8, 8), (33, 17)]
+    key = jax.random.PRNGKey(11)
+    with jax.enable_x64(x64):
+        _draw.clear_cache()
+        for dtype in (jnp.float32, jnp.float64) if x64 else (jnp.float32,):
+            for shape in shapes:
+                k = jax.random.fold_in(key, len(shape))
+                expected = jax.random.normal(k, shape, dtype)
+                for got, want in [(normal(k, shape, dtype), expected),
+                                  (normal(k, shape, dtype, 0.02), 0.02 * expected),
+                                  (init_weight(k, shape, 6, 0.5, dtype), (0.5 / jnp.sqrt(6)) * expected)]:
+                    assert got.dtype == want.dtype and got.shape == want.shape
+                    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        assert _draw._cache_size() == (2 if x64 else 1) * 6  # sizes 1, 8, 16, 128, 1024, 8192 for 8 shapes

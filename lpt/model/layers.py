@@ -6,7 +6,9 @@ convolutions per step, TorchBraid's MNIST step).
 
 from __future__ import annotations
 
-from typing import Literal
+import functools
+import math
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -42,4 +44,31 @@ def linear_apply(kind: LayerKind, weight: jnp.ndarray, bias: jnp.ndarray, y: jnp
 
 def init_weight(key: jax.Array, shape: tuple[int, ...], fan_in: int, scale: float, dtype) -> jnp.ndarray:
     """Normal weights with standard deviation scale/√fan_in."""
-    return (scale / jnp.sqrt(fan_in)) * jax.random.normal(key, shape, dtype)
+    return normal(key, shape, dtype, scale / jnp.sqrt(fan_in))
+
+
+def normal(key: jax.Array, shape: tuple[int, ...], dtype, factor: Any = 1.0) -> jnp.ndarray:
+    """``factor * jax.random.normal(key, shape, dtype)``, bit for bit, from programs shared across shapes.
+
+    Each shape of ``jax.random.normal`` is a program of its own (the counter-based generator, ~0.1 s to compile
+    without XLA's optimisations), and a model draws a few shapes, a test session hundreds. With jax's
+    partitionable threefry (its default) value i of a draw depends on the key and i alone, so the first n values
+    of a draw of 2^k ≥ n values are the draw of n: one program per power of two draws them, and a small one per
+    shape takes the first n, reshapes and scales (``tests/test_model.py`` checks the bits against jax's). It draws
+    fewer than twice the values it returns, once per model. 96 initialisations of 48 ResNets (depths 4–70, widths
+    4–16, dense and conv, float32 and float64) at the tests' compile settings took 6.0 / 6.1 CPU-s against
+    12.7 / 12.9 with a program per shape (one core, alternating, load 1.2)."""
+    n = math.prod(shape)
+    if not jax.config.jax_threefry_partitionable or n == 0:
+        return factor * jax.random.normal(key, shape, dtype)
+    return _first(_draw(key, 1 << (n - 1).bit_length(), dtype), tuple(shape), factor)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _draw(key: jax.Array, size: int, dtype) -> jnp.ndarray:
+    return jax.random.normal(key, (size,), dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _first(values: jnp.ndarray, shape: tuple[int, ...], factor: Any) -> jnp.ndarray:
+    return factor * values[:math.prod(shape)].reshape(shape)

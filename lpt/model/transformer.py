@@ -29,7 +29,7 @@ import optax
 
 from lpt.config.fields import check_attributes
 from lpt.config.groups import TransformerModel
-from lpt.model.layers import init_weight
+from lpt.model.layers import init_weight, normal
 from lpt.model.propagate import propagate
 from lpt.model.resnet import ModelError, Params, ResNet
 
@@ -175,9 +175,9 @@ class Transformer:
         offsets zero; the embedding of a sequence task N(0, 1)."""
         k_open, k_pos, k_layers, k_class = jax.random.split(key, 4)
         d, n, r = self.d_model, self.depth, self.mlp_ratio * self.d_model
-        pos = 0.02 * jax.random.normal(k_pos, (self.tokens, d), dtype)
+        pos = normal(k_pos, (self.tokens, d), dtype, 0.02)
         if self.task == "sequence":
-            opening = {"E": jax.random.normal(k_open, (self.num_outputs, d), dtype), "pos": pos}
+            opening = {"E": normal(k_open, (self.num_outputs, d), dtype), "pos": pos}
         else:
             fan = self.patch**2 * self.input_shape[-1]
             opening = {"W": init_weight(k_open, (fan, d), fan, 1.0, dtype), "b": jnp.zeros((d,), dtype), "pos": pos}
