@@ -47,16 +47,17 @@ def analyse(preset: str | None, overrides: list[str], layers: int) -> dict[str, 
 
     cfg = compose_config([*([f"+experiment={preset}"] if preset else []), *overrides, "parallel=mesh",
                           f"parallel.layers={layers}"])
-    r = _Run(cfg, tempfile.mkdtemp(prefix="lpt-bench-"), _setup(cfg))
-    try:
-        state = r.state
-        compiled = r.train_step.lower(state, *r.batch_at(0)).compile()
-        mem = compiled.memory_analysis()
-        return {"params+opt": on_device0((state.params, state.opt_state)), "warm start": on_device0(state.solver_state),
-                "arguments": mem.argument_size_in_bytes / 1e6, "temporaries": mem.temp_size_in_bytes / 1e6,
-                "gathered": gathered(compiled.as_text()) / 1e6}
-    finally:
-        r.lock.release()
+    with tempfile.TemporaryDirectory(prefix="lpt-bench-") as run_dir:  # the run's log, removed after
+        r = _Run(cfg, run_dir, _setup(cfg))
+        try:
+            state = r.state
+            compiled = r.train_step.lower(state, *r.batch_at(0)).compile()
+            mem = compiled.memory_analysis()
+            return {"params+opt": on_device0((state.params, state.opt_state)),
+                    "warm start": on_device0(state.solver_state), "arguments": mem.argument_size_in_bytes / 1e6,
+                    "temporaries": mem.temp_size_in_bytes / 1e6, "gathered": gathered(compiled.as_text()) / 1e6}
+        finally:
+            r.lock.release()
 
 
 _CALLED = re.compile(r"\b(?:calls|to_apply|body|condition|true_computation|false_computation)=(%[\w.\-]+)"
