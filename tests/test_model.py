@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -130,10 +132,10 @@ def test_weights_drawn_from_shared_programs_are_jaxs_draws_bit_for_bit(x64):
     from lpt.model.layers import _draw, init_weight, normal
 
     shapes = [(1,), (5,), (8,), (9,), (3, 4), (7, 3, 3, 2), (100, 8, 8), (33, 17)]
-    key = jax.random.PRNGKey(11)
     with jax.enable_x64(x64):
         _draw.clear_cache()
-        for dtype in (jnp.float32, jnp.float64) if x64 else (jnp.float32,):
+        for dtype, key in itertools.product((jnp.float32, jnp.float64) if x64 else (jnp.float32,),
+                                            (jax.random.PRNGKey(11), jax.random.key(11))):  # raw and typed keys
             for shape in shapes:
                 k = jax.random.fold_in(key, len(shape))
                 expected = jax.random.normal(k, shape, dtype)
@@ -142,4 +144,4 @@ def test_weights_drawn_from_shared_programs_are_jaxs_draws_bit_for_bit(x64):
                                   (init_weight(k, shape, 6, 0.5, dtype), (0.5 / jnp.sqrt(6)) * expected)]:
                     assert got.dtype == want.dtype and got.shape == want.shape
                     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-        assert _draw._cache_size() == (2 if x64 else 1) * 6  # sizes 1, 8, 16, 128, 1024, 8192 for 8 shapes
+        assert _draw._cache_size() == (2 if x64 else 1) * 2 * 6  # sizes 1, 8, 16, 128, 1024, 8192 for 8 shapes
