@@ -51,9 +51,11 @@ the ranks load from the cache).
 jax writes the location of each operation into the programs it lowers, by default the Python traceback of up to
 ten frames; the tests write only the innermost frame outside jax (``JAX_INCLUDE_FULL_TRACEBACKS_IN_LOCATIONS=0``,
 inherited by the processes they start): locations are stripped from the cache key and XLA's error messages keep the
-frame, but building and stripping them is Python time in each lowering. ``pytest -q tests/test_mgrit_solve.py
-tests/test_uneven_chunks.py`` took 49.9 / 50.1 CPU-s with it against 51.1 / 51.5 without (0.98 ×; alternating,
-``/usr/bin/time`` user + system, load 0.6 before and 1.2 after).
+frame, but building and stripping them is Python time in each lowering. It also shortens the op names jax records
+inside a ``cond``'s branches (no ``cond/branch_1_fun`` part), so tests that look for an operation in a branch read
+the compiled HLO's structure instead (``all_gathers`` in scripts/bench_sharded_memory.py). ``pytest -q
+tests/test_mgrit_solve.py tests/test_uneven_chunks.py`` took 49.9 / 50.1 CPU-s with it against 51.1 / 51.5 without
+(0.98 ×; alternating, ``/usr/bin/time`` user + system, load 0.6 before and 1.2 after).
 
 Where jemalloc is installed (Debian's ``libjemalloc2``, which ``.ci/run`` installs), the processes started after this
 file is first loaded run on it (``LD_PRELOAD``): the pytest-xdist workers and every process a test starts
