@@ -288,3 +288,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder {SHARED_DATA} is absent (it holds peaks, Indian Pines and MNIST)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def enable_x64():
+    """jax's context manager that sets x64 for a block: ``jax.enable_x64`` (jax 0.10, which no longer has
+    ``jax.experimental.enable_x64``) or ``jax.experimental.enable_x64`` (the dependency floors' jax 0.6.1, which has
+    no ``jax.enable_x64``; .ci/run)."""
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64
+    from jax.experimental import enable_x64 as experimental
+
+    return experimental

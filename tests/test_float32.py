@@ -51,10 +51,10 @@ def _dtypes(jaxpr) -> set:
     return found
 
 
-def test_mgrit_in_float32_with_x64_off_matches_the_serial_network():
+def test_mgrit_in_float32_with_x64_off_matches_the_serial_network(enable_x64):
     """10 cycles converge to float32 rounding: states within 2e-5 of the serial sweep's (relative to their
     scale), the one-shot gradient within 1e-4 of ``jax.grad`` of the serial network, all in float32."""
-    with jax.enable_x64(False):
+    with enable_x64(False):
         model, params, x, y = _problem()
         y0 = model.open(params, x)
         hs = model.step_sizes(F32)

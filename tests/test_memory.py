@@ -19,9 +19,9 @@ from bench_memory import ESTIMATE_CONFIGS, estimate_and_xla  # noqa: E402
 
 @pytest.mark.slow(seconds=21)  # each: 10-40 s here, 130 s for the six
 @pytest.mark.parametrize("config", ESTIMATE_CONFIGS)
-def test_the_estimate_is_within_35_percent_of_xla(config, shared_data):
+def test_the_estimate_is_within_35_percent_of_xla(config, shared_data, enable_x64):
     """float32 as users run it (this session enables float64 for other tests)."""
-    with jax.enable_x64(False):
+    with enable_x64(False):
         preset, _, overrides = config.partition(":")
         estimate, xla, state = estimate_and_xla(None if preset == "-" else preset,
                                                 [*overrides.split(), f"data_dir={shared_data}"])

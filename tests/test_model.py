@@ -125,14 +125,14 @@ def test_bad_model_settings_raise_clear_errors(kwargs, match):
 
 
 @pytest.mark.parametrize("x64", [True, False])
-def test_weights_drawn_from_shared_programs_are_jaxs_draws_bit_for_bit(x64):
+def test_weights_drawn_from_shared_programs_are_jaxs_draws_bit_for_bit(x64, enable_x64):
     """:func:`lpt.model.layers.normal` takes each draw from a draw of the next power of two (one program per power,
     not per shape): its values, scaled as the initialisers scale them, equal ``jax.random.normal``'s bit for bit,
     with x64 on (the session) and off (as users run float32), and fewer programs are compiled than shapes drawn."""
     from lpt.model.layers import _draw, init_weight, normal
 
     shapes = [(1,), (5,), (8,), (9,), (3, 4), (7, 3, 3, 2), (100, 8, 8), (33, 17)]
-    with jax.enable_x64(x64):
+    with enable_x64(x64):
         _draw.clear_cache()
         for dtype, key in itertools.product((jnp.float32, jnp.float64) if x64 else (jnp.float32,),
                                             (jax.random.PRNGKey(11), jax.random.key(11))):  # raw and typed keys
