@@ -46,7 +46,8 @@ def _finite(stats: MGRITStats) -> jnp.ndarray:
 def solve_diverged(states: jnp.ndarray, stats: MGRITStats) -> jnp.ndarray:
     """Whether a solve with result ``states`` diverged: non-finite states or residuals, or a residual that grows
     (:func:`_grew`) above the round-off floor GROWTH_ULPS·eps·‖states‖₂."""
-    floor = GROWTH_ULPS * jnp.finfo(states.dtype).eps * jnp.sqrt(jnp.sum(jnp.square(states)))
+    # in the states' dtype: under NumPy 1.x a Python float times finfo's float32 eps is a float64 scalar
+    floor = jnp.asarray(GROWTH_ULPS * jnp.finfo(states.dtype).eps, states.dtype) * jnp.sqrt(jnp.sum(jnp.square(states)))
     return ~jnp.all(jnp.isfinite(states)) | ~_finite(stats) | _grew(stats, floor)
 
 
