@@ -48,10 +48,12 @@ def f_sweep(step: Step, level: Level, c: jnp.ndarray, g: jnp.ndarray | None,
         return y, y
 
     # the F-points by a scan over positions 1..m−1, the last step (ĉ) after it: stacking all m outputs and
-    # slicing them apart again costs two extra passes over the stacked states (measured on CPU)
+    # slicing them apart again costs two extra passes over the stacked states (measured on CPU). The scan indexes
+    # the per-step inputs in place: scanning over their slices [:-1] copied them (the adjoint's linearisations)
     inputs = (level.data, level.hs, g)
-    y, f = jax.lax.scan(body, c[:-1], jax.tree_util.tree_map(lambda a: a[:-1], inputs))
-    data, h, gk = jax.tree_util.tree_map(lambda a: a[-1], inputs)
+    at = lambda k: jax.tree_util.tree_map(lambda a: a[k], inputs)  # noqa: E731
+    y, f = jax.lax.scan(lambda y, k: body(y, at(k)), c[:-1], jnp.arange(level.hs.shape[0] - 1))
+    data, h, gk = at(-1)
     return Grid(c, f), _plus(vstep(data, y, h), gk)
 
 
