@@ -17,7 +17,7 @@ from lpt.mgrit.hierarchy import (Grid, average, build_levels, flat_levels, injec
                                  pad_states, pad_steps, split)
 from lpt.mgrit.layout import Layout, make_layout
 from lpt.mgrit.options import MGRITOptions
-from lpt.mgrit.relax import f_sweep, landing, residual_norm, serial_sweep
+from lpt.mgrit.relax import f_sweep, residual_norm, serial_sweep
 from lpt.model import Step
 from lpt.parallel.comm import SingleComm, from_chunk
 
@@ -113,9 +113,11 @@ def forward_restriction(options: MGRITOptions):
 def state_norm(grid: Grid, real_steps: jnp.ndarray, comm) -> jnp.ndarray:
     """‖u‖₂ over the points u_1..u_N of a grid that a real (not identity-padding) step lands on (``real_steps``:
     the finest level's step sizes > 0, layout (m, n_c)); summed over the chunks and data-parallel ranks."""
-    land = landing(grid)
-    sq = jnp.square(land).reshape(*land.shape[:2], -1).sum(axis=-1)
-    return jnp.sqrt(comm.data_sum(comm.layer_sum(jnp.sum(jnp.where(real_steps, sq, 0)))))
+    # F-points and C-points apart: stacking them (:func:`landing`) is a copy of all states
+    sq = lambda a: jnp.square(a).reshape(*a.shape[:2], -1).sum(axis=-1)  # noqa: E731
+    total = (jnp.sum(jnp.where(real_steps[:-1], sq(grid.f), 0))
+             + jnp.sum(jnp.where(real_steps[-1], sq(grid.c[None, 1:])[0], 0)))
+    return jnp.sqrt(comm.data_sum(comm.layer_sum(total)))
 
 
 def solve_system(hier: Hierarchy, g0: jnp.ndarray, u_init: jnp.ndarray | None,
