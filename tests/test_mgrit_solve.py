@@ -235,3 +235,28 @@ def test_second_call_does_not_recompile():
     size = mgrit_solve._cache_size()
     mgrit_solve(model.step, jax.tree_util.tree_map(lambda a: a + 1.0, theta), hs, 2.0 * y0, opts)
     assert mgrit_solve._cache_size() == size
+
+
+def test_f_relaxation_reads_the_per_step_data_in_place():
+    """The F-sweep's scan indexes each step's data where it lies: no copy of data[:-1] (for the adjoint, the
+    linearisations of all steps) in the compiled sweep, whose F-points and ĉ equal the steps applied one by one."""
+    from lpt.mgrit.hierarchy import Level
+    from lpt.mgrit.relax import f_sweep
+
+    m, n_c = 4, 6
+    step = lambda w, y, h: y + h * jnp.tanh(y @ w[:3] + w[3:].sum(axis=0))  # noqa: E731  data (7, 3), states (3, 3)
+    w = jax.random.normal(jax.random.PRNGKey(0), (m, n_c, 7, 3))
+    hs = jnp.full((m, n_c), 0.1)
+    c = jax.random.normal(jax.random.PRNGKey(1), (n_c + 1, 3, 3))
+    fn = jax.jit(lambda w, hs, c: f_sweep(step, Level(w, hs), c, None))
+    hlo = fn.lower(w, hs, c).compile().as_text()
+    assert "[4,6,7,3]" in hlo.replace("f64", "").replace("f32", "")  # the data, as a check of the pattern below
+    assert f"[{m - 1},{n_c},7,3]" not in hlo.replace("f64", "").replace("f32", ""), "data[:-1] copied"
+    grid, chat = fn(w, hs, c)
+    for j in range(n_c):
+        y = c[j]
+        for k in range(m):
+            y = step(w[k, j], y, hs[k, j])
+            if k < m - 1:
+                np.testing.assert_allclose(grid.f[k, j], y, rtol=1e-12)
+        np.testing.assert_allclose(chat[j], y, rtol=1e-12)
