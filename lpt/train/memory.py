@@ -24,7 +24,7 @@ from lpt.config.run import LBFGSOptions, ParallelOptions
 from lpt.parallel.sharded import ChunkLocal, LayerSharded, layer_axis, stored_axis, stored_layers, stored_rows
 
 STATE_ARRAYS = {
-    "cpu": {("serial", "dense"): 1.1, ("serial", "conv"): 2.7, ("mgrit", "dense"): 11.0, ("mgrit", "conv"): 8.0},
+    "cpu": {("serial", "dense"): 1.1, ("serial", "conv"): 2.7, ("mgrit", "dense"): 8.0, ("mgrit", "conv"): 8.0},
     "gpu": {("serial", "dense"): 3.3, ("serial", "conv"): 3.0, ("mgrit", "dense"): 7.3, ("mgrit", "conv"): 24.0},
 }
 """Arrays of layer states (N + 1) × batch × state size that a step holds at its peak besides the training state,
@@ -33,16 +33,22 @@ training state, over the bytes of one such array).
 
 CPU (jax 0.10): backpropagation through the serial scan keeps about one (dense) or three (conv: the residuals of
 the convolutions); the MGRIT step (forward and adjoint states of every level, FAS right-hand sides, relaxation
-temporaries, the layer-gradient pass) eight to eleven; measured dense 1.07 / 11.2 (peaks, N = 64), conv 2.4–3.0 /
-7.3–8.6 (MNIST, conv and conv2, N = 16 and 64).
+temporaries, the layer-gradient pass) seven to nine; measured dense 1.07 / 7.0–8.5 (peaks, N = 64 and 128 at
+width 16, and N = 4096 at width 64), conv 2.4–3.0 / 7.3–8.6 (MNIST, conv and conv2, N = 16 and 64). Dense MGRIT was
+11.2 before the F-relaxation read its per-step data in place and the state norm stopped stacking the states
+(2026-12-05): XLA's figure of the N = 64 step fell from 137.7 to 109.5 MB, of the cold-started N = 128 one from 385.4
+to 289.6 MB, of ``mnist_4096``'s from 3987 to 3576 MB.
 
 GPU (NVIDIA H200, jax 0.11.2): serial dense 3.3, conv 3.0; MGRIT dense 5.8–7.3 (peaks, N = 64 to 4096; with
 L-BFGS 6.1, and 9.0 for ``indian_pines_512``, besides the line search's), conv 20.5–28.3 (``mnist_4096``, MNIST
 N = 16). The conv figure is about three times the CPU's, likely because ``solver.interval_batch=auto`` relaxes
 all intervals of a level at once on accelerators and image states a few intervals at a time on CPU. Other
-accelerators (TPU) take the GPU's figures, unmeasured."""
-LINE_SEARCH_ARRAYS = 2.0
-"""More arrays of layer states for the L-BFGS line search (its trial forward solves)."""
+accelerators (TPU) take the GPU's figures, unmeasured. The GPU's figures were measured before the change of
+2026-12-05 above, which likely lowered them there too (an estimate on the high side; not measured: no GPU since)."""
+LINE_SEARCH_ARRAYS = {"cpu": 5.0, "gpu": 2.0}
+"""More arrays of layer states for the L-BFGS line search (its trial forward solves), by platform: on CPU
+``indian_pines_512`` needs 7.8 besides the MGRIT step's 8 (its line search's peak did not fall with the MGRIT step's
+in 2026-12-05's change) and dense N = 64 with L-BFGS 2.6; on the H200 2 (measured with 7.3 for the step)."""
 
 
 class MemoryEstimate(NamedTuple):
@@ -96,7 +102,7 @@ def estimate_step_memory(model, solver, optimizer, x: jax.ShapeDtypeStruct, *, l
     steps, kind = (layout.n_local, "mgrit") if layout is not None else (model.depth, "serial")
     layer = "conv" if net.layer in ("conv", "conv2") else "dense"
     arrays = (STATE_ARRAYS[calibration()][kind, layer]
-              + (LINE_SEARCH_ARRAYS if line_search and kind == "mgrit" else 0.0))
+              + (LINE_SEARCH_ARRAYS[calibration()] if line_search and kind == "mgrit" else 0.0))
     layer_states = int(arrays * (steps + 1) * _nbytes(y0))
     per_device = (params, opt_state)
     return MemoryEstimate(_nbytes(per_device, depth, layer_chunks, split_axis, rows) + _nbytes(solver_state),
