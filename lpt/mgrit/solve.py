@@ -114,9 +114,11 @@ def state_norm(grid: Grid, real_steps: jnp.ndarray, comm) -> jnp.ndarray:
     """‖u‖₂ over the points u_1..u_N of a grid that a real (not identity-padding) step lands on (``real_steps``:
     the finest level's step sizes > 0, layout (m, n_c)); summed over the chunks and data-parallel ranks."""
     # F-points and C-points apart: stacking them (:func:`landing`) is a copy of all states
-    sq = lambda a: jnp.square(a).reshape(*a.shape[:2], -1).sum(axis=-1)  # noqa: E731
-    total = (jnp.sum(jnp.where(real_steps[:-1], sq(grid.f), 0))
-             + jnp.sum(jnp.where(real_steps[-1], sq(grid.c[None, 1:])[0], 0)))
+    def squares(a: jnp.ndarray, points: int) -> jnp.ndarray:  # ‖·‖² of each point (the first ``points`` axes)
+        return jnp.square(a).reshape(*a.shape[:points], -1).sum(axis=-1)
+
+    total = (jnp.sum(jnp.where(real_steps[:-1], squares(grid.f, 2), 0))
+             + jnp.sum(jnp.where(real_steps[-1], squares(grid.c[1:], 1), 0)))
     return jnp.sqrt(comm.data_sum(comm.layer_sum(total)))
 
 
